@@ -1,0 +1,110 @@
+"""Image decoding and the preprocessing contract, shared by training, conversion checks and the edge runtime.
+
+One function turns any image file (or array, or PIL image) into the uint8 RGB array the model expects, so a
+photo is handled identically when it is cached for training, used for INT8 calibration and classified on a Pi.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from .bundle import Preprocessing
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+ImageLike = Union[str, os.PathLike, bytes, np.ndarray, Image.Image]
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "area": Image.Resampling.BOX,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+# Errors that mean "this file is not a usable image": callers skip and count these, never crash.
+DecodeErrors = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class ImageDecodeError(ValueError):
+    """An image could not be decoded (unreadable, truncated, empty or not an image)."""
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """EXIF orientation applied; grayscale, palette, CMYK, 16-bit and alpha images converted to plain RGB.
+
+    Transparent pixels are composited on white: TrashNet-style photos have white backgrounds, and black (what a
+    bare `convert("RGB")` gives for RGBA) would be an input the model never saw.
+    """
+    img = ImageOps.exif_transpose(img)
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "RGBa"):
+        img = img.convert("RGBA")
+        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(bg, img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max() if arr.size else 1.0
+        img = Image.fromarray((arr * (255.0 / max(hi, 1.0))).astype(np.uint8), mode="L")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L")
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return img
+
+
+def open_image(src: ImageLike) -> Image.Image:
+    """Decode a path, bytes, PIL image or HxWx3/HxW array into an RGB PIL image. Raises ImageDecodeError."""
+    if isinstance(src, Image.Image):
+        return to_rgb(src)
+    if isinstance(src, np.ndarray):
+        arr = src
+        if arr.dtype != np.uint8:
+            arr = np.clip(arr, 0, 255).astype(np.uint8)
+        if arr.ndim == 2:
+            arr = np.stack([arr] * 3, axis=-1)
+        if arr.ndim != 3 or arr.shape[-1] not in (3, 4) or arr.size == 0:
+            raise ImageDecodeError(f"expected an HxWx3 array, got shape {arr.shape}")
+        return to_rgb(Image.fromarray(arr))
+    try:
+        if isinstance(src, (bytes, bytearray)):
+            if not src:
+                raise ImageDecodeError("empty image data")
+            img = Image.open(io.BytesIO(src))
+        else:
+            p = Path(src)
+            if p.stat().st_size == 0:
+                raise ImageDecodeError(f"{p}: empty file")
+            img = Image.open(p)
+        # A truncated JPEG must fail here, not decode half-grey: LOAD_TRUNCATED_IMAGES stays False.
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        img.load()
+        return to_rgb(img)
+    except ImageDecodeError:
+        raise
+    except DecodeErrors as e:
+        raise ImageDecodeError(f"{src if not isinstance(src, bytes) else '<bytes>'}: {e}") from e
+
+
+def resize_array(img: Image.Image, pre: Preprocessing) -> np.ndarray:
+    h, w = pre.input_size
+    if img.size != (w, h):
+        img = img.resize((w, h), _RESAMPLE[pre.resize])
+    return np.asarray(img, dtype=np.uint8)
+
+
+def load_for_model(src: ImageLike, pre: Preprocessing) -> np.ndarray:
+    """Any image -> HxWx3 uint8 RGB at the model's input size. The single preprocessing path of trashcam."""
+    return resize_array(open_image(src), pre)
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return p.is_file() and p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")

@@ -1,0 +1,226 @@
+"""TensorFlow-free inference: interpreter wrappers for each deployable format, and the `Classifier` API.
+
+Engines take a batch of uint8 RGB images (N, H, W, 3) already at the model's input size and return float32
+probabilities (N, C). They own quantisation: an INT8 model's uint8/int8 input is made with the scale and
+zero-point the model itself declares, and its output is de-quantised, so callers never see model dtypes.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .bundle import Bundle, BundleError
+from .images import ImageLike, load_for_model
+
+
+def load_tflite_interpreter_class() -> tuple[type, str]:
+    """LiteRT first (the maintained runtime), then the legacy tflite_runtime wheel, then full TensorFlow."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+        return Interpreter, "ai_edge_litert"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter  # type: ignore
+        return Interpreter, "tflite_runtime"
+    except ImportError:
+        pass
+    try:
+        import tensorflow as tf  # type: ignore  # last resort: heavy, but present on training machines
+        return tf.lite.Interpreter, "tensorflow.lite"
+    except ImportError as e:
+        raise ImportError("no TFLite runtime found: `pip install ai-edge-litert` (or `pip install '.[edge]'`)") from e
+
+
+def default_threads() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _quantize(x: np.ndarray, dtype: np.dtype, scale: float, zero_point: int) -> np.ndarray:
+    if scale == 0:  # not quantised: a float or raw integer input
+        return x.astype(dtype)
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
+
+
+class TFLiteEngine:
+    """One LiteRT interpreter, batch 1, built once. `invoke_raw` is what the latency benchmark times."""
+
+    format = "tflite"
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        Interpreter, self.runtime = load_tflite_interpreter_class()
+        self.path = Path(path)
+        self.threads = threads or default_threads()
+        self.interpreter = Interpreter(model_path=str(self.path), num_threads=self.threads)
+        self.interpreter.allocate_tensors()
+        self._in = self.interpreter.get_input_details()[0]
+        self._out = self.interpreter.get_output_details()[0]
+        self.input_dtype = np.dtype(self._in["dtype"])
+        self.input_quant = tuple(self._in["quantization"])  # (scale, zero_point); (0.0, 0) when float
+        self.output_quant = tuple(self._out["quantization"])
+        self.input_shape = tuple(int(d) for d in self._in["shape"])
+
+    def prepare(self, image_u8: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 -> the model's input tensor (1, H, W, 3) in its dtype."""
+        x = image_u8[None].astype(np.float32)
+        if self.input_dtype == np.float32:
+            return x
+        return _quantize(x, self.input_dtype, *self.input_quant)
+
+    def invoke_raw(self, prepared: np.ndarray) -> np.ndarray:
+        self.interpreter.set_tensor(self._in["index"], prepared)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self._out["index"])
+
+    def postprocess(self, raw: np.ndarray) -> np.ndarray:
+        out = raw.astype(np.float32)
+        scale, zp = self.output_quant
+        if scale:
+            out = (out - zp) * scale
+        return out
+
+    def predict(self, batch_u8: np.ndarray) -> np.ndarray:
+        return np.concatenate([self.postprocess(self.invoke_raw(self.prepare(im))) for im in batch_u8])
+
+
+class OnnxEngine:
+    """ONNX Runtime on CPU (an optional dependency: only the `onnx` variant needs it)."""
+
+    format = "onnx"
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise ImportError("the onnx variant needs onnxruntime: `pip install onnxruntime`") from e
+        self.path = Path(path)
+        self.threads = threads or default_threads()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        self._in = self.session.get_inputs()[0].name
+        self.runtime = f"onnxruntime {ort.__version__}"
+        self.input_dtype = np.dtype(np.float32)
+
+    def prepare(self, image_u8: np.ndarray) -> np.ndarray:
+        return image_u8[None].astype(np.float32)
+
+    def invoke_raw(self, prepared: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self._in: prepared})[0]
+
+    def postprocess(self, raw: np.ndarray) -> np.ndarray:
+        return raw.astype(np.float32)
+
+    def predict(self, batch_u8: np.ndarray) -> np.ndarray:
+        return self.postprocess(self.invoke_raw(batch_u8.astype(np.float32)))
+
+
+# Deployable formats -> engine. The keras variant needs TensorFlow and lives in trashcam.train (KerasEngine).
+ENGINES: dict[str, Callable[..., Any]] = {"tflite": TFLiteEngine, "onnx": OnnxEngine}
+
+
+def variant_format(bundle: Bundle, variant: str) -> str:
+    info = bundle.variants.get(variant)
+    if info is None:
+        bundle.variant_path(variant)  # raises a clear BundleError listing what exists
+    return info.get("format") or Path(info["file"]).suffix.lstrip(".")
+
+
+def open_engine(bundle: Bundle, variant: str, threads: int | None = None):
+    fmt = variant_format(bundle, variant)
+    if fmt not in ENGINES:
+        raise BundleError(f"variant {variant!r} ({fmt}) cannot run on the edge runtime; "
+                          f"use one of: {', '.join(v for v in bundle.variants if variant_format(bundle, v) in ENGINES)}")
+    return ENGINES[fmt](bundle.variant_path(variant), threads)
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Re-scale softmax outputs as if their logits were divided by T (log p differs from logits by a constant)."""
+    if temperature == 1.0:
+        return probs
+    z = np.log(np.clip(probs, 1e-7, 1.0)) / temperature
+    z -= z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+# Preferred order when nothing measured says otherwise: smallest first among those that passed the check.
+PREFERENCE = ("tflite-int8", "tflite-fp16", "tflite-fp32", "onnx")
+
+
+def passed_variants(bundle: Bundle) -> list[str]:
+    return [v for v in PREFERENCE if v in bundle.variants
+            and bundle.variants[v].get("check", {}).get("status", "PASS") == "PASS"
+            and variant_format(bundle, v) in ENGINES]
+
+
+def choose_variant(bundle: Bundle, requested: str = "auto", threads: int | None = None) -> str:
+    """`auto`: the fastest passing variant recorded by `edge-bench` for this thread count, else by preference."""
+    if requested != "auto":
+        return requested
+    ok = passed_variants(bundle)
+    if not ok:
+        raise BundleError(f"bundle {bundle.path} has no deployable variant that passed its accuracy check; "
+                          f"run `edge-convert {bundle.path}`")
+    bench = bundle.metadata.get("bench", {}).get("p50_ms", {})
+    timed = {v: ms for v, ms in bench.get(str(threads or default_threads()), {}).items() if v in ok}
+    return min(timed, key=timed.get) if timed else ok[0]
+
+
+@dataclass
+class Prediction:
+    label: str
+    index: int
+    confidence: float
+    probs: np.ndarray = field(repr=False)
+    latency_ms: float = 0.0
+    uncertain: bool = False
+
+    def to_dict(self, labels: list[str] | None = None) -> dict[str, Any]:
+        d = {"label": self.label, "index": self.index, "confidence": round(self.confidence, 4),
+             "latency_ms": round(self.latency_ms, 3), "uncertain": self.uncertain}
+        if labels:
+            d["probs"] = {k: round(float(p), 4) for k, p in zip(labels, self.probs)}
+        return d
+
+
+class Classifier:
+    """`Classifier(bundle, variant, threads).classify(image) -> Prediction`.
+
+    Preprocessing comes from the bundle's metadata, the temperature and the "uncertain" threshold from its
+    calibration. `latency_ms` covers decode + resize + invoke + postprocess for that image.
+    """
+
+    def __init__(self, bundle: Bundle | str | os.PathLike, variant: str = "auto", threads: int | None = None,
+                 min_confidence: float | None = None, temperature: float | None = None):
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle, verify=False)
+        self.variant = choose_variant(self.bundle, variant, threads)
+        self.bundle.variant_path(self.variant)  # clear error naming the variants the bundle has
+        self.bundle.verify([self.bundle.variants[self.variant]["file"]])
+        self.engine = open_engine(self.bundle, self.variant, threads)
+        self.labels = self.bundle.labels
+        self.pre = self.bundle.preprocessing
+        cal = self.bundle.calibration
+        t_by_variant = cal.get("temperature_by_variant", {})
+        self.temperature = float(temperature or t_by_variant.get(self.variant) or cal.get("temperature") or 1.0)
+        self.min_confidence = float(min_confidence if min_confidence is not None else cal.get("threshold", 0.0))
+
+    def probs(self, image_u8: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities for one preprocessed (H, W, 3) uint8 image."""
+        return apply_temperature(self.engine.predict(image_u8[None])[0], self.temperature)
+
+    def classify(self, image: ImageLike) -> Prediction:
+        t0 = time.perf_counter()
+        x = load_for_model(image, self.pre)
+        p = self.probs(x)
+        i = int(np.argmax(p))
+        ms = (time.perf_counter() - t0) * 1e3
+        conf = float(p[i])
+        return Prediction(self.labels[i], i, conf, p, ms, uncertain=conf < self.min_confidence)

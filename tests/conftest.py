@@ -1,0 +1,127 @@
+"""Shared fixtures: a tiny synthetic dataset and tiny bundles built from it, so tests run in seconds.
+
+The synthetic classes differ by dominant colour and stripe direction, which a 3-layer CNN learns to ~100 %,
+so tests can assert real accuracy (not just that files exist).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample"
+SHARED = REPO.parent / "shared" / "data" / "trashnet5"
+CLASSES = ("red", "green", "blue")
+TINY_SIZE = (32, 32)
+
+
+def synth_image(cls: int, rng: np.random.Generator, size=(48, 40)) -> np.ndarray:
+    h, w = size
+    img = rng.integers(0, 60, (h, w, 3)).astype(np.float32)
+    img[..., cls] += 150 + rng.integers(0, 40)
+    if cls == 1:
+        img[:, ::6] *= 0.5  # vertical stripes
+    elif cls == 2:
+        img[::6] *= 0.5  # horizontal stripes
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_synthetic_dataset(root: Path, per_class: int = 20, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(CLASSES):
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            ext = ".png" if i % 4 == 0 else ".jpg"
+            Image.fromarray(synth_image(c, rng)).save(d / f"{name}_{i:03d}{ext}", quality=95)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory) -> Path:
+    return write_synthetic_dataset(tmp_path_factory.mktemp("synth") / "data")
+
+
+def build_tiny_keras_bundle(out: Path, data: Path, epochs: int = 40):
+    """A float Keras model in a real bundle (model.keras + split.json + metadata), ~5 s on 2 cores."""
+    import keras
+
+    from trashcam.edge.bundle import Bundle, Preprocessing
+    from trashcam.edge.dataset import make_split
+    from trashcam.edge.images import load_for_model
+
+    keras.utils.set_random_seed(0)
+    split = make_split(data, seed=1)
+    pre = Preprocessing(input_size=TINY_SIZE)
+
+    def arrays(name):
+        x = np.stack([load_for_model(p, pre) for p in split.paths(name)]).astype(np.float32)
+        return x, split.labels(name)
+
+    xtr, ytr = arrays("train")
+    inp = keras.Input((*TINY_SIZE, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inp)
+    x = keras.layers.Conv2D(8, 3, activation="relu")(x)
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outp = keras.layers.Dense(len(split.classes), activation="softmax", dtype="float32")(x)
+    model = keras.Model(inp, outp)
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(xtr, ytr, epochs=epochs, batch_size=16, verbose=0)
+
+    bundle = Bundle.create(out, split.classes, pre, backbone="tiny-cnn")
+    split.save(out / "split.json")
+    bundle.add_file("split.json")
+    bundle.metadata["split"] = {k: v for k, v in split.to_dict().items() if k != "files"}
+    model.save(out / "model.keras")
+    bundle.set_variant("keras", "model.keras", format="keras")
+    bundle.save()
+    return bundle
+
+
+@pytest.fixture(scope="session")
+def tiny_keras_bundle(tmp_path_factory, synthetic_dataset) -> Path:
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    build_tiny_keras_bundle(out, synthetic_dataset)
+    return out
+
+
+def add_plain_tflite(bundle_dir: Path) -> Path:
+    """Add an unchecked tflite-fp32 variant straight from TensorFlow (for tests that only need *a* tflite)."""
+    import keras
+    import tensorflow as tf
+
+    from trashcam.edge.bundle import Bundle
+
+    b = Bundle.load(bundle_dir)
+    model = keras.models.load_model(bundle_dir / "model.keras")
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    (bundle_dir / "model_fp32.tflite").write_bytes(conv.convert())
+    b.set_variant("tflite-fp32", "model_fp32.tflite", format="tflite")
+    b.save()
+    return bundle_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_tflite_bundle(tmp_path_factory, synthetic_dataset) -> Path:
+    out = tmp_path_factory.mktemp("bundles") / "tiny_tflite"
+    build_tiny_keras_bundle(out, synthetic_dataset)
+    return add_plain_tflite(out)
+
+
+def run_cli(*args: str, timeout: float = 600, check: bool = False, **kw) -> subprocess.CompletedProcess:
+    """Run a console entry point's module in a fresh interpreter, as a user would from the shell."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    p = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{args} exited {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}")
+    return p
