@@ -1,0 +1,108 @@
+"""Decode once: images -> uint8 arrays at the model's input size, cached on disk, reused by every epoch and stage.
+
+The cache is keyed per file by (absolute path, mtime, size) plus the preprocessing, so editing or replacing one
+image re-decodes only that image. Unreadable files are skipped, counted and listed, never a crash.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from trashcam.edge.bundle import Preprocessing, atomic_write_bytes
+from trashcam.edge.images import ImageDecodeError, load_for_model
+
+
+@dataclass
+class Decoded:
+    x: np.ndarray  # (N, H, W, 3) uint8
+    y: np.ndarray  # (N,) int64
+    paths: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+def _key(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_mtime_ns}|{st.st_size}"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("TRASHCAM_CACHE", Path.home() / ".cache" / "trashcam"))
+
+
+class DecodeCache:
+    """One .npy of pixels + a key index per preprocessing; merged and rewritten atomically when it grows."""
+
+    def __init__(self, cache_dir: str | os.PathLike, pre: Preprocessing):
+        tag = hashlib.sha256(json.dumps(pre.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        self.dir = Path(cache_dir) / "decoded" / f"{pre.input_size[0]}x{pre.input_size[1]}-{tag}"
+        self.pre = pre
+        self.index: dict[str, int] = {}
+        self.pixels: np.ndarray | None = None
+        idx, pix = self.dir / "index.json", self.dir / "pixels.npy"
+        if idx.is_file() and pix.is_file():
+            try:
+                self.index = json.loads(idx.read_text())
+                self.pixels = np.load(pix, mmap_mode="r")
+                if len(self.pixels) != len(self.index):
+                    raise ValueError("index and pixels disagree")
+            except (ValueError, OSError):  # a damaged cache is only a cache: start over
+                self.index, self.pixels = {}, None
+
+    def get(self, key: str) -> np.ndarray | None:
+        row = self.index.get(key)
+        return None if row is None or self.pixels is None else np.asarray(self.pixels[row])
+
+    def store(self, new: dict[str, np.ndarray]) -> None:
+        if not new:
+            return
+        h, w = self.pre.input_size
+        old = np.asarray(self.pixels) if self.pixels is not None else np.zeros((0, h, w, 3), np.uint8)
+        keys = list(self.index) + list(new)
+        merged = np.concatenate([old, np.stack(list(new.values()))])
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".pixels.{os.getpid()}.npy"
+        np.save(tmp, merged)
+        os.replace(tmp, self.dir / "pixels.npy")
+        atomic_write_bytes(self.dir / "index.json", json.dumps({k: i for i, k in enumerate(keys)}).encode())
+        self.index = {k: i for i, k in enumerate(keys)}
+        self.pixels = merged
+
+
+def decode_images(paths: list[Path], labels: np.ndarray, pre: Preprocessing, cache_dir: str | os.PathLike | None,
+                  desc: str = "decode", progress: bool = True) -> Decoded:
+    """Decode (or load from cache) every image; skip unreadable ones and report them."""
+    from tqdm.auto import tqdm
+
+    cache = DecodeCache(cache_dir, pre) if cache_dir else None
+    xs, ys, kept, skipped, new = [], [], [], [], {}
+    for p, y in tqdm(list(zip(paths, labels)), desc=desc, unit="img", disable=not progress, leave=False):
+        p = Path(p)
+        try:
+            key = _key(p)
+            arr = cache.get(key) if cache else None
+            if arr is None:
+                arr = load_for_model(p, pre)
+                new[key] = arr
+        except (ImageDecodeError, OSError) as e:
+            skipped.append((str(p), str(e).splitlines()[0][:200]))
+            continue
+        xs.append(arr)
+        ys.append(int(y))
+        kept.append(str(p))
+    if cache:
+        cache.store(new)
+    h, w = pre.input_size
+    x = np.stack(xs) if xs else np.zeros((0, h, w, 3), np.uint8)
+    return Decoded(x, np.asarray(ys, np.int64), kept, skipped)
+
+
+def class_weights(y: np.ndarray, n_classes: int, clip: tuple[float, float] = (0.7, 1.6)) -> np.ndarray:
+    """Balanced weights n / (k * n_c), clipped so a rare class helps without dominating."""
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    w = len(y) / (n_classes * np.maximum(counts, 1))
+    return np.clip(w, *clip).astype(np.float32)

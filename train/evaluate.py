@@ -1,0 +1,130 @@
+"""Evaluation on the saved test split: plain and TTA predictions, metrics, report.md and plots.
+
+Metrics are computed with NumPy here (no scikit-learn needed) so the same function serves edge-bench and the
+convert check, and a test can verify them on a hand-made confusion matrix.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import augment
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    k = len(labels)
+    cm = np.zeros((k, k), np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    tp = np.diag(cm).astype(np.float64)
+    support = cm.sum(1).astype(np.float64)
+    predicted = cm.sum(0).astype(np.float64)
+    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
+    n = max(1, int(support.sum()))
+    return {
+        "accuracy": float(tp.sum() / n),
+        "macro_f1": float(f1[support > 0].mean()) if (support > 0).any() else 0.0,
+        "weighted_f1": float((f1 * support).sum() / n),
+        "per_class": {lab: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                            "support": int(support[i])} for i, lab in enumerate(labels)},
+        "confusion_matrix": cm.tolist(),
+        "images": int(n),
+    }
+
+
+def predict_tta(model, x_u8: np.ndarray, passes: tuple[str, ...], batch: int = 32, verbose: int = 1) -> np.ndarray:
+    """Probabilities per TTA pass, shape (P, N, C); the TTA prediction is their mean over P."""
+    from tqdm.auto import tqdm
+    out = []
+    for i in tqdm(range(0, len(x_u8), batch), desc="evaluate (TTA)", unit="batch", disable=verbose < 1, leave=False):
+        views = augment.tta_views(x_u8[i:i + batch], passes)
+        out.append(np.stack([np.asarray(model.predict_on_batch(v)) for v in views]))
+    return np.concatenate(out, axis=1)
+
+
+def evaluate(model, x_u8: np.ndarray, y: np.ndarray, labels: list[str], passes: tuple[str, ...], tta: bool = True,
+             verbose: int = 1) -> dict[str, Any]:
+    passes = tuple(passes) if tta else ("identity",)
+    if "identity" not in passes:
+        passes = ("identity",) + passes
+    probs = predict_tta(model, x_u8, passes, verbose=verbose)
+    plain = probs[passes.index("identity")]
+    res = {"plain": classification_metrics(y, plain.argmax(1), labels), "tta_passes": list(passes)}
+    if tta and len(passes) > 1:
+        res["tta"] = classification_metrics(y, probs.mean(0).argmax(1), labels)
+    res["nll_plain"] = float(-np.mean(np.log(np.clip(plain[np.arange(len(y)), y], 1e-7, 1))))
+    return res
+
+
+def plot_history(stages: list, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    offset = 0
+    for st in stages:
+        h = st.history
+        ep = np.arange(offset, offset + len(h["loss"])) + 1
+        axes[0].plot(ep, h["loss"], label=f"{st.name} train")
+        axes[0].plot(ep, h["val_loss"], "--", label=f"{st.name} val")
+        axes[1].plot(ep, h["accuracy"], label=f"{st.name} train")
+        axes[1].plot(ep, h["val_accuracy"], "--", label=f"{st.name} val")
+        offset += len(h["loss"])
+    for ax, t in zip(axes, ("loss (train: MixUp + smoothed targets)", "accuracy")):
+        ax.set_title(t)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(cm: list[list[int]], labels: list[str], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm)
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                    color="white" if cm[i, j] > cm.max() / 2 else "black", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report_markdown(summary: dict[str, Any]) -> str:
+    ev, labels = summary["evaluation"], summary["labels"]
+    best = ev.get("tta", ev["plain"])
+    lines = [f"# Training report: {summary['recipe']} ({summary['backbone']})", "",
+             f"Test split: {ev['plain']['images']} images. Accuracy plain {ev['plain']['accuracy']:.2%}"
+             + (f", TTA ({len(ev['tta_passes'])} passes) {ev['tta']['accuracy']:.2%}" if "tta" in ev else "")
+             + f"; weighted F1 {best['weighted_f1']:.3f}, macro F1 {best['macro_f1']:.3f}.", "",
+             "| stage | epochs | best epoch | best val loss | seconds | img/s |", "|---|---|---|---|---|---|"]
+    for st in summary["stages"]:
+        lines.append(f"| {st['name']} | {st['epochs_run']} | {st['best_epoch'] + 1} | {st['best_val_loss']:.4f} "
+                     f"| {st['seconds']:.1f} | {st['images_per_s']:.1f} |")
+    lines += ["", f"Wall time: {summary['seconds']['total']:.1f} s "
+                  f"(decode {summary['seconds']['decode']:.1f}, train {summary['seconds']['train']:.1f}, "
+                  f"evaluate {summary['seconds']['evaluate']:.1f}).", "",
+              "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    for lab in labels:
+        c = best["per_class"][lab]
+        lines.append(f"| {lab} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |")
+    skipped = summary.get("skipped", [])
+    lines += ["", f"Unreadable images skipped: {len(skipped)}"] + [f"- `{p}`: {why}" for p, why in skipped[:50]]
+    lines += ["", "![curves](training_curves.png)", "", "![confusion](confusion_matrix.png)", ""]
+    return "\n".join(lines)
