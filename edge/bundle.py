@@ -144,11 +144,11 @@ class Bundle:
     @classmethod
     def create(cls, path: str | os.PathLike, labels: Iterable[str], preprocessing: Preprocessing,
                backbone: str, **extra: Any) -> "Bundle":
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         labels = [str(x) for x in labels]
         if len(labels) < 2:
             raise BundleError(f"a classifier needs at least 2 labels, got {labels}")
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
         b = cls(path, {
             "schema_version": SCHEMA_VERSION,
             "created": now_iso(),

@@ -125,3 +125,34 @@ def run_cli(*args: str, timeout: float = 600, check: bool = False, **kw) -> subp
     if check and p.returncode != 0:
         raise AssertionError(f"{args} exited {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}")
     return p
+
+
+def build_tiny_backbone(input_shape, weights=None):
+    """A 3-block CNN named like EfficientNet's layers (stem_*, block1a_*, block2a_*) so recipe code can cut it."""
+    import keras
+
+    inp = keras.Input(input_shape)
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="rescaling")(inp)
+    for name, ch in (("stem", 8), ("block1a", 16), ("block2a", 32)):
+        x = keras.layers.Conv2D(ch, 3, strides=2, padding="same", use_bias=False, name=f"{name}_conv")(x)
+        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+        x = keras.layers.Activation("relu", name=f"{name}_activation")(x)
+    return keras.Model(inp, x, name="tiny_backbone")
+
+
+@pytest.fixture
+def tiny_backbone(monkeypatch):
+    """Make `--backbone tiny` resolve to build_tiny_backbone inside this test process."""
+    from types import SimpleNamespace
+
+    import trashcam.train.backbones as registry
+
+    real_get = getattr(registry, "get", None)
+
+    def get(name):
+        if name == "tiny":
+            return SimpleNamespace(name="tiny", build=build_tiny_backbone, input_size=32)
+        return real_get(name)
+
+    monkeypatch.setattr(registry, "get", get, raising=False)
+    return "tiny"

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nedge-train: interrupted; the last finished epoch is checkpointed in {cfg.out}.partial/ — "
               "continue with the same command plus --resume", file=sys.stderr)
         return 130
-    except (TrainError, DatasetError, FileNotFoundError) as e:
+    except (TrainError, DatasetError, FileNotFoundError, ValueError) as e:
         print(f"edge-train: {e}", file=sys.stderr)
         return 1
     return 0

@@ -41,7 +41,7 @@ def predict_tta(model, x_u8: np.ndarray, passes: tuple[str, ...], batch: int = 3
     out = []
     for i in tqdm(range(0, len(x_u8), batch), desc="evaluate (TTA)", unit="batch", disable=verbose < 1, leave=False):
         views = augment.tta_views(x_u8[i:i + batch], passes)
-        out.append(np.stack([np.asarray(model.predict_on_batch(v)) for v in views]))
+        out.append(np.stack([np.asarray(model.predict(v, batch_size=batch, verbose=0)) for v in views]))
     return np.concatenate(out, axis=1)
 
 

@@ -68,8 +68,10 @@ def run_stage(name: str, model, epoch_data: Callable[[int], tuple], val: tuple, 
     with the best weights restored. Per-step cosine decay from `lr` to 0 over the stage when `cosine`.
     `full_model` is what the checkpoint saves (the sub-model being trained shares its weights)."""
     import keras
+    import tensorflow as tf
     from tqdm.auto import tqdm
 
+    drop_remainder = tf.distribute.get_strategy().num_replicas_in_sync > 1
     res = StageResult(name)
     if epochs <= 0:
         return res
@@ -85,10 +87,16 @@ def run_stage(name: str, model, epoch_data: Callable[[int], tuple], val: tuple, 
     bar = tqdm(range(start_epoch, epochs), desc=name, unit="epoch", disable=verbose < 1, leave=True)
     for epoch in bar:
         x, t, w = epoch_data(epoch)
+        if drop_remainder:  # tf.distribute with several replicas fails on a batch it cannot split evenly
+            if len(x) < batch_size:
+                raise ValueError(f"{len(x)} training samples are fewer than one global batch ({batch_size}); "
+                                 "lower --batch-size")
+            keep = np.random.default_rng(epoch).permutation(len(x))[:len(x) - len(x) % batch_size]
+            x, t, w = x[keep], t[keep], w[keep]
         t0 = time.perf_counter()
         h = model.fit(x, t, sample_weight=w, batch_size=batch_size, epochs=1, verbose=0, shuffle=True)
         seen += len(x)
-        vl, va = model.evaluate(val[0], val[1], batch_size=batch_size, verbose=0)
+        vl, va = validation_loss(model, val[0], val[1], batch_size)
         cur_lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
         for k, v in (("loss", h.history["loss"][0]), ("accuracy", h.history["accuracy"][0]), ("val_loss", vl),
                      ("val_accuracy", va), ("lr", cur_lr)):
@@ -123,14 +131,27 @@ def _mixed(x, y, n_classes, sw, cfg: TrainConfig, rng):
     return x, t, sw
 
 
-def batched_predict(model, xs: np.ndarray, batch: int, desc: str, verbose: int, transform=None) -> np.ndarray:
-    """Run `model` over `xs` in batches (optionally augmenting each batch first), with a progress bar."""
+def predict(model, x: np.ndarray, batch: int) -> np.ndarray:
+    """`model.predict`, not `predict_on_batch`: the latter returns wrong shapes under MirroredStrategy."""
+    return np.asarray(model.predict(x, batch_size=batch, verbose=0))
+
+
+def validation_loss(model, x: np.ndarray, t: np.ndarray, batch: int) -> tuple[float, float]:
+    """Cross-entropy and accuracy on validation data (Keras' evaluate breaks on uneven multi-replica batches)."""
+    p = predict(model, x, batch)
+    ce = -np.sum(t * np.log(np.clip(p, 1e-7, 1.0)), axis=1).mean()
+    return float(ce), float(np.mean(p.argmax(1) == t.argmax(1)))
+
+
+def batched_predict(model, xs: np.ndarray, batch: int, desc: str, verbose: int, transform=None,
+                    chunk: int = 256) -> np.ndarray:
+    """Run `model` over `xs` in chunks (optionally augmenting each chunk first), with a progress bar."""
     from tqdm.auto import tqdm
     outs = []
-    for i in tqdm(range(0, len(xs), batch), desc=desc, unit="batch", disable=verbose < 1, leave=False):
-        xb = xs[i:i + batch]
+    for i in tqdm(range(0, len(xs), chunk), desc=desc, unit="chunk", disable=verbose < 1, leave=False):
+        xb = xs[i:i + chunk]
         xb = transform(xb) if transform else xb.astype(np.float32)
-        outs.append(np.asarray(model.predict_on_batch(xb)))
+        outs.append(predict(model, xb, batch))
     return np.concatenate(outs) if outs else np.zeros((0,))
 
 
@@ -178,11 +199,11 @@ def fit_cached(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarra
         a = batched_predict(trunk, train.x, cfg.batch_size, f"cache view {v + 1}/{cfg.views}", cfg.verbose,
                             transform=lambda xb, v=v: view(xb, v))
         acts.append(a.astype(np.float16))
-        feats.append(batched_predict(to_features, a, 128, "features", 0))
+        feats.append(batched_predict(to_features, a, cfg.batch_size, "features", 0))
     acts = np.stack(acts, 1)  # (N, V, h', w', c)
     feats = np.stack(feats, 1)  # (N, V, D)
     val_act = batched_predict(trunk, val.x, cfg.batch_size, "cache val", cfg.verbose).astype(np.float16)
-    val_feat = batched_predict(to_features, val_act, 128, "features", 0)
+    val_feat = batched_predict(to_features, val_act, cfg.batch_size, "features", 0)
     cache_s = time.perf_counter() - t_cache
     n_views = len(train.x) * cfg.views + len(val.x)
     tv = augment.one_hot_smooth(val.y, n_classes, 0.0)

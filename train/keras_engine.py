@@ -1,0 +1,94 @@
+"""The Keras float model behind the same engine interface as the edge runtimes.
+
+`edge-convert` compares every converted variant with this engine on the same images, and `edge-bench` /
+`edge-calibrate` use it as the float reference, so the reference goes through exactly the code path the variants
+do: uint8 NHWC batch in, float32 probabilities out. TensorFlow/Keras are imported when an engine is built, never
+at module import.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from trashcam.edge.bundle import Bundle, BundleError
+
+KERAS_VARIANT = "keras"
+
+
+def _register_custom_objects() -> None:
+    # Backbones may define custom layers registered with keras.saving; importing the registry makes them
+    # loadable. A bundle made by a plain Keras model needs none of this, so a missing registry is fine.
+    try:
+        import trashcam.train.backbones  # noqa: F401
+    except ImportError:
+        pass
+
+
+def load_keras_model(bundle: Bundle | str | os.PathLike, variant: str = KERAS_VARIANT):
+    """The bundle's float Keras model (checksum verified), loaded without its optimizer state."""
+    import keras
+
+    bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle, verify=False)
+    path = bundle.variant_path(variant)
+    bundle.verify([bundle.variants[variant]["file"]])
+    _register_custom_objects()
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as e:  # keras raises many types for a damaged or foreign file
+        raise BundleError(f"cannot load the Keras model {path}: {e}") from e
+
+
+class KerasEngine:
+    """`KerasEngine(path_or_model, threads)`: prepare / invoke_raw / postprocess / predict like TFLiteEngine."""
+
+    format = "keras"
+
+    def __init__(self, path, threads: int | None = None, batch_size: int = 32):
+        import keras
+
+        if threads:
+            # Must happen before TF runs its first op; harmless (and ignored) if it already has.
+            try:
+                import tensorflow as tf
+                tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+                tf.config.threading.set_inter_op_parallelism_threads(1)
+            except (ImportError, RuntimeError):
+                pass
+        if isinstance(path, (str, os.PathLike)):
+            _register_custom_objects()
+            self.path = Path(path)
+            self.model = keras.models.load_model(self.path, compile=False)
+        else:  # an already-loaded keras.Model: lets convert load the model once for all variants
+            self.path = None
+            self.model = path
+        self.threads = threads
+        self.batch_size = int(batch_size)
+        self.runtime = f"keras {keras.__version__}"
+        self.input_dtype = np.dtype(np.float32)
+        self.input_shape = tuple(1 if d is None else int(d) for d in self.model.inputs[0].shape)
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, threads: int | None = None, batch_size: int = 32) -> "KerasEngine":
+        return cls(load_keras_model(bundle), threads, batch_size)
+
+    def prepare(self, image_u8: np.ndarray) -> np.ndarray:
+        return image_u8[None].astype(np.float32)
+
+    def invoke_raw(self, prepared: np.ndarray) -> np.ndarray:
+        # Calling the model (not model.predict) avoids building a tf.data pipeline per call: far faster at
+        # batch 1, which is what the latency benchmark times.
+        from keras import ops
+        return ops.convert_to_numpy(self.model(prepared, training=False))
+
+    def postprocess(self, raw: np.ndarray) -> np.ndarray:
+        return np.asarray(raw, dtype=np.float32)
+
+    def predict(self, batch_u8: np.ndarray) -> np.ndarray:
+        n = len(batch_u8)
+        if n == 0:
+            return np.zeros((0, int(self.model.outputs[0].shape[-1])), np.float32)
+        outs = [self.postprocess(self.invoke_raw(batch_u8[i:i + self.batch_size].astype(np.float32)))
+                for i in range(0, n, self.batch_size)]
+        return np.concatenate(outs)
