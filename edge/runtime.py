@@ -161,8 +161,48 @@ def passed_variants(bundle: Bundle) -> list[str]:
             and variant_format(bundle, v) in ENGINES]
 
 
-def choose_variant(bundle: Bundle, requested: str = "auto", threads: int | None = None) -> str:
-    """`auto`: the fastest passing variant recorded by `edge-bench` for this thread count, else by preference."""
+_PROBED: dict[tuple, dict[str, float]] = {}
+
+
+def probe_variants(bundle: Bundle, variants: list[str], threads: int | None = None,
+                   budget_s: float = 0.6, max_runs: int = 15) -> dict[str, float]:
+    """Median invoke() ms of each variant on this device: a few runs each within `budget_s`, after a warm-up.
+
+    Cached per process (bundle, files, threads) so building several Classifiers does not probe again.
+    A variant that fails to load is left out (it cannot be the fastest).
+    """
+    key = (str(bundle.path.resolve()), threads or default_threads(),
+           tuple((v, bundle.metadata.get("files", {}).get(bundle.variants[v]["file"], {}).get("sha256"))
+                 for v in variants))
+    if key in _PROBED:
+        return _PROBED[key]
+    h, w = bundle.preprocessing.input_size
+    # A gradient rather than a blank frame, so activations (and timings) resemble a real image more.
+    img = np.broadcast_to(np.linspace(0, 255, w, dtype=np.float32)[None, :, None], (h, w, 3)).astype(np.uint8)
+    times: dict[str, float] = {}
+    for v in variants:
+        try:
+            eng = open_engine(bundle, v, threads)
+            x = eng.prepare(img)
+            eng.invoke_raw(x)
+        except Exception:  # noqa: BLE001 - an unloadable variant is simply not a candidate
+            continue
+        runs, t_end = [], time.perf_counter() + budget_s
+        while len(runs) < max_runs and (len(runs) < 3 or time.perf_counter() < t_end):
+            t0 = time.perf_counter()
+            eng.invoke_raw(x)
+            runs.append((time.perf_counter() - t0) * 1e3)
+        times[v] = float(np.median(runs))
+        del eng
+    _PROBED[key] = times
+    return times
+
+
+def choose_variant(bundle: Bundle, requested: str = "auto", threads: int | None = None,
+                   probe: bool = True) -> str:
+    """`auto`: the fastest passing variant recorded by `edge-bench` for this thread count (the bundle's
+    metadata["bench"]["p50_ms"][str(threads)][variant]); without a bench result, a short on-device probe of
+    the passing variants (`probe=False`: the preference order instead)."""
     if requested != "auto":
         return requested
     ok = passed_variants(bundle)
@@ -171,6 +211,8 @@ def choose_variant(bundle: Bundle, requested: str = "auto", threads: int | None 
                           f"run `edge-convert {bundle.path}`")
     bench = bundle.metadata.get("bench", {}).get("p50_ms", {})
     timed = {v: ms for v, ms in bench.get(str(threads or default_threads()), {}).items() if v in ok}
+    if not timed and probe and len(ok) > 1:
+        timed = probe_variants(bundle, ok, threads)
     return min(timed, key=timed.get) if timed else ok[0]
 
 

@@ -26,8 +26,38 @@ def _register_custom_objects() -> None:
         pass
 
 
-def load_keras_model(bundle: Bundle | str | os.PathLike, variant: str = KERAS_VARIANT):
-    """The bundle's float Keras model (checksum verified), loaded without its optimizer state."""
+def as_float32(model):
+    """The same model with every layer computing in float32 (weights shared by value).
+
+    A model trained on GPU is saved with `mixed_float16` layers; TFLite cannot convert float16 compute
+    (Conv2D/Mul/... "neither a custom op nor a flex op"), and the edge runs float32 anyway. Models that are
+    already float32 are returned unchanged.
+    """
+    import keras
+
+    def policies(m):
+        for layer in m.layers:
+            yield layer.dtype_policy.name
+            if isinstance(layer, keras.Model):
+                yield from policies(layer)
+
+    if all(p == "float32" for p in policies(model)):
+        return model
+
+    def to_f32(layer):
+        if isinstance(layer, keras.Model):
+            return as_float32(layer)
+        cfg = layer.get_config()
+        cfg["dtype"] = "float32"
+        return layer.__class__.from_config(cfg)
+
+    clone = keras.models.clone_model(model, clone_function=to_f32)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def load_keras_model(bundle: Bundle | str | os.PathLike, variant: str = KERAS_VARIANT, float32: bool = True):
+    """The bundle's Keras model (checksum verified), without optimizer state; float32 compute unless asked."""
     import keras
 
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle, verify=False)
@@ -35,9 +65,10 @@ def load_keras_model(bundle: Bundle | str | os.PathLike, variant: str = KERAS_VA
     bundle.verify([bundle.variants[variant]["file"]])
     _register_custom_objects()
     try:
-        return keras.models.load_model(path, compile=False)
+        model = keras.models.load_model(path, compile=False)
     except Exception as e:  # keras raises many types for a damaged or foreign file
         raise BundleError(f"cannot load the Keras model {path}: {e}") from e
+    return as_float32(model) if float32 else model
 
 
 class KerasEngine:
@@ -59,7 +90,7 @@ class KerasEngine:
         if isinstance(path, (str, os.PathLike)):
             _register_custom_objects()
             self.path = Path(path)
-            self.model = keras.models.load_model(self.path, compile=False)
+            self.model = as_float32(keras.models.load_model(self.path, compile=False))
         else:  # an already-loaded keras.Model: lets convert load the model once for all variants
             self.path = None
             self.model = path

@@ -79,7 +79,7 @@ register(BackboneSpec(
     build=_build_b0,
     stage2_from="60",  # the seed notebook's "unfreeze from layer 60": layer 60 is block3b_expand_conv
     notes="keras.applications.EfficientNetB0; ImageNet weights are downloaded by Keras (fails offline: "
-          "pass --weights PATH to efficientnetb0_notop.h5). 238 layers without top.",
+          "pass --weights PATH to efficientnetb0_notop.h5). 237 layers without top.",
 ))
 
 # Lite0's stage-2 start: B0's layer 60 is `block3b_expand_conv`, the first layer of block 3b. Lite0 names its

@@ -1,0 +1,100 @@
+"""Open any variant of a bundle behind one engine interface, and measure one (variant, threads) pair.
+
+The deployable formats come from `edge.runtime.ENGINES`; the `keras` float model needs TensorFlow and comes
+from `trashcam.train.keras_engine`, imported only when that variant is asked for, so edge-bench runs on a
+device that has nothing but LiteRT.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from trashcam.edge.bundle import Bundle
+from trashcam.edge.images import load_for_model, open_image
+from trashcam.edge.runtime import open_engine, variant_format
+
+from .latency import time_end_to_end, time_invoke
+
+
+class VariantUnavailable(RuntimeError):
+    """A variant this machine cannot run (its runtime is not installed): skipped with a note, not fatal."""
+
+
+_TFLITE_DIST = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime",
+                "tensorflow.lite": "tensorflow"}
+
+
+def _dist_version(dist: str) -> str:
+    from importlib import metadata
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def import_runtime(fmt: str) -> str:
+    """Import the runtime a format needs (so load time excludes library import); returns its name + version."""
+    try:
+        if fmt == "tflite":
+            from trashcam.edge.runtime import load_tflite_interpreter_class
+            name = load_tflite_interpreter_class()[1]
+            return f"{name} {_dist_version(_TFLITE_DIST.get(name, name))}"
+        if fmt == "onnx":
+            import onnxruntime
+            return f"onnxruntime {onnxruntime.__version__}"
+        if fmt == "keras":
+            import keras
+            import tensorflow  # noqa: F401
+            from trashcam.train.keras_engine import KerasEngine  # noqa: F401
+            return f"keras {keras.__version__}"
+    except ImportError as e:
+        need = {"tflite": "ai-edge-litert", "onnx": "onnxruntime", "keras": "tensorflow + keras"}[fmt]
+        raise VariantUnavailable(f"{fmt} needs {need}, which is not installed here ({e})") from e
+    raise VariantUnavailable(f"no benchmark engine for format {fmt!r}")
+
+
+def open_bench_engine(bundle: Bundle, variant: str, threads: int | None):
+    fmt = variant_format(bundle, variant)
+    if fmt == "keras":
+        import_runtime(fmt)
+        from trashcam.train.keras_engine import KerasEngine
+        return KerasEngine(bundle.variant_path(variant), threads)
+    import_runtime(fmt)
+    return open_engine(bundle, variant, threads)
+
+
+def measure_variant(bundle_dir: str | Path, variant: str, threads: int, paths: Sequence[str], runs: int,
+                    warmup: int, on_loaded=None) -> dict:
+    """Load time, first-invoke time, invoke-only and end-to-end latency of one variant at one thread count.
+
+    `on_loaded()` is called after the runtime import and before the model load (memory.py reads the baseline
+    RSS there). The invoke-only input is the first image file, decoded once.
+    """
+    bundle = Bundle.load(bundle_dir, verify=False)
+    fmt = variant_format(bundle, variant)
+    runtime = import_runtime(fmt)
+    pre = bundle.preprocessing
+    image = load_for_model(paths[0], pre)
+    frames = [np.asarray(open_image(p)) for p in paths]  # full-size decoded frames, as from a camera
+    if on_loaded:
+        on_loaded()
+    t0 = time.perf_counter()
+    engine = open_bench_engine(bundle, variant, threads)
+    load_ms = (time.perf_counter() - t0) * 1e3
+    x = engine.prepare(image)
+    t0 = time.perf_counter()
+    probs = engine.postprocess(engine.invoke_raw(x))
+    first_ms = (time.perf_counter() - t0) * 1e3
+    if not np.all(np.isfinite(probs)):
+        raise RuntimeError(f"{variant} produced non-finite outputs")
+    return {
+        "runtime": runtime,
+        "load_ms": round(load_ms, 3),
+        "first_invoke_ms": round(first_ms, 3),
+        "latency_ms": time_invoke(engine, image, runs, warmup),
+        "e2e_latency_ms": time_end_to_end(engine, paths, pre, runs, warmup),
+        "frame_latency_ms": time_end_to_end(engine, frames, pre, runs, warmup),
+    }

@@ -1,0 +1,130 @@
+"""`calibrate_bundle`: fit temperatures and the "uncertain" threshold on validation; store them in the bundle.
+
+Every variant gets its own temperature (an INT8 model's outputs are coarser than float's and may need a
+different one); edge.runtime.Classifier reads `temperature_by_variant` first, then `temperature`. The threshold
+is chosen on the base variant (keras when present) after its temperature.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trashcam.edge.bundle import Bundle, BundleError, atomic_write_json, now_iso
+from trashcam.edge.images import is_image_file
+from trashcam.edge.runtime import ENGINES, apply_temperature, open_engine, variant_format
+
+from .config import CalibrationConfig
+from .metrics import summary
+from .temperature import at_bound, fit_temperature
+from .threshold import choose_threshold, flagged_fraction
+
+REPORT = "calibration_report.json"
+PLOT_DIR = "calibration"
+
+
+def _variants(bundle: Bundle, config: CalibrationConfig) -> list[str]:
+    if config.variants:
+        for v in config.variants:
+            bundle.variant_path(v)  # clear error naming what exists
+        return list(config.variants)
+    names = [v for v, info in bundle.variants.items()
+             if info.get("check", {}).get("status") != "FAIL"
+             and (variant_format(bundle, v) == "keras" or variant_format(bundle, v) in ENGINES)]
+    if not names:
+        raise BundleError(f"bundle {bundle.path} has no variant to calibrate")
+    return sorted(names, key=lambda v: (v != "keras", v))
+
+
+def _engine(bundle: Bundle, variant: str, threads: int | None):
+    if variant_format(bundle, variant) == "keras":
+        from trashcam.train.keras_engine import KerasEngine, load_keras_model
+        return KerasEngine(load_keras_model(bundle, variant), threads)
+    return open_engine(bundle, variant, threads)
+
+
+def _ood_images(root: str | os.PathLike, bundle: Bundle):
+    from trashcam.convert.evalset import decode
+    files = sorted(p for p in Path(root).rglob("*") if is_image_file(p))
+    if not files:
+        raise ValueError(f"--ood-data {root} has no images")
+    return decode(files, np.full(len(files), -1), bundle.preprocessing, str(Path(root).resolve()), "decode ood")
+
+
+def _r(x: float) -> float:
+    return round(float(x), 6)
+
+
+def calibrate_bundle(bundle_dir: str | os.PathLike, config: CalibrationConfig = CalibrationConfig()) -> dict[str, Any]:
+    from trashcam.convert.evalset import folder_images, split_images
+
+    bundle = Bundle.load(bundle_dir)
+    images = folder_images(config.data, bundle) if config.data else split_images(bundle, "val", config.data_root)
+    if len(images) == 0:
+        raise ValueError(f"no readable validation images in {images.source}")
+    y = images.y
+    names = _variants(bundle, config)
+    base = "keras" if "keras" in names else names[0]
+    ood = _ood_images(config.ood_data, bundle) if config.ood_data else None
+    results: dict[str, dict[str, Any]] = {}
+    plots: list[str] = []
+    for name in names:
+        print(f"[edge-calibrate] {name} ...", file=sys.stderr, flush=True)
+        engine = _engine(bundle, name, config.threads)
+        probs = engine.predict(images.x)
+        t = fit_temperature(probs, y)
+        after = apply_temperature(probs, t)
+        chosen = choose_threshold(after, y, config.target_precision, config.target_coverage)
+        res = {"temperature": _r(t), "temperature_at_search_bound": at_bound(t),
+               "before": {k: _r(v) for k, v in summary(probs, y, config.bins).items()},
+               "after": {k: _r(v) for k, v in summary(after, y, config.bins).items()},
+               "threshold": chosen}
+        if ood is not None:
+            ood_probs = apply_temperature(engine.predict(ood.x), t)
+            res["ood"] = {"source": ood.source, "n_images": len(ood),
+                          "flagged_uncertain": _r(flagged_fraction(ood_probs, chosen["threshold"]))}
+        if config.plots:
+            from .plots import coverage_plot, reliability_diagram
+            rel = f"{PLOT_DIR}/reliability_{name}.png"
+            reliability_diagram([("before", probs), (f"after (T={t:.3f})", after)], y, bundle.file(rel),
+                                title=f"{name} on {len(y)} validation images", n_bins=config.bins)
+            cov = f"{PLOT_DIR}/coverage_{name}.png"
+            coverage_plot(after, y, chosen, bundle.file(cov), title=f"{name}: uncertain-threshold trade-off")
+            plots += [rel, cov]
+            res["plots"] = [rel, cov]
+        results[name] = res
+        if at_bound(t):
+            print(f"WARNING: {name}: temperature {t:.3g} is at the search bound; the validation set is probably "
+                  "too small or the model makes no errors on it", file=sys.stderr)
+        if not chosen["met"]:
+            print(f"WARNING: {name}: no threshold reaches precision {config.target_precision} on validation; "
+                  "every prediction would be flagged uncertain", file=sys.stderr)
+    b = results[base]
+    report = {"created": now_iso(), "bundle": str(bundle.path.resolve()), "config": config.to_dict(),
+              "fitted_on": images.summary(), "base_variant": base, "variants": results}
+    cal = dict(bundle.calibration)
+    # Per-variant values merge with earlier runs (calibrating only INT8 keeps float's); the bundle-wide values
+    # come from keras, or from this run's first variant when no keras-based calibration exists.
+    for key, field in (("temperature_by_variant", "temperature"), ("threshold_by_variant", None)):
+        merged = dict(cal.get(key, {}))
+        merged.update({n: (r[field] if field else r["threshold"]["threshold"]) for n, r in results.items()})
+        cal[key] = merged
+    if base == "keras" or "temperature" not in cal or cal.get("base_variant") == base:
+        cal.update({
+            "temperature": b["temperature"],
+            "threshold": b["threshold"]["threshold"],
+            "threshold_rule": {k: v for k, v in b["threshold"].items() if k != "threshold"},
+            "base_variant": base, "fitted_on": f"{images.source} ({len(images)} images)",
+            "ece_before": b["before"]["ece"], "ece_after": b["after"]["ece"],
+            "nll_before": b["before"]["nll"], "nll_after": b["after"]["nll"],
+        })
+    cal.update({"bins": config.bins, "updated": report["created"], "report": REPORT})
+    bundle.metadata["calibration"] = cal
+    atomic_write_json(bundle.file(REPORT), report)
+    for rel in [REPORT, *plots]:
+        bundle.add_file(rel, role="calibration")
+    bundle.save()
+    return report

@@ -1,0 +1,57 @@
+"""`ConvertConfig`: everything `edge-convert` was asked to do, frozen and saved in the report it produced."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+INT8_IO = ("uint8", "float")
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    variants: tuple[str, ...] = ()  # empty: every variant in convert.variants.VARIANTS
+    check: bool = True  # run the accuracy check before a file is installed
+    max_drop: float = 1.0  # percentage points of test accuracy a variant may lose against the Keras model
+    calib_size: int = 300  # representative images for INT8 (class-balanced)
+    calib_data: str | None = None  # another folder for INT8 calibration instead of the train split
+    seed: int = 0  # selects the representative images
+    int8_io: str = "uint8"  # "uint8": integer input/output; "float": float I/O around an integer model
+    opset: int = 13
+    data: str | None = None  # folder of class folders for the check instead of the saved test split
+    data_root: str | None = None  # where the saved split's relative paths live, if the data moved
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.int8_io not in INT8_IO:
+            raise ValueError(f"int8_io must be one of {INT8_IO}, got {self.int8_io!r}")
+        if self.calib_size < 1:
+            raise ValueError(f"calib_size must be >= 1, got {self.calib_size}")
+        if self.max_drop < 0:
+            raise ValueError(f"max_drop is a tolerance in percentage points and must be >= 0, got {self.max_drop}")
+        object.__setattr__(self, "variants", tuple(self.variants))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["variants"] = list(self.variants)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ConvertConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown convert config key(s): {unknown}")
+        d = dict(d)
+        if "variants" in d:
+            d["variants"] = tuple(d["variants"])
+        return cls(**d)
+
+    def save(self, path: str | Path) -> None:
+        from trashcam.edge.bundle import atomic_write_json
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ConvertConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -1,0 +1,285 @@
+"""The live loop behind `edge-run`: source -> classifier -> smoothing -> sinks, with an honest time split.
+
+Per frame it records the raw `invoke()` time and the end-to-end classification time (frame in memory ->
+smoothed decision: resize, quantise, invoke, de-quantise, temperature, smoothing), so the summary shows how
+much the Python around the interpreter costs. Reading/decoding the frame and the outputs are timed apart
+(`frame_ms`): a camera's wait for the next exposure is not classification overhead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+from .bundle import Bundle, BundleError, Preprocessing, atomic_write_json
+from .images import load_for_model, resize_array
+from .runtime import Classifier, apply_temperature
+from .sinks import ConsoleSink, FrameSaver, JsonlSink, Sink
+from .smoothing import Smoother
+from .sources import open_source
+from .stats import RateMeter, Reservoir, rss_kb
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    bundle: str
+    variant: str = "auto"
+    source: str = "auto"
+    threads: int | None = None
+    smooth: str = "ema"  # ema | majority | none
+    window: int = 5  # frames combined by the smoother
+    stable: int = 3  # frames a new decision must hold before it is shown
+    min_confidence: float | None = None  # None: the bundle's calibrated threshold
+    log: str | None = None
+    log_mode: str = "changes"  # changes | frames
+    save_frames: str | None = None
+    save_mode: str = "changes"  # changes | frames
+    serve: str | None = None  # [HOST:]PORT; host defaults to 127.0.0.1
+    max_frames: int | None = None  # frames read, skipped ones included
+    duration: float | None = None  # seconds
+    loop: bool = False  # repeat a folder or video forever (soak tests)
+    capture_size: tuple[int, int] | None = None  # camera (width, height); None: 640x480
+    max_fps: float | None = None  # cap the rate to save power / heat
+    quiet: bool = False  # no live console line
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if d["capture_size"] is not None:
+            d["capture_size"] = list(d["capture_size"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if d.get("capture_size") is not None:
+            d["capture_size"] = tuple(d["capture_size"])
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunConfig":
+        return cls.from_dict(json.loads(text))
+
+
+def to_model_input(image: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    """The same pixels as `load_for_model(image)`, minus the copies a plain RGB array does not need."""
+    if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+        if image.shape[:2] == tuple(pre.input_size):
+            return image
+        return resize_array(Image.fromarray(image), pre)
+    return load_for_model(image, pre)
+
+
+def fast_prepare(engine) -> Callable[[np.ndarray], np.ndarray]:
+    """`engine.prepare` for uint8 frames, as a 256-entry lookup table when the input is quantised.
+
+    Quantising is elementwise on uint8 pixels, so a table gives bit-identical tensors without the float
+    round trip (for the usual scale 1 / zero-point 0 uint8 input it is no copy at all). Checked against
+    `engine.prepare` once; any mismatch falls back to it.
+    """
+    ramp = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)
+    try:
+        table = engine.prepare(ramp)
+    except Exception:  # noqa: BLE001 - an engine with fixed input shape checks; keep its own path
+        return engine.prepare
+    dtype = getattr(engine, "input_dtype", np.dtype(np.float32))
+    if table.shape != (1, 1, 256, 3) or dtype == np.float32:
+        return engine.prepare
+    lut = np.ascontiguousarray(table[0, 0, :, 0])
+    if lut.dtype == np.uint8 and np.array_equal(lut, np.arange(256)):
+        def prepare(x: np.ndarray) -> np.ndarray:
+            return x[None]
+    else:
+        def prepare(x: np.ndarray) -> np.ndarray:
+            return lut[x][None]
+    probe = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    ok = np.array_equal(prepare(probe), engine.prepare(probe)) and prepare(probe).dtype == table.dtype
+    return prepare if ok else engine.prepare
+
+
+class LiveRunner:
+    """Build once (bundle, interpreter, sinks), then `run()` until the source ends or `stop` is set."""
+
+    def __init__(self, cfg: RunConfig, stop: threading.Event | None = None, out=None, err=None):
+        self.cfg, self.stop = cfg, stop or threading.Event()
+        self.out, self.err = out or sys.stdout, err or sys.stderr
+        bundle = Bundle.load(cfg.bundle, verify=False)
+        self.clf = Classifier(bundle, cfg.variant, cfg.threads, min_confidence=cfg.min_confidence)
+        self.engine, self.pre, self.labels = self.clf.engine, self.clf.pre, self.clf.labels
+        self.prepare = fast_prepare(self.engine)
+        self.smoother = Smoother(self.labels, cfg.smooth, cfg.window, cfg.stable, self.clf.min_confidence)
+        self.resolved = dataclasses.replace(cfg, variant=self.clf.variant, threads=self.engine.threads,
+                                            min_confidence=self.clf.min_confidence)
+        self.info = {"bundle": str(Path(cfg.bundle).resolve()), "variant": self.clf.variant,
+                     "runtime": getattr(self.engine, "runtime", "?"), "threads": self.engine.threads,
+                     "labels": self.labels, "temperature": self.clf.temperature,
+                     "min_confidence": self.clf.min_confidence, "source": cfg.source}
+        # Warm the interpreter (the first frame's latency is no allocation outlier) and check the model's
+        # outputs match the labels: a bundle mixed up by hand fails here, not with an IndexError later.
+        out = self.engine.postprocess(self.engine.invoke_raw(self.prepare(np.zeros((*self.pre.input_size, 3),
+                                                                                  np.uint8))))
+        if out.shape[-1] != len(self.labels):
+            raise BundleError(f"{cfg.bundle}: variant {self.clf.variant} outputs {out.shape[-1]} classes but the "
+                              f"bundle has {len(self.labels)} labels; re-export the bundle")
+        how = "auto: edge-bench result or start-up probe" if cfg.variant == "auto" else "as asked"
+        print(f"edge-run: {self.info['bundle']} variant {self.clf.variant} ({how}), {self.info['runtime']}, "
+              f"{self.engine.threads} threads, source {cfg.source}", file=self.err, flush=True)
+        self.source = open_source(cfg.source, input_size=tuple(self.pre.input_size), loop=cfg.loop,
+                                  size=cfg.capture_size, stop=self.stop)
+        self.sinks: list[Sink] = []
+        self.server = None
+        try:
+            self.source.open()
+            self._open_sinks()
+        except BaseException:
+            self._close_sinks({})
+            self.source.close()
+            raise
+
+    def _open_sinks(self) -> None:
+        cfg, start = self.cfg, {"config": self.resolved.to_dict(), **self.info}
+        if not cfg.quiet:
+            self.sinks.append(ConsoleSink(self.err))
+        if cfg.log:
+            self.sinks.append(JsonlSink(cfg.log, cfg.log_mode, start))
+        if cfg.save_frames:
+            self.sinks.append(FrameSaver(cfg.save_frames, cfg.save_mode))
+            atomic_write_json(Path(cfg.save_frames) / "run_config.json", start)
+        if cfg.serve is not None:
+            from .server import PreviewServer
+            self.server = PreviewServer(cfg.serve, self.info)
+            self.sinks.append(self.server)
+            print(f"serving {self.server.url} (/stream.mjpg, /status)", file=self.err, flush=True)
+
+    def _close_sinks(self, summary: dict[str, Any]) -> None:
+        for s in self.sinks:
+            try:
+                s.close(summary)
+            except Exception as e:  # noqa: BLE001 - one broken sink must not lose the others' data
+                print(f"closing {type(s).__name__} failed: {e}", file=self.err, flush=True)
+
+    def classify_frame(self, image: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """(calibrated probs, invoke ms, e2e ms without smoothing) for one RGB frame."""
+        t0 = time.perf_counter()
+        prepared = self.prepare(to_model_input(image, self.pre))
+        t1 = time.perf_counter()
+        raw = self.engine.invoke_raw(prepared)
+        t2 = time.perf_counter()
+        probs = apply_temperature(self.engine.postprocess(raw)[0], self.clf.temperature)
+        return probs, (t2 - t1) * 1e3, (time.perf_counter() - t0) * 1e3
+
+    def run(self, on_frame: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        cfg = self.cfg
+        invoke, e2e, frame_ms, rate = Reservoir(), Reservoir(), Reservoir(), RateMeter()
+        frames = skipped = read = changes = 0
+        rss_start = rss_kb()
+        stopped_by, last = "end", None
+        timer = threading.Timer(cfg.duration, self.stop.set) if cfg.duration else None
+        if timer:
+            timer.daemon = True
+            timer.start()
+        t_start = t_prev = time.perf_counter()
+        try:
+            for frame in self.source:
+                read += 1
+                if frame.ok:
+                    t0 = time.perf_counter()
+                    probs, inv_ms, _ = self.classify_frame(frame.image)
+                    dec = self.smoother.update(probs)
+                    e2e_ms = (time.perf_counter() - t0) * 1e3
+                    frames += 1
+                    changes += dec.changed
+                    invoke.add(inv_ms)
+                    e2e.add(e2e_ms)
+                    rate.tick()
+                    i = int(np.argmax(probs))
+                    conf = float(probs[i])
+                    last = {"t": frame.timestamp, "frame": frame.index, "source": frame.name,
+                            "label": self.labels[i], "class_index": i, "confidence": round(conf, 6),
+                            "uncertain": conf < self.clf.min_confidence,
+                            "probs": {k: round(float(p), 6) for k, p in zip(self.labels, probs)},
+                            **dec.to_dict(), "invoke_ms": round(inv_ms, 3), "e2e_ms": round(e2e_ms, 3),
+                            "fps": round(rate.fps, 2), "frames": frames, "skipped": skipped}
+                    for s in self.sinks:
+                        s.frame(frame, last)
+                    if on_frame:
+                        on_frame(last)
+                    if frames == min(20, cfg.max_frames or 20):
+                        rss_start = rss_kb()  # after warm-up allocations (PIL, numpy, JPEG buffers)
+                else:
+                    skipped += 1
+                    for s in self.sinks:
+                        s.skip(frame)
+                now = time.perf_counter()
+                frame_ms.add((now - t_prev) * 1e3)
+                if cfg.max_frames and read >= cfg.max_frames:
+                    stopped_by = "max_frames"
+                    break
+                if self.stop.is_set():
+                    break
+                if cfg.max_fps and self.stop.wait(max(0.0, 1.0 / cfg.max_fps - (now - t_prev))):
+                    break
+                t_prev = time.perf_counter()
+            if stopped_by == "end" and self.stop.is_set():
+                stopped_by = ("signal" if self._signalled else
+                              "duration" if timer is not None and not timer.is_alive() else "stop")
+        finally:
+            if timer:
+                timer.cancel()
+            elapsed = time.perf_counter() - t_start
+            self.source.close()
+            inv_p50 = invoke.percentile(50)
+            summary = {
+                **self.info, "stopped_by": stopped_by, "frames": frames, "skipped": skipped, "read": read,
+                "elapsed_s": round(elapsed, 3), "fps": round(frames / elapsed, 2) if elapsed > 0 else 0.0,
+                "invoke_ms": invoke.summary(), "e2e_ms": e2e.summary(), "frame_ms": frame_ms.summary(),
+                "overhead_ratio_p50": round(e2e.percentile(50) / inv_p50, 3) if inv_p50 else None,
+                "decision_changes": changes, "decision": last.get("decision") if last else None,
+                "reopens": getattr(self.source, "reopens", 0), "dropped": getattr(self.source, "dropped", 0),
+                "rss_start_kb": rss_start, "rss_end_kb": rss_kb(),
+            }
+            self._close_sinks(summary)
+            self.summary = summary
+        return summary
+
+    _signalled = False
+
+    def request_stop(self, signalled: bool = True) -> None:
+        self._signalled = self._signalled or signalled
+        self.stop.set()
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    inv, e2e, fr = s["invoke_ms"], s["e2e_ms"], s["frame_ms"]
+    ratio = s["overhead_ratio_p50"]
+    return "\n".join([
+        f"summary: {s['frames']} frames classified, {s['skipped']} skipped, {s['elapsed_s']:.1f} s, "
+        f"{s['fps']:.1f} fps ({s['variant']}, {s['threads']} threads, {s['runtime']}; stopped by {s['stopped_by']})",
+        f"  invoke   p50 {inv['p50']:.2f} ms  p95 {inv['p95']:.2f} ms",
+        f"  e2e      p50 {e2e['p50']:.2f} ms  p95 {e2e['p95']:.2f} ms  (x{ratio} of invoke)" if ratio else
+        f"  e2e      p50 {e2e['p50']:.2f} ms  p95 {e2e['p95']:.2f} ms",
+        f"  frame    p50 {fr['p50']:.2f} ms  p95 {fr['p95']:.2f} ms  (incl. reading the source and outputs)",
+        f"  decision {s['decision']} ({s['decision_changes']} changes); RSS {s['rss_start_kb'] // 1024} -> "
+        f"{s['rss_end_kb'] // 1024} MiB",
+    ])
+
+
+def run_live(cfg: RunConfig, stop: threading.Event | None = None, out=None, err=None) -> dict[str, Any]:
+    """Library entry point: build, run to the end (or stop), print the summary, return it as a dict."""
+    runner = LiveRunner(cfg, stop, out, err)
+    summary = runner.run()
+    print(format_summary(summary), file=runner.out, flush=True)
+    return summary
+
+
+__all__ = ["RunConfig", "LiveRunner", "run_live", "format_summary", "to_model_input", "fast_prepare"]
