@@ -11,13 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from trashcam.edge.bundle import Bundle, BundleError, Preprocessing
-from trashcam.edge.dataset import Split, scan_classes
-from trashcam.edge.images import ImageDecodeError, load_for_model
+from trashcam.edge.bundle import Bundle, BundleError
+from trashcam.edge.imageset import decode, folder_files, load_split, split_files
 
 from .latency import evenly_spaced
-
-SPLIT_FILE = "split.json"
 
 
 @dataclass
@@ -37,48 +34,13 @@ class EvalSet:
                 "skipped_files": [list(s) for s in self.skipped[:20]]}
 
 
-def _progress(items, desc: str):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # the edge extra has no tqdm; a silent loop is fine
-        return items
-    return tqdm(items, desc=desc, unit="img", leave=False, disable=len(items) < 50)
-
-
-def decode(paths: list[Path], labels: np.ndarray, pre: Preprocessing) -> tuple[np.ndarray, np.ndarray, list, list]:
-    xs, ys, kept, skipped = [], [], [], []
-    for p, y in _progress(list(zip(paths, labels)), "decode"):
-        try:
-            xs.append(load_for_model(p, pre))
-        except (ImageDecodeError, OSError) as e:
-            skipped.append((str(p), str(e)))
-            continue
-        ys.append(int(y))
-        kept.append(str(p))
-    h, w = pre.input_size
-    x = np.stack(xs) if xs else np.zeros((0, h, w, 3), np.uint8)
-    return x, np.asarray(ys, np.int64), kept, skipped
-
-
 def labelled_files(bundle: Bundle, data: str | None, data_root: str | None) -> tuple[list[Path], np.ndarray, str, str]:
     """(paths, labels, source description, root) of the benchmark's labelled images."""
     if data:
-        _, items = scan_classes(data, bundle.labels)  # DatasetError for an unknown class folder
-        root = Path(data).resolve()
-        return [root / r for r, _ in items], np.array([y for _, y in items], np.int64), "folder", str(root)
-    p = bundle.file(SPLIT_FILE)
-    if not p.is_file():
-        raise BundleError(f"bundle {bundle.path} has no {SPLIT_FILE} (its test split); pass --data DIR")
-    split = Split.load(p)
-    if list(split.classes) != bundle.labels:
-        raise BundleError(f"{p} classes {split.classes} differ from the bundle's labels {bundle.labels}")
-    if not split.files.get("test"):
-        raise BundleError(f"the saved split of {bundle.path} has no test images; pass --data DIR")
-    root = Path(data_root or split.root)
-    if not root.is_dir():
-        raise BundleError(f"the test split's data folder {root} does not exist here; "
-                          "pass --data-root DIR (where it lives now) or --data DIR")
-    return split.paths("test", root), split.labels("test"), "test split (split.json)", str(root)
+        paths, labels, root = folder_files(data, bundle)  # DatasetError for an unknown class folder
+        return paths, labels, "folder", root
+    paths, labels, source = split_files(bundle, "test", data_root)
+    return paths, labels, "test split (split.json)", str(Path(data_root or load_split(bundle).root))
 
 
 def load_eval_set(bundle: Bundle, data: str | None = None, data_root: str | None = None,
@@ -87,10 +49,10 @@ def load_eval_set(bundle: Bundle, data: str | None = None, data_root: str | None
     if max_images and max_images < len(paths):
         keep = evenly_spaced(range(len(paths)), max_images)
         paths, labels = [paths[i] for i in keep], labels[keep]
-    x, y, kept, skipped = decode(paths, labels, bundle.preprocessing)
-    if not len(y):
+    images = decode(paths, labels, bundle.preprocessing, source)
+    if not len(images):
         raise BundleError(f"none of the {len(paths)} images in {root} could be decoded")
-    return EvalSet(x, y, kept, source, root, skipped)
+    return EvalSet(images.x, images.y, images.paths, source, root, images.skipped)
 
 
 def macro_f1(pred: np.ndarray, y: np.ndarray, n_classes: int) -> float:

@@ -8,7 +8,6 @@ the end-to-end check of the weights as well as a baseline for the fine-tuned mod
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time

@@ -47,7 +47,7 @@ def _engine(bundle: Bundle, variant: str, threads: int | None):
 
 
 def _ood_images(root: str | os.PathLike, bundle: Bundle):
-    from trashcam.convert.evalset import decode
+    from trashcam.edge.imageset import decode
     files = sorted(p for p in Path(root).rglob("*") if is_image_file(p))
     if not files:
         raise ValueError(f"--ood-data {root} has no images")
@@ -59,7 +59,7 @@ def _r(x: float) -> float:
 
 
 def calibrate_bundle(bundle_dir: str | os.PathLike, config: CalibrationConfig = CalibrationConfig()) -> dict[str, Any]:
-    from trashcam.convert.evalset import folder_images, split_images
+    from trashcam.edge.imageset import folder_images, split_images
 
     bundle = Bundle.load(bundle_dir)
     images = folder_images(config.data, bundle) if config.data else split_images(bundle, "val", config.data_root)

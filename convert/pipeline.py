@@ -47,7 +47,7 @@ def _io_details(engine) -> dict[str, Any]:
 
 
 def _eval_images(bundle: Bundle, config: ConvertConfig):
-    from .evalset import folder_images, split_images
+    from trashcam.edge.imageset import folder_images, split_images
     return folder_images(config.data, bundle) if config.data else split_images(bundle, "test", config.data_root)
 
 

@@ -14,7 +14,7 @@ from trashcam.edge.bundle import Bundle, BundleError
 from trashcam.edge.dataset import DatasetError, scan_classes
 from trashcam.edge.images import is_image_file
 
-from .evalset import ImageSet, decode, load_split
+from trashcam.edge.imageset import ImageSet, decode, load_split
 
 
 def balanced_pick(labels: np.ndarray, size: int, seed: int) -> np.ndarray:

@@ -81,12 +81,19 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temp file beside `path`, fsync, then rename: readers see the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600: a service user on the Pi must read the bundle
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -125,6 +132,7 @@ def install_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
         os.close(fd)
         shutil.copyfile(src, tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, dst)
     _fsync_dir(dst.parent)
 

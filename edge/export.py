@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import Bundle, BundleError
+from .bundle import Bundle, BundleError, current_umask
 from .runtime import choose_variant, open_engine
 
 
@@ -34,9 +34,7 @@ def export_edge_bundle(src: str | os.PathLike, dest: str | os.PathLike, variant:
         raise BundleError(f"{dest} exists and is not empty; pass --force to replace it")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would lock out a service running as another user
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would lock out a service running as another user
     try:
         slim = bundle.export_slim(tmp, chosen)
         if check:

@@ -80,33 +80,6 @@ def to_model_input(image: np.ndarray, pre: Preprocessing) -> np.ndarray:
     return load_for_model(image, pre)
 
 
-def fast_prepare(engine) -> Callable[[np.ndarray], np.ndarray]:
-    """`engine.prepare` for uint8 frames, as a 256-entry lookup table when the input is quantised.
-
-    Quantising is elementwise on uint8 pixels, so a table gives bit-identical tensors without the float
-    round trip (for the usual scale 1 / zero-point 0 uint8 input it is no copy at all). Checked against
-    `engine.prepare` once; any mismatch falls back to it.
-    """
-    ramp = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)
-    try:
-        table = engine.prepare(ramp)
-    except Exception:  # noqa: BLE001 - an engine with fixed input shape checks; keep its own path
-        return engine.prepare
-    dtype = getattr(engine, "input_dtype", np.dtype(np.float32))
-    if table.shape != (1, 1, 256, 3) or dtype == np.float32:
-        return engine.prepare
-    lut = np.ascontiguousarray(table[0, 0, :, 0])
-    if lut.dtype == np.uint8 and np.array_equal(lut, np.arange(256)):
-        def prepare(x: np.ndarray) -> np.ndarray:
-            return x[None]
-    else:
-        def prepare(x: np.ndarray) -> np.ndarray:
-            return lut[x][None]
-    probe = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
-    ok = np.array_equal(prepare(probe), engine.prepare(probe)) and prepare(probe).dtype == table.dtype
-    return prepare if ok else engine.prepare
-
-
 class LiveRunner:
     """Build once (bundle, interpreter, sinks), then `run()` until the source ends or `stop` is set."""
 
@@ -116,7 +89,7 @@ class LiveRunner:
         bundle = Bundle.load(cfg.bundle, verify=False)
         self.clf = Classifier(bundle, cfg.variant, cfg.threads, min_confidence=cfg.min_confidence)
         self.engine, self.pre, self.labels = self.clf.engine, self.clf.pre, self.clf.labels
-        self.prepare = fast_prepare(self.engine)
+        self.prepare = self.engine.prepare
         self.smoother = Smoother(self.labels, cfg.smooth, cfg.window, cfg.stable, self.clf.min_confidence)
         self.resolved = dataclasses.replace(cfg, variant=self.clf.variant, threads=self.engine.threads,
                                             min_confidence=self.clf.min_confidence)
@@ -282,4 +255,4 @@ def run_live(cfg: RunConfig, stop: threading.Event | None = None, out=None, err=
     return summary
 
 
-__all__ = ["RunConfig", "LiveRunner", "run_live", "format_summary", "to_model_input", "fast_prepare"]
+__all__ = ["RunConfig", "LiveRunner", "run_live", "format_summary", "to_model_input"]

@@ -65,13 +65,21 @@ class TFLiteEngine:
         self.input_quant = tuple(self._in["quantization"])  # (scale, zero_point); (0.0, 0) when float
         self.output_quant = tuple(self._out["quantization"])
         self.input_shape = tuple(int(d) for d in self._in["shape"])
+        # Quantising uint8 pixels is elementwise, so a 256-entry table gives bit-identical input without the
+        # float round trip (0.3 ms of a 2.2 ms INT8 invoke, measured); scale 1 / zero-point 0 needs no copy.
+        self._lut = None
+        if self.input_dtype != np.float32:
+            self._lut = _quantize(np.arange(256, dtype=np.float32), self.input_dtype, *self.input_quant)
+        self._identity = self._lut is not None and self._lut.dtype == np.uint8 and \
+            np.array_equal(self._lut, np.arange(256))
 
     def prepare(self, image_u8: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> the model's input tensor (1, H, W, 3) in its dtype."""
-        x = image_u8[None].astype(np.float32)
-        if self.input_dtype == np.float32:
-            return x
-        return _quantize(x, self.input_dtype, *self.input_quant)
+        if self._lut is None:
+            return image_u8[None].astype(np.float32)
+        if image_u8.dtype != np.uint8:
+            return _quantize(image_u8[None].astype(np.float32), self.input_dtype, *self.input_quant)
+        return image_u8[None] if self._identity else self._lut[image_u8][None]
 
     def invoke_raw(self, prepared: np.ndarray) -> np.ndarray:
         self.interpreter.set_tensor(self._in["index"], prepared)

@@ -1,4 +1,4 @@
-"""Decoded, labelled image sets for checks and calibration: decode once, reuse for every variant.
+"""Decoded, labelled image sets for checks, calibration and benchmarks: decode once, reuse for every variant.
 
 Images go through edge.images.load_for_model (the one preprocessing path), so the check sees exactly what a
 device would. Unreadable files are skipped and counted, never fatal.
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from trashcam.edge.bundle import Bundle, BundleError, Preprocessing
-from trashcam.edge.dataset import Split, scan_classes
-from trashcam.edge.images import ImageDecodeError, load_for_model
+from .bundle import Bundle, BundleError, Preprocessing
+from .dataset import Split, scan_classes
+from .images import ImageDecodeError, load_for_model
 
 SPLIT_FILE = "split.json"
 
@@ -34,12 +34,18 @@ class ImageSet:
                 "skipped": [list(s) for s in self.skipped[:20]]}
 
 
+def _progress(items: list, desc: str):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # the edge extra has no tqdm; a silent loop is fine on a device
+        return items
+    return tqdm(items, desc=desc, unit="img", leave=False, disable=len(items) < 50)
+
+
 def decode(paths: list[Path], labels: np.ndarray, pre: Preprocessing, source: str, desc: str = "decode"
            ) -> ImageSet:
-    from tqdm import tqdm
-
     xs, ys, kept, skipped = [], [], [], []
-    for p, y in tqdm(list(zip(paths, labels)), desc=desc, unit="img", leave=False, disable=len(paths) < 50):
+    for p, y in _progress(list(zip(paths, labels)), desc):
         try:
             xs.append(load_for_model(p, pre))
         except (ImageDecodeError, OSError) as e:
@@ -63,8 +69,9 @@ def load_split(bundle: Bundle) -> Split:
     return split
 
 
-def split_images(bundle: Bundle, name: str, data_root: str | os.PathLike | None = None) -> ImageSet:
-    """The bundle's saved `name` split (train/val/test), decoded. `data_root` re-roots it if the data moved."""
+def split_files(bundle: Bundle, name: str, data_root: str | os.PathLike | None = None
+                ) -> tuple[list[Path], np.ndarray, str]:
+    """Paths, labels and a description of the bundle's saved `name` split; `data_root` re-roots moved data."""
     split = load_split(bundle)
     if not split.files.get(name):
         raise BundleError(f"the saved split of {bundle.path} has no {name!r} images; pass --data DIR")
@@ -72,13 +79,22 @@ def split_images(bundle: Bundle, name: str, data_root: str | os.PathLike | None 
     if not root.is_dir():
         raise BundleError(f"the split's data folder {root} does not exist here; "
                           "pass --data-root DIR (where it lives now) or --data DIR")
-    return decode(split.paths(name, root), split.labels(name), bundle.preprocessing,
-                  source=f"{name} split of {SPLIT_FILE} ({root})", desc=f"decode {name}")
+    return split.paths(name, root), split.labels(name), f"{name} split of {SPLIT_FILE} ({root})"
+
+
+def folder_files(root: str | os.PathLike, bundle: Bundle) -> tuple[list[Path], np.ndarray, str]:
+    """DIR/<class>/*.jpg labelled by folder name; a folder the model has no label for is an error."""
+    _, items = scan_classes(root, bundle.labels)
+    return [Path(root) / rel for rel, _ in items], np.array([y for _, y in items], np.int64), \
+        str(Path(root).resolve())
+
+
+def split_images(bundle: Bundle, name: str, data_root: str | os.PathLike | None = None) -> ImageSet:
+    """The bundle's saved `name` split (train/val/test), decoded."""
+    paths, labels, source = split_files(bundle, name, data_root)
+    return decode(paths, labels, bundle.preprocessing, source=source, desc=f"decode {name}")
 
 
 def folder_images(root: str | os.PathLike, bundle: Bundle) -> ImageSet:
-    """DIR/<class>/*.jpg labelled by folder name; a folder the model has no label for is an error."""
-    classes, items = scan_classes(root, bundle.labels)
-    paths = [Path(root) / rel for rel, _ in items]
-    return decode(paths, np.array([y for _, y in items]), bundle.preprocessing, source=str(Path(root).resolve()),
-                  desc="decode data")
+    paths, labels, source = folder_files(root, bundle)
+    return decode(paths, labels, bundle.preprocessing, source=source, desc="decode data")
