@@ -16,13 +16,13 @@ sources (--source):
   -               image paths, one per line, on stdin
 
 examples:
-  edge-run bundles/mnv3                                 # Pi camera, fastest passing variant, live console line
-  edge-run bundles/mnv3 --serve 8080                    # + http://127.0.0.1:8080/ (MJPEG + /status)
-  edge-run bundles/mnv3 --serve 0.0.0.0:8080            # the same, reachable from the LAN (only when asked)
-  edge-run bundles/mnv3 --source camera:0 --log events.jsonl --save-frames shots/
-  edge-run bundles/mnv3 --source clip.mp4 --log all.jsonl --log-mode frames --max-frames 500
-  edge-run bundles/mnv3 --source data/sample --loop --duration 3600 --quiet     # soak test
-  ls *.jpg | edge-run bundles/mnv3 --source - --smooth none --stable 1 --log-mode frames --log out.jsonl
+  edge-run runs/trashnet                                 # Pi camera, fastest passing variant, live console line
+  edge-run runs/trashnet --serve 8080                    # + http://127.0.0.1:8080/ (MJPEG + /status)
+  edge-run runs/trashnet --serve 0.0.0.0:8080            # the same, reachable from the LAN (only when asked)
+  edge-run runs/trashnet --source camera:0 --log events.jsonl --save-frames shots/
+  edge-run runs/trashnet --source clip.mp4 --log all.jsonl --log-mode frames --max-frames 500
+  edge-run runs/trashnet --source data/sample --loop --duration 3600 --quiet     # soak test
+  ls *.jpg | edge-run runs/trashnet --source - --smooth none --stable 1 --log-mode frames --log out.jsonl
 
 The shown decision is the smoothed top class once it has held for --stable frames, or "uncertain" when its
 confidence is below the bundle's calibrated threshold (--min-confidence overrides). Ctrl-C or SIGTERM stops

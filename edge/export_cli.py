@@ -6,9 +6,9 @@ import sys
 
 EPILOG = """\
 examples:
-  edge-export bundles/mnv3 slim/ --variant tflite-int8       # ~3 MB instead of the whole training bundle
+  edge-export runs/trashnet slim/ --variant tflite-int8       # ~3 MB instead of the whole training bundle
   rsync -a slim/ pi@raspberrypi.local:trashcam/bundle/       # then on the Pi: edge-run trashcam/bundle
-  edge-export bundles/mnv3 slim/ --variant auto --force      # replace slim/; auto = fastest passing here
+  edge-export runs/trashnet slim/ --variant auto --force      # replace slim/; auto = fastest passing here
 
 The variant must have passed its accuracy check (see metadata.json "variants"), unless --force.
 The slim bundle keeps the whole metadata (preprocessing, calibration, bench) so edge-run behaves the same.

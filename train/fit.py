@@ -167,9 +167,10 @@ def fit_full(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarray,
         xa = np.concatenate([augment.augment_batch(train.x[i:i + 256], rng, cfg) for i in range(0, len(train.x), 256)])
         return _mixed(xa, train.y, n_classes, sw[train.y], cfg, rng)
 
-    results = []
+    results, stage1_weights = [], None
     for stage, (epochs, lr, pat, cosine) in ((1, (cfg.stage1_epochs, cfg.stage1_lr, cfg.stage1_patience, True)),
-                                             (2, (cfg.stage2_epochs, cfg.stage2_lr, cfg.stage2_patience, False))):
+                                             (2, (cfg.stage2_epochs, cfg.stage2_lr, cfg.stage2_patience,
+                                                  cfg.stage2_cosine))):
         start = _start_epoch(resume, f"stage{stage}")
         if start is None:
             continue
@@ -178,6 +179,9 @@ def fit_full(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarray,
                       ckpt, start, cfg.verbose, jit, n_per_epoch=len(train.x))
         r.info = info
         results.append(r)
+        if stage == 1:
+            stage1_weights = parts.model.get_weights()
+    keep_better_stage(parts, stage1_weights, results)
     return results
 
 
@@ -223,6 +227,7 @@ def fit_cached(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarra
                   "cache_images_per_s": round(n_views / cache_s, 1), "trainable_weights": int(
                       sum(int(np.prod(v.shape)) for v in head.trainable_weights))}
         results.append(r)
+    stage1_weights = parts.model.get_weights() if results else None
 
     # Stage 2: unfrozen blocks + head on cached activations, one random view of each image per epoch.
     if (s := _start_epoch(resume, "stage2")) is not None:
@@ -234,12 +239,27 @@ def fit_cached(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarra
             return _mixed(acts[idx, pick].astype(np.float32), train.y, n_classes, w, cfg, rng)
 
         r = run_stage("stage2", top, epoch_data, (val_act.astype(np.float32), tv), cfg.stage2_epochs,
-                      cfg.stage2_patience, cfg.stage2_lr, False, cfg.batch_size, ckpt, s, cfg.verbose, jit,
+                      cfg.stage2_patience, cfg.stage2_lr, cfg.stage2_cosine, cfg.batch_size, ckpt, s, cfg.verbose,
+                      jit,
                       n_per_epoch=len(idx), full_model=parts.model)
         r.info = {**info, "cut_at": parts.backbone_layers[start].name, "activation_shape": list(acts.shape[2:]),
                   "cache_mb": round(acts.nbytes / 2**20, 1)}
         results.append(r)
+    keep_better_stage(parts, stage1_weights, results)
     return results
+
+
+def keep_better_stage(parts: ClassifierParts, stage1_weights, results: list[StageResult]) -> None:
+    """Stage 2 starts from stage 1's best; if it never beats that validation loss, stage 1's weights stay.
+
+    Both losses are the full model's on the same un-augmented validation images, so they compare directly.
+    """
+    if stage1_weights is None or len(results) < 2:
+        return
+    s1, s2 = results[0], results[-1]
+    s2.info["kept"] = bool(s2.best_val_loss < s1.best_val_loss)
+    if not s2.info["kept"]:
+        parts.model.set_weights(stage1_weights)
 
 
 def _jit(cfg: TrainConfig) -> bool | str:
