@@ -212,3 +212,24 @@ def test_mirrored_strategy_trains_on_two_logical_cpus(synthetic_dataset, tmp_pat
     assert p.returncode == 0, p.stderr[-3000:]
     compute = json.loads(p.stdout.strip().splitlines()[-1])
     assert compute["replicas"] == 2 and compute["strategy"] == "MirroredStrategy"
+
+
+def test_stage2_is_discarded_when_it_never_beats_stage1():
+    from types import SimpleNamespace
+
+    from trashcam.train.fit import StageResult, keep_better_stage
+
+    class Model:
+        weights = "stage2"
+
+        def set_weights(self, w):
+            self.weights = w
+
+    parts = SimpleNamespace(model=Model())
+    s1, s2 = StageResult("stage1", best_val_loss=0.26), StageResult("stage2", best_val_loss=0.29)
+    keep_better_stage(parts, "stage1", [s1, s2])
+    assert parts.model.weights == "stage1" and s2.info["kept"] is False
+    parts.model.weights = "stage2"
+    s2.best_val_loss = 0.20
+    keep_better_stage(parts, "stage1", [s1, s2])
+    assert parts.model.weights == "stage2" and s2.info["kept"] is True

@@ -117,6 +117,8 @@ def report_markdown(summary: dict[str, Any]) -> str:
     for st in summary["stages"]:
         lines.append(f"| {st['name']} | {st['epochs_run']} | {st['best_epoch'] + 1} | {st['best_val_loss']:.4f} "
                      f"| {st['seconds']:.1f} | {st['images_per_s']:.1f} |")
+    if any(st.get("info", {}).get("kept") is False for st in summary["stages"]):
+        lines += ["", "Stage 2 never beat stage 1's validation loss, so stage 1's weights were kept."]
     lines += ["", f"Wall time: {summary['seconds']['total']:.1f} s "
                   f"(decode {summary['seconds']['decode']:.1f}, train {summary['seconds']['train']:.1f}, "
                   f"evaluate {summary['seconds']['evaluate']:.1f}).", "",
