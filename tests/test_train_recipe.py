@@ -233,3 +233,23 @@ def test_stage2_is_discarded_when_it_never_beats_stage1():
     s2.best_val_loss = 0.20
     keep_better_stage(parts, "stage1", [s1, s2])
     assert parts.model.weights == "stage2" and s2.info["kept"] is True
+
+
+def test_saved_model_carries_no_optimizer_state(tiny_backbone, tmp_path):
+    import zipfile
+
+    import keras
+
+    from trashcam.train.model import build_classifier, compile_for
+    from trashcam.train.pipeline import _weights_only
+
+    parts = build_classifier(QUICK.replace(backbone="tiny", image_size=32), 3)
+    compile_for(parts.model, 1e-3)
+    parts.model.fit(np.zeros((4, 32, 32, 3)), np.eye(3)[[0, 1, 2, 0]], verbose=0)  # creates Adam's moments
+    _weights_only(parts.model).save(tmp_path / "m.keras")
+    import h5py
+    with zipfile.ZipFile(tmp_path / "m.keras") as z, h5py.File(z.open("model.weights.h5"), "r") as h:
+        assert "optimizer" not in h
+    again = keras.models.load_model(tmp_path / "m.keras")
+    x = np.random.default_rng(0).random((2, 32, 32, 3)).astype(np.float32) * 255
+    np.testing.assert_allclose(again.predict(x, verbose=0), parts.model.predict(x, verbose=0), atol=1e-6)

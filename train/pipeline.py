@@ -82,7 +82,7 @@ def _weights_only(model):
     """An uncompiled copy: a compiled model's .keras file carries Adam's two moments per weight (B0: 52 MB
     instead of 16 MB), which no later stage needs."""
     import keras
-    clone = keras.models.clone_model(model)
+    clone = keras.Model.from_config(model.get_config())  # clone_model would copy the compile state too
     clone.set_weights(model.get_weights())
     return clone
 
