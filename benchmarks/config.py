@@ -1,14 +1,13 @@
 """`BenchConfig`: what `edge-bench` was asked to measure, frozen and saved inside the JSON result it produced."""
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+
+from trashcam.edge.config import JsonConfig
 
 
 @dataclass(frozen=True)
-class BenchConfig:
+class BenchConfig(JsonConfig):
     variants: tuple[str, ...] = ()  # empty: every variant the bundle has
     threads: tuple[int, ...] = ()  # empty: 1 and edge.runtime.default_threads()
     runs: int = 100  # timed runs per measurement, after `warmup` untimed ones
@@ -38,27 +37,3 @@ class BenchConfig:
     def resolved_threads(self) -> tuple[int, ...]:
         from trashcam.edge.runtime import default_threads
         return self.threads or tuple(sorted({1, default_threads()}))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["variants"], d["threads"] = list(self.variants), list(self.threads)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BenchConfig":
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown bench config key(s): {unknown}")
-        d = dict(d)
-        for k in ("variants", "threads"):
-            if k in d:
-                d[k] = tuple(d[k])
-        return cls(**d)
-
-    def save(self, path: str | Path) -> None:
-        from trashcam.edge.bundle import atomic_write_json
-        atomic_write_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "BenchConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -1,14 +1,13 @@
 """`CalibrationConfig`: what `edge-calibrate` was asked to do, frozen and saved in its report."""
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+
+from trashcam.edge.config import JsonConfig
 
 
 @dataclass(frozen=True)
-class CalibrationConfig:
+class CalibrationConfig(JsonConfig):
     variants: tuple[str, ...] = ()  # empty: keras + every variant present that did not fail its check
     data: str | None = None  # labelled folder (DIR/<class>/*) instead of the saved validation split
     data_root: str | None = None  # where the saved split's relative paths live, if the data moved
@@ -27,19 +26,3 @@ class CalibrationConfig:
             raise ValueError(f"target_coverage must be in (0, 1], got {self.target_coverage}")
         if self.bins < 1:
             raise ValueError(f"bins must be >= 1, got {self.bins}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["variants"] = list(self.variants)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CalibrationConfig":
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown calibration config key(s): {unknown}")
-        return cls(**d)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "CalibrationConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -1,16 +1,15 @@
 """`ConvertConfig`: everything `edge-convert` was asked to do, frozen and saved in the report it produced."""
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+
+from trashcam.edge.config import JsonConfig
 
 INT8_IO = ("uint8", "float")
 
 
 @dataclass(frozen=True)
-class ConvertConfig:
+class ConvertConfig(JsonConfig):
     variants: tuple[str, ...] = ()  # empty: every variant in convert.variants.VARIANTS
     check: bool = True  # run the accuracy check before a file is installed
     max_drop: float = 1.0  # percentage points of test accuracy a variant may lose against the Keras model
@@ -31,27 +30,3 @@ class ConvertConfig:
         if self.max_drop < 0:
             raise ValueError(f"max_drop is a tolerance in percentage points and must be >= 0, got {self.max_drop}")
         object.__setattr__(self, "variants", tuple(self.variants))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["variants"] = list(self.variants)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ConvertConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown convert config key(s): {unknown}")
-        d = dict(d)
-        if "variants" in d:
-            d["variants"] = tuple(d["variants"])
-        return cls(**d)
-
-    def save(self, path: str | Path) -> None:
-        from trashcam.edge.bundle import atomic_write_json
-        atomic_write_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "ConvertConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from .bundle import Bundle, BundleError, Preprocessing, atomic_write_json
+from .config import JsonConfig
 from .images import load_for_model, resize_array
 from .runtime import Classifier, apply_temperature
 from .sinks import ConsoleSink, FrameSaver, JsonlSink, Sink
@@ -29,7 +30,8 @@ from .stats import RateMeter, Reservoir, rss_kb
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(JsonConfig):
+    strict = False  # a run_config.json record may carry extra keys
     bundle: str
     variant: str = "auto"
     source: str = "auto"
@@ -49,19 +51,6 @@ class RunConfig:
     capture_size: tuple[int, int] | None = None  # camera (width, height); None: 640x480
     max_fps: float | None = None  # cap the rate to save power / heat
     quiet: bool = False  # no live console line
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        if d["capture_size"] is not None:
-            d["capture_size"] = list(d["capture_size"])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
-        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        if d.get("capture_size") is not None:
-            d["capture_size"] = tuple(d["capture_size"])
-        return cls(**d)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

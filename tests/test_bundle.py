@@ -94,3 +94,21 @@ def test_export_slim_keeps_one_variant(tmp_path):
 def test_too_few_labels():
     with pytest.raises(BundleError, match="at least 2"):
         Bundle.create("/tmp/never", ["one"], Preprocessing(), backbone="x")
+
+
+def test_json_config_roundtrip_and_unknown_keys(tmp_path):
+    from dataclasses import dataclass
+
+    from trashcam.edge.config import JsonConfig
+
+    @dataclass(frozen=True)
+    class C(JsonConfig):
+        a: int = 1
+        sizes: tuple[int, ...] = (1, 2)
+
+    c = C(3, (4, 5))
+    c.save(tmp_path / "c.json")
+    assert json.loads((tmp_path / "c.json").read_text()) == {"a": 3, "sizes": [4, 5]}
+    assert C.load(tmp_path / "c.json") == c
+    with pytest.raises(ValueError, match="unknown C key"):
+        C.from_dict({"a": 1, "b": 2})

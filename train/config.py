@@ -6,14 +6,15 @@ the bundle (`train_config.json` and metadata["training"]["config"]) so a bundle 
 from __future__ import annotations
 
 import dataclasses
-import json
-from dataclasses import dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
+
+from trashcam.edge.config import JsonConfig
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(JsonConfig):
+    strict = False  # bundles written by older versions may carry retired fields
     data: str = ""
     out: str = ""
     recipe: str = "default"
@@ -78,26 +79,6 @@ class TrainConfig:
 
     def replace(self, **kw: Any) -> "TrainConfig":
         return dataclasses.replace(self, **kw)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        kw = {}
-        for f in fields(cls):
-            if f.name in d:
-                v = d[f.name]
-                kw[f.name] = tuple(v) if isinstance(v, list) else v
-        return cls(**kw)
-
-    def save(self, path: str | Path) -> None:
-        from trashcam.edge.bundle import atomic_write_json
-        atomic_write_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 # The published notebook, number for number: EfficientNetB0, full fine-tuning from layer 60.
