@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.overwrite:
         os.environ["TRASHCAM_OVERWRITE"] = "1"
+    if not sys.stderr.isatty():  # CI logs and nohup: a progress line every 30 s, not every batch
+        os.environ.setdefault("TQDM_MININTERVAL", "30")
     from trashcam.edge.dataset import DatasetError
 
     from .pipeline import TrainError, train
