@@ -6,6 +6,7 @@ zero-point the model itself declares, and its output is de-quantised, so callers
 """
 from __future__ import annotations
 
+import importlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -18,23 +19,26 @@ from .bundle import Bundle, BundleError
 from .images import ImageLike, load_for_model
 
 
+# Where a TFLite Interpreter can come from, in order of preference: LiteRT (the maintained runtime), the legacy
+# tflite_runtime wheel, and full TensorFlow only as a last resort (present on training machines, never needed
+# on a device). Imported by name, lazily, so nothing here pulls TensorFlow unless both small runtimes are absent.
+TFLITE_RUNTIMES = (  # (name reported, module to import, attribute path to the Interpreter class)
+    ("ai_edge_litert", "ai_edge_litert.interpreter", "Interpreter"),
+    ("tflite_runtime", "tflite_runtime.interpreter", "Interpreter"),
+    ("tensorflow.lite", "tensorflow", "lite.Interpreter"),  # tf.lite is a lazy attribute, not an importable path
+)
+
+
 def load_tflite_interpreter_class() -> tuple[type, str]:
-    """LiteRT first (the maintained runtime), then the legacy tflite_runtime wheel, then full TensorFlow."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-        return Interpreter, "ai_edge_litert"
-    except ImportError:
-        pass
-    try:
-        from tflite_runtime.interpreter import Interpreter  # type: ignore
-        return Interpreter, "tflite_runtime"
-    except ImportError:
-        pass
-    try:
-        import tensorflow as tf  # type: ignore  # last resort: heavy, but present on training machines
-        return tf.lite.Interpreter, "tensorflow.lite"
-    except ImportError as e:
-        raise ImportError("no TFLite runtime found: `pip install ai-edge-litert` (or `pip install '.[edge]'`)") from e
+    for name, module, attrs in TFLITE_RUNTIMES:
+        try:
+            obj = importlib.import_module(module)
+        except ImportError:
+            continue
+        for attr in attrs.split("."):
+            obj = getattr(obj, attr)
+        return obj, name
+    raise ImportError("no TFLite runtime found: `pip install ai-edge-litert` (or `pip install '.[edge]'`)")
 
 
 def default_threads() -> int:

@@ -3,6 +3,9 @@ running the live loop (with the HTTP view) leaves `tensorflow` and `keras` out o
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import textwrap
 
 from conftest import run_cli
@@ -46,3 +49,14 @@ def test_cli_help_is_instant_and_teaches():
         assert "examples:" in p.stdout
         heavy = [ln for ln in p.stderr.splitlines() if any(x in ln for x in ("tensorflow", "ai_edge_litert", "cv2"))]
         assert heavy == [], heavy[:3]
+
+
+def test_tflite_runtime_fallback_order():
+    """Without LiteRT and tflite_runtime, the interpreter comes from TensorFlow (last resort), named as such."""
+    code = ("import sys; sys.modules['ai_edge_litert'] = None; sys.modules['tflite_runtime'] = None\n"
+            "from trashcam.edge.runtime import load_tflite_interpreter_class\n"
+            "cls, name = load_tflite_interpreter_class(); print(name, cls.__name__)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split()[-2:] == ["tensorflow.lite", "Interpreter"]

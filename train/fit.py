@@ -120,14 +120,10 @@ def run_stage(name: str, model, epoch_data: Callable[[int], tuple], val: tuple, 
     return res
 
 
-def _targets(y: np.ndarray, n: int, cfg: TrainConfig) -> np.ndarray:
-    return augment.one_hot_smooth(y, n, cfg.label_smoothing)
-
-
 def _mixed(x, y, n_classes, sw, cfg: TrainConfig, rng):
-    t = _targets(y, n_classes, cfg)
-    if cfg.mixup_alpha > 0:
-        x, t, sw, _, _ = augment.mixup(x, t, sw, cfg.mixup_alpha, rng)
+    """Smoothed one-hot targets, then MixUp (which returns its inputs unchanged at alpha 0)."""
+    t = augment.one_hot_smooth(y, n_classes, cfg.label_smoothing)
+    x, t, sw, _, _ = augment.mixup(x, t, sw, cfg.mixup_alpha, rng)
     return x, t, sw
 
 
