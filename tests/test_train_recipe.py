@@ -143,7 +143,7 @@ def test_cosine_schedule_in_stage1(tiny_backbone, synthetic_dataset, tmp_path):
     np.testing.assert_allclose(lrs, expected, atol=1e-7)
 
 
-@pytest.mark.parametrize("mode", ["cached", "full"])
+@pytest.mark.parametrize("mode", ["cached", "hybrid", "full"])
 def test_edge_train_end_to_end_learns_the_synthetic_task(tiny_backbone, synthetic_dataset, tmp_path, mode):
     from trashcam.train.cli import main
 

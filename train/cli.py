@@ -31,8 +31,9 @@ HELP = {
     "backbone": "backbone from the registry: efficientnet_lite0 | efficientnet_b0",
     "weights": "'imagenet' (default), 'none' (random init) or a path to a Keras weights file",
     "image_size": "square input size in pixels",
-    "mode": "'cached' (frozen part computed once per view; fast on CPU) or 'full' (seed notebook's way)",
-    "views": "augmented views per training image cached in 'cached' mode",
+    "mode": "'cached': frozen part computed once per view, both stages on the cache (fastest on CPU); 'hybrid': "
+            "stage 1 on cached features, stage 2 on freshly augmented images; 'full': both stages fresh (the seed's way)",
+    "views": "augmented views per training image cached for stage 1 ('cached', 'hybrid') and stage 2 ('cached')",
     "stage2_from": "first backbone layer that trains in stage 2: an index (60) or a name prefix (block6a)",
     "exclude_classes": "comma-separated classes to leave out (open-set experiments)",
     "tta_passes": "comma-separated TTA passes: identity,hflip,vflip,zoom_in,zoom_in_hflip,rot90",

@@ -46,6 +46,7 @@ class TrainConfig(JsonConfig):
     # "cached": the frozen part runs once per augmented view and is cached; epochs train only what learns
     # (stage 1: the head on pooled features; stage 2: the unfrozen blocks on cached activations). Same recipe,
     # with `views` fixed augmentations per image instead of fresh ones every epoch: ~10x less CPU.
+    # "hybrid": stage 1 as in "cached", stage 2 as in "full".
     mode: str = "full"
     views: int = 5
     batch_size: int = 32
@@ -100,6 +101,7 @@ DEFAULT = TrainConfig(
 QUICK = DEFAULT.replace(recipe="quick", image_size=160, views=2, stage1_epochs=15, stage2_epochs=2,
                         stage2_from="block7a", tta_passes=("identity", "hflip"))
 
+MODES = ("full", "cached", "hybrid")
 RECIPES: dict[str, TrainConfig] = {c.recipe: c for c in (SEED, DEFAULT, QUICK)}
 
 
@@ -108,8 +110,8 @@ def resolve(recipe: str, **overrides: Any) -> TrainConfig:
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
     cfg = RECIPES[recipe].replace(**{k: v for k, v in overrides.items() if v is not None})
-    if cfg.mode not in ("full", "cached"):
-        raise ValueError(f"mode must be 'full' or 'cached', got {cfg.mode!r}")
+    if cfg.mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {cfg.mode!r}")
     if abs(sum(cfg.split) - 1) > 1e-6:
         raise ValueError(f"split fractions must sum to 1, got {cfg.split}")
     return cfg

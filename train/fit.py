@@ -151,32 +151,88 @@ def batched_predict(model, xs: np.ndarray, batch: int, desc: str, verbose: int, 
     return np.concatenate(outs) if outs else np.zeros((0,))
 
 
-def fit_full(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarray, cfg: TrainConfig,
-             ckpt: Checkpoint | None, resume: dict) -> list[StageResult]:
-    """Both stages on the whole network, fresh augmentation every epoch."""
-    rng = np.random.default_rng(cfg.seed)
-    xv = val.x.astype(np.float32)
-    tv = augment.one_hot_smooth(val.y, n_classes, 0.0)
-    jit = _jit(cfg)
-
+def _full_stage(stage: int, parts: ClassifierParts, train, val: tuple, n_classes: int, sw: np.ndarray,
+                cfg: TrainConfig, ckpt: Checkpoint | None, start: int, rng) -> StageResult:
+    """One stage on the whole network, fresh augmentation every epoch."""
     def epoch_data(_epoch):
         xa = np.concatenate([augment.augment_batch(train.x[i:i + 256], rng, cfg) for i in range(0, len(train.x), 256)])
         return _mixed(xa, train.y, n_classes, sw[train.y], cfg, rng)
 
+    epochs, lr, pat, cosine = ((cfg.stage1_epochs, cfg.stage1_lr, cfg.stage1_patience, True) if stage == 1 else
+                               (cfg.stage2_epochs, cfg.stage2_lr, cfg.stage2_patience, cfg.stage2_cosine))
+    info = set_stage(parts, stage, cfg)
+    r = run_stage(f"stage{stage}", parts.model, epoch_data, val, epochs, pat, lr, cosine, cfg.batch_size, ckpt,
+                  start, cfg.verbose, _jit(cfg), n_per_epoch=len(train.x))
+    r.info = info
+    return r
+
+
+def fit_full(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarray, cfg: TrainConfig,
+             ckpt: Checkpoint | None, resume: dict) -> list[StageResult]:
+    """Both stages on the whole network, fresh augmentation every epoch."""
+    rng = np.random.default_rng(cfg.seed)
+    v = (val.x.astype(np.float32), augment.one_hot_smooth(val.y, n_classes, 0.0))
     results, stage1_weights = [], None
-    for stage, (epochs, lr, pat, cosine) in ((1, (cfg.stage1_epochs, cfg.stage1_lr, cfg.stage1_patience, True)),
-                                             (2, (cfg.stage2_epochs, cfg.stage2_lr, cfg.stage2_patience,
-                                                  cfg.stage2_cosine))):
+    for stage in (1, 2):
         start = _start_epoch(resume, f"stage{stage}")
         if start is None:
             continue
-        info = set_stage(parts, stage, cfg)
-        r = run_stage(f"stage{stage}", parts.model, epoch_data, (xv, tv), epochs, pat, lr, cosine, cfg.batch_size,
-                      ckpt, start, cfg.verbose, jit, n_per_epoch=len(train.x))
-        r.info = info
-        results.append(r)
+        results.append(_full_stage(stage, parts, train, v, n_classes, sw, cfg, ckpt, start, rng))
         if stage == 1:
             stage1_weights = parts.model.get_weights()
+    keep_better_stage(parts, stage1_weights, results)
+    return results
+
+
+def _cache_views(model, x: np.ndarray, cfg: TrainConfig, rng, desc: str, dtype=np.float32) -> np.ndarray:
+    """`model` on `cfg.views` views of every image -> (N, V, ...). View 0 is the plain image; the rest are random
+    augmentations drawn with the recipe's parameters."""
+    def view(xb, v):
+        return xb.astype(np.float32) if v == 0 else augment.augment_batch(xb, rng, cfg)
+
+    out = [batched_predict(model, x, cfg.batch_size, f"{desc} view {v + 1}/{cfg.views}", cfg.verbose,
+                           transform=lambda xb, v=v: view(xb, v)).astype(dtype) for v in range(cfg.views)]
+    return np.stack(out, 1)
+
+
+def _head_stage(parts: ClassifierParts, feats: np.ndarray, train, val_feat: np.ndarray, tv: np.ndarray,
+                n_classes: int, w: np.ndarray, cfg: TrainConfig, ckpt, start: int, rng) -> StageResult:
+    """Stage 1 on cached pooled features (N, V, D): every view every epoch, it costs milliseconds."""
+    head = head_model(parts)
+    f_all = feats.reshape(-1, feats.shape[-1])
+    y_all, w_all = np.repeat(train.y, cfg.views), np.repeat(w, cfg.views)
+    r = run_stage("stage1", head, lambda e: _mixed(f_all, y_all, n_classes, w_all, cfg, rng), (val_feat, tv),
+                  cfg.stage1_epochs, cfg.stage1_patience, cfg.stage1_lr, True, cfg.batch_size, ckpt, start,
+                  cfg.verbose, _jit(cfg), n_per_epoch=len(f_all), full_model=parts.model)
+    r.info = {"trainable_weights": int(sum(int(np.prod(v.shape)) for v in head.trainable_weights))}
+    return r
+
+
+def fit_hybrid(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarray, cfg: TrainConfig,
+               ckpt: Checkpoint | None, resume: dict) -> list[StageResult]:
+    """Stage 1 on pooled features cached for `views` views (the head needs no fresh images to converge);
+    stage 2 on the whole network with fresh augmentation every epoch (fine-tuning on a few fixed views overfits
+    them: measured, stage 2 on cached views never beat stage 1's validation loss)."""
+    import keras
+    rng = np.random.default_rng(cfg.seed)
+    tv = augment.one_hot_smooth(val.y, n_classes, 0.0)
+    results, stage1_weights = [], None
+    if (s := _start_epoch(resume, "stage1")) is not None:
+        t0 = time.perf_counter()
+        set_stage(parts, 1, cfg)
+        to_feat = keras.Model(parts.model.input, parts.model.get_layer("head_pool").output, name="features")
+        feats = _cache_views(to_feat, train.x, cfg, rng, "cache")
+        val_feat = batched_predict(to_feat, val.x, cfg.batch_size, "cache val", cfg.verbose)
+        cache_s = time.perf_counter() - t0
+        r = _head_stage(parts, feats, train, val_feat, tv, n_classes, sw[train.y], cfg, ckpt, s, rng)
+        n = len(train.x) * cfg.views + len(val.x)
+        r.info.update({"cache_seconds": round(cache_s, 1), "cached_views": n,
+                       "cache_images_per_s": round(n / cache_s, 1)})
+        results.append(r)
+        stage1_weights = parts.model.get_weights()
+    if (s := _start_epoch(resume, "stage2")) is not None:
+        results.append(_full_stage(2, parts, train, (val.x.astype(np.float32), tv), n_classes, sw, cfg, ckpt, s,
+                                   rng))
     keep_better_stage(parts, stage1_weights, results)
     return results
 
@@ -189,39 +245,21 @@ def fit_cached(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarra
     start = stage2_index(parts, cfg.stage2_from)
     set_stage(parts, 2, cfg)
     trunk, top, to_features = trunk_and_top(parts, start)
-
-    # View 0 is the plain image; the rest are random augmentations drawn with the recipe's parameters.
-    def view(xb, v):
-        return xb.astype(np.float32) if v == 0 else augment.augment_batch(xb, rng, cfg)
-
-    acts, feats = [], []
-    for v in range(cfg.views):
-        a = batched_predict(trunk, train.x, cfg.batch_size, f"cache view {v + 1}/{cfg.views}", cfg.verbose,
-                            transform=lambda xb, v=v: view(xb, v))
-        acts.append(a.astype(np.float16))
-        feats.append(batched_predict(to_features, a, cfg.batch_size, "features", 0))
-    acts = np.stack(acts, 1)  # (N, V, h', w', c)
-    feats = np.stack(feats, 1)  # (N, V, D)
+    acts = _cache_views(trunk, train.x, cfg, rng, "cache", np.float16)  # (N, V, h', w', c)
+    feats = np.stack([batched_predict(to_features, acts[:, v], cfg.batch_size, "features", 0)
+                      for v in range(cfg.views)], 1)  # (N, V, D)
     val_act = batched_predict(trunk, val.x, cfg.batch_size, "cache val", cfg.verbose).astype(np.float16)
     val_feat = batched_predict(to_features, val_act, cfg.batch_size, "features", 0)
     cache_s = time.perf_counter() - t_cache
     n_views = len(train.x) * cfg.views + len(val.x)
     tv = augment.one_hot_smooth(val.y, n_classes, 0.0)
     w = sw[train.y]
-    jit = _jit(cfg)
     results = []
 
-    # Stage 1: the head on pooled features, every view every epoch (it costs milliseconds).
     if (s := _start_epoch(resume, "stage1")) is not None:
-        head = head_model(parts)
-        f_all = feats.reshape(-1, feats.shape[-1])
-        y_all, w_all = np.repeat(train.y, cfg.views), np.repeat(w, cfg.views)
-        r = run_stage("stage1", head, lambda e: _mixed(f_all, y_all, n_classes, w_all, cfg, rng), (val_feat, tv),
-                      cfg.stage1_epochs, cfg.stage1_patience, cfg.stage1_lr, True, cfg.batch_size, ckpt, s,
-                      cfg.verbose, jit, n_per_epoch=len(f_all), full_model=parts.model)
-        r.info = {"cache_seconds": round(cache_s, 1), "cached_views": n_views,
-                  "cache_images_per_s": round(n_views / cache_s, 1), "trainable_weights": int(
-                      sum(int(np.prod(v.shape)) for v in head.trainable_weights))}
+        r = _head_stage(parts, feats, train, val_feat, tv, n_classes, w, cfg, ckpt, s, rng)
+        r.info.update({"cache_seconds": round(cache_s, 1), "cached_views": n_views,
+                       "cache_images_per_s": round(n_views / cache_s, 1)})
         results.append(r)
     stage1_weights = parts.model.get_weights() if results else None
 
@@ -236,8 +274,7 @@ def fit_cached(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarra
 
         r = run_stage("stage2", top, epoch_data, (val_act.astype(np.float32), tv), cfg.stage2_epochs,
                       cfg.stage2_patience, cfg.stage2_lr, cfg.stage2_cosine, cfg.batch_size, ckpt, s, cfg.verbose,
-                      jit,
-                      n_per_epoch=len(idx), full_model=parts.model)
+                      _jit(cfg), n_per_epoch=len(idx), full_model=parts.model)
         r.info = {**info, "cut_at": parts.backbone_layers[start].name, "activation_shape": list(acts.shape[2:]),
                   "cache_mb": round(acts.nbytes / 2**20, 1)}
         results.append(r)

@@ -101,7 +101,7 @@ def train(cfg: TrainConfig) -> Path:
     partial.mkdir(parents=True, exist_ok=True)
 
     from . import evaluate as ev
-    from .fit import Checkpoint, fit_cached, fit_full
+    from .fit import Checkpoint, fit_cached, fit_full, fit_hybrid
     from .model import build_classifier
 
     strategy, compute = setup_compute(cfg)
@@ -134,7 +134,7 @@ def train(cfg: TrainConfig) -> Path:
     eff = cfg.replace(batch_size=cfg.batch_size * compute["replicas"])
     t1 = time.perf_counter()
     with strategy.scope():
-        fit = fit_cached if cfg.mode == "cached" else fit_full
+        fit = {"cached": fit_cached, "hybrid": fit_hybrid, "full": fit_full}[cfg.mode]
         stages = fit(parts, sets["train"], sets["val"], n_classes, sw, eff, ckpt, resume)
     train_s = time.perf_counter() - t1
 
