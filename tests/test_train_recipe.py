@@ -253,3 +253,29 @@ def test_saved_model_carries_no_optimizer_state(tiny_backbone, tmp_path):
     again = keras.models.load_model(tmp_path / "m.keras")
     x = np.random.default_rng(0).random((2, 32, 32, 3)).astype(np.float32) * 255
     np.testing.assert_allclose(again.predict(x, verbose=0), parts.model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_calibrated_validation_loss_ignores_confidence_scale_but_not_ranking():
+    """An under-confident model (MixUp-like) and a sharper one with the same ranking tie on the calibrated loss;
+    raw cross-entropy would prefer one of them. A model that ranks worse loses on both."""
+    from trashcam.train.fit import validation_loss
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(300, 5)) + 3 * np.eye(5)[rng.integers(0, 5, 300)]
+    y = logits.argmax(1)
+    y[:30] = (y[:30] + 1) % 5  # some errors, so the best temperature is finite
+    t = np.eye(5)[y]
+
+    class Fixed:
+        def __init__(self, z):
+            self.p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+
+        def predict(self, x, batch_size, verbose):
+            return self.p
+
+    soft, sharp = validation_loss(Fixed(logits / 4), None, t, 32), validation_loss(Fixed(logits * 2), None, t, 32)
+    assert abs(soft["val_loss"] - sharp["val_loss"]) > 0.1
+    assert soft["val_loss_calibrated"] == pytest.approx(sharp["val_loss_calibrated"], abs=2e-3)
+    worse = validation_loss(Fixed(logits + rng.normal(scale=2, size=logits.shape)), None, t, 32)
+    assert worse["val_loss_calibrated"] > soft["val_loss_calibrated"] + 0.05
+    assert soft["val_accuracy"] == sharp["val_accuracy"] == pytest.approx(0.9)

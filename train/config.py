@@ -42,6 +42,9 @@ class TrainConfig(JsonConfig):
     stage2_cosine: bool = False  # the seed keeps 1e-5 constant; cosine decay suits a higher stage-2 LR
     stage2_from: str = "60"
     freeze_bn: bool = True
+    # early stopping and the stage-2-or-stage-1 choice: "val_loss" (the seed's) or "val_loss_calibrated" (NLL at
+    # the best temperature: compares how well models rank classes, not how confident MixUp left them)
+    monitor: str = "val_loss"
     # "full": each epoch runs the whole network on freshly augmented images (the seed notebook's way, GPU-friendly).
     # "cached": the frozen part runs once per augmented view and is cached; epochs train only what learns
     # (stage 1: the head on pooled features; stage 2: the unfrozen blocks on cached activations). Same recipe,
@@ -94,7 +97,7 @@ DEFAULT = TrainConfig(
     recipe="default", backbone="efficientnet_lite0", mode="cached", views=6, image_size=288,
     stage1_epochs=30, stage1_lr=1e-3, stage1_patience=6,
     stage2_from="block6a", stage2_epochs=15, stage2_lr=1e-4, stage2_patience=5, stage2_cosine=True,
-    tta_passes=("identity", "hflip", "vflip"),
+    tta_passes=("identity", "hflip", "vflip"), monitor="val_loss_calibrated",
 )
 
 # Seconds, not minutes: for tests and the quickstart on the bundled sample.
@@ -112,6 +115,8 @@ def resolve(recipe: str, **overrides: Any) -> TrainConfig:
     cfg = RECIPES[recipe].replace(**{k: v for k, v in overrides.items() if v is not None})
     if cfg.mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {cfg.mode!r}")
+    if cfg.monitor not in ("val_loss", "val_loss_calibrated"):
+        raise ValueError(f"monitor must be 'val_loss' or 'val_loss_calibrated', got {cfg.monitor!r}")
     if abs(sum(cfg.split) - 1) > 1e-6:
         raise ValueError(f"split fractions must sum to 1, got {cfg.split}")
     return cfg

@@ -113,7 +113,8 @@ def report_markdown(summary: dict[str, Any]) -> str:
              f"Test split: {ev['plain']['images']} images. Accuracy plain {ev['plain']['accuracy']:.2%}"
              + (f", TTA ({len(ev['tta_passes'])} passes) {ev['tta']['accuracy']:.2%}" if "tta" in ev else "")
              + f"; weighted F1 {best['weighted_f1']:.3f}, macro F1 {best['macro_f1']:.3f}.", "",
-             "| stage | epochs | best epoch | best val loss | seconds | img/s |", "|---|---|---|---|---|---|"]
+             f"| stage | epochs | best epoch | best {summary.get('monitor', 'val_loss')} | seconds | img/s |",
+             "|---|---|---|---|---|---|"]
     for st in summary["stages"]:
         lines.append(f"| {st['name']} | {st['epochs_run']} | {st['best_epoch'] + 1} | {st['best_val_loss']:.4f} "
                      f"| {st['seconds']:.1f} | {st['images_per_s']:.1f} |")

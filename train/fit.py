@@ -31,7 +31,8 @@ class StageResult:
     seconds: float = 0.0
     images_per_s: float = 0.0
     history: dict[str, list[float]] = field(default_factory=lambda: {"loss": [], "accuracy": [], "val_loss": [],
-                                                                     "val_accuracy": [], "lr": []})
+                                                                     "val_loss_calibrated": [], "val_accuracy": [],
+                                                                     "lr": []})
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -63,9 +64,11 @@ class Checkpoint:
 
 def run_stage(name: str, model, epoch_data: Callable[[int], tuple], val: tuple, epochs: int, patience: int,
               lr: float, cosine: bool, batch_size: int, ckpt: Checkpoint | None, start_epoch: int = 0,
-              verbose: int = 1, jit: bool | str = False, n_per_epoch: int = 0, full_model=None) -> StageResult:
-    """Epoch loop: fit one epoch on `epoch_data(epoch)` = (x, targets, weights), validate, early-stop on val loss
-    with the best weights restored. Per-step cosine decay from `lr` to 0 over the stage when `cosine`.
+              verbose: int = 1, jit: bool | str = False, n_per_epoch: int = 0, full_model=None,
+              monitor: str = "val_loss") -> StageResult:
+    """Epoch loop: fit one epoch on `epoch_data(epoch)` = (x, targets, weights), validate, early-stop on the
+    `monitor`ed validation loss (`best_val_loss` is that value) with the best weights restored. Per-step cosine
+    decay from `lr` to 0 over the stage when `cosine`.
     `full_model` is what the checkpoint saves (the sub-model being trained shares its weights)."""
     import keras
     import tensorflow as tf
@@ -96,14 +99,15 @@ def run_stage(name: str, model, epoch_data: Callable[[int], tuple], val: tuple, 
         t0 = time.perf_counter()
         h = model.fit(x, t, sample_weight=w, batch_size=batch_size, epochs=1, verbose=0, shuffle=True)
         seen += len(x)
-        vl, va = validation_loss(model, val[0], val[1], batch_size)
+        vals = validation_loss(model, val[0], val[1], batch_size)
         cur_lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
-        for k, v in (("loss", h.history["loss"][0]), ("accuracy", h.history["accuracy"][0]), ("val_loss", vl),
-                     ("val_accuracy", va), ("lr", cur_lr)):
+        for k, v in (("loss", h.history["loss"][0]), ("accuracy", h.history["accuracy"][0]), *vals.items(),
+                     ("lr", cur_lr)):
             res.history[k].append(float(v))
         res.epochs_run += 1
-        bar.set_postfix(loss=f"{h.history['loss'][0]:.3f}", val_loss=f"{vl:.3f}", val_acc=f"{va:.3f}",
-                        ips=f"{len(x) / (time.perf_counter() - t0):.0f}")
+        vl = vals[monitor]
+        bar.set_postfix(loss=f"{h.history['loss'][0]:.3f}", val_loss=f"{vl:.3f}",
+                        val_acc=f"{vals['val_accuracy']:.3f}", ips=f"{len(x) / (time.perf_counter() - t0):.0f}")
         if vl < res.best_val_loss - 1e-4:
             res.best_val_loss, res.best_epoch, wait = float(vl), epoch, 0
             best_weights = model.get_weights()
@@ -132,11 +136,22 @@ def predict(model, x: np.ndarray, batch: int) -> np.ndarray:
     return np.asarray(model.predict(x, batch_size=batch, verbose=0))
 
 
-def validation_loss(model, x: np.ndarray, t: np.ndarray, batch: int) -> tuple[float, float]:
-    """Cross-entropy and accuracy on validation data (Keras' evaluate breaks on uneven multi-replica batches)."""
+def validation_loss(model, x: np.ndarray, t: np.ndarray, batch: int) -> dict[str, float]:
+    """Cross-entropy, cross-entropy at the best temperature, and accuracy on validation data (Keras' evaluate
+    breaks on uneven multi-replica batches).
+
+    The calibrated loss compares models by what they know rather than how confident they sound: MixUp and label
+    smoothing make stage 1 under-confident, fine-tuning makes it sharper, and raw cross-entropy punishes the
+    latter even when it ranks classes better. `edge-calibrate` fits the same temperature afterwards anyway.
+    """
+    from trashcam.calibration.metrics import nll_at, pseudo_logits
+    from trashcam.calibration.temperature import fit_temperature
+
     p = predict(model, x, batch)
+    y = t.argmax(1)
     ce = -np.sum(t * np.log(np.clip(p, 1e-7, 1.0)), axis=1).mean()
-    return float(ce), float(np.mean(p.argmax(1) == t.argmax(1)))
+    ce_t = nll_at(pseudo_logits(p), y, fit_temperature(p, y, iters=40))
+    return {"val_loss": float(ce), "val_loss_calibrated": float(ce_t), "val_accuracy": float(np.mean(p.argmax(1) == y))}
 
 
 def batched_predict(model, xs: np.ndarray, batch: int, desc: str, verbose: int, transform=None,
@@ -162,7 +177,7 @@ def _full_stage(stage: int, parts: ClassifierParts, train, val: tuple, n_classes
                                (cfg.stage2_epochs, cfg.stage2_lr, cfg.stage2_patience, cfg.stage2_cosine))
     info = set_stage(parts, stage, cfg)
     r = run_stage(f"stage{stage}", parts.model, epoch_data, val, epochs, pat, lr, cosine, cfg.batch_size, ckpt,
-                  start, cfg.verbose, _jit(cfg), n_per_epoch=len(train.x))
+                  start, cfg.verbose, _jit(cfg), n_per_epoch=len(train.x), monitor=cfg.monitor)
     r.info = info
     return r
 
@@ -203,7 +218,7 @@ def _head_stage(parts: ClassifierParts, feats: np.ndarray, train, val_feat: np.n
     y_all, w_all = np.repeat(train.y, cfg.views), np.repeat(w, cfg.views)
     r = run_stage("stage1", head, lambda e: _mixed(f_all, y_all, n_classes, w_all, cfg, rng), (val_feat, tv),
                   cfg.stage1_epochs, cfg.stage1_patience, cfg.stage1_lr, True, cfg.batch_size, ckpt, start,
-                  cfg.verbose, _jit(cfg), n_per_epoch=len(f_all), full_model=parts.model)
+                  cfg.verbose, _jit(cfg), n_per_epoch=len(f_all), full_model=parts.model, monitor=cfg.monitor)
     r.info = {"trainable_weights": int(sum(int(np.prod(v.shape)) for v in head.trainable_weights))}
     return r
 
@@ -274,7 +289,7 @@ def fit_cached(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarra
 
         r = run_stage("stage2", top, epoch_data, (val_act.astype(np.float32), tv), cfg.stage2_epochs,
                       cfg.stage2_patience, cfg.stage2_lr, cfg.stage2_cosine, cfg.batch_size, ckpt, s, cfg.verbose,
-                      _jit(cfg), n_per_epoch=len(idx), full_model=parts.model)
+                      _jit(cfg), n_per_epoch=len(idx), full_model=parts.model, monitor=cfg.monitor)
         r.info = {**info, "cut_at": parts.backbone_layers[start].name, "activation_shape": list(acts.shape[2:]),
                   "cache_mb": round(acts.nbytes / 2**20, 1)}
         results.append(r)
@@ -283,9 +298,8 @@ def fit_cached(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarra
 
 
 def keep_better_stage(parts: ClassifierParts, stage1_weights, results: list[StageResult]) -> None:
-    """Stage 2 starts from stage 1's best; if it never beats that validation loss, stage 1's weights stay.
-
-    Both losses are the full model's on the same un-augmented validation images, so they compare directly.
+    """Stage 2 starts from stage 1's best; if it never beats that (monitored) validation loss, stage 1's weights
+    stay. Both losses are the full model's on the same un-augmented validation images, so they compare directly.
     """
     if stage1_weights is None or len(results) < 2:
         return

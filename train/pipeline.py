@@ -148,6 +148,7 @@ def train(cfg: TrainConfig) -> Path:
     tmp_model.replace(partial / "model.keras")
     summary: dict[str, Any] = {
         "recipe": cfg.recipe, "backbone": cfg.backbone, "labels": split.classes, "evaluation": evaluation,
+        "monitor": cfg.monitor,
         "stages": [{"name": s.name, "epochs_run": s.epochs_run, "best_epoch": s.best_epoch,
                     "best_val_loss": s.best_val_loss, "seconds": round(s.seconds, 1),
                     "images_per_s": round(s.images_per_s, 1), "history": s.history, "info": s.info} for s in stages],
