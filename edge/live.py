@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from PIL import Image
 
 from .bundle import Bundle, BundleError, Preprocessing, atomic_write_json
 from .config import JsonConfig
-from .images import load_for_model, resize_array
+from .images import load_for_model
 from .runtime import Classifier, apply_temperature
 from .sinks import ConsoleSink, FrameSaver, JsonlSink, Sink
 from .smoothing import Smoother
@@ -61,11 +60,7 @@ class RunConfig(JsonConfig):
 
 
 def to_model_input(image: np.ndarray, pre: Preprocessing) -> np.ndarray:
-    """The same pixels as `load_for_model(image)`, minus the copies a plain RGB array does not need."""
-    if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
-        if image.shape[:2] == tuple(pre.input_size):
-            return image
-        return resize_array(Image.fromarray(image), pre)
+    """`load_for_model`, which takes a plain RGB frame straight to the resize (kept for callers of this name)."""
     return load_for_model(image, pre)
 
 

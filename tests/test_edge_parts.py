@@ -264,3 +264,74 @@ def test_a_wedged_camera_driver_raises_instead_of_hanging():
             got.append(f)
     assert 1 <= len(got) <= 3 and time.monotonic() - t0 < 2.5
     src.close()
+
+
+@pytest.fixture(scope="module")
+def quantized_models(tiny_tflite_bundle, tmp_path_factory) -> dict[str, Path]:
+    """The tiny model fully quantised with uint8 and with int8 input/output (~2 s each)."""
+    import keras
+    import tensorflow as tf
+
+    model = keras.models.load_model(tiny_tflite_bundle / "model.keras")
+    out, d = {}, tmp_path_factory.mktemp("quant")
+    for dt in (tf.uint8, tf.int8):
+        rng = np.random.default_rng(0)
+        conv = tf.lite.TFLiteConverter.from_keras_model(model)
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = lambda: ([synth_image(i % 3, rng, (32, 32))[None].astype(np.float32)]
+                                               for i in range(12))
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = conv.inference_output_type = dt
+        out[dt.name] = d / f"tiny_{dt.name}.tflite"
+        out[dt.name].write_bytes(conv.convert())
+    return out
+
+
+def _reference_temperature(probs: np.ndarray, t: float) -> np.ndarray:
+    """apply_temperature as first written (np.clip, fresh temporaries); the faster one must match it exactly."""
+    z = np.log(np.clip(probs, 1e-7, 1.0)) / t
+    z -= z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def test_dequantise_table_and_temperature_match_the_arithmetic_exactly(quantized_models, tiny_tflite_bundle):
+    from trashcam.edge.runtime import TFLiteEngine, apply_temperature
+
+    x = np.stack([synth_image(c, np.random.default_rng(c), (32, 32)) for c in range(3)])
+    float_top1 = TFLiteEngine(tiny_tflite_bundle / "model_fp32.tflite", threads=1).predict(x).argmax(-1).tolist()
+    for name, path in quantized_models.items():
+        eng = TFLiteEngine(path, threads=1)
+        assert eng._out_lut is not None and eng.output_quant[0] > 0, name
+        codes = np.arange(256, dtype=np.uint8).view(np.dtype(name)).reshape(2, 128)  # every output code
+        scale, zp = eng.output_quant
+        want = (codes.astype(np.float32) - zp) * scale
+        got = eng.postprocess(codes)
+        assert got.dtype == want.dtype and np.array_equal(got, want), name
+        probs = eng.predict(x)
+        assert np.allclose(probs.sum(-1), 1, atol=0.05) and probs.argmax(-1).tolist() == float_top1, name
+    rng = np.random.default_rng(1)
+    p = rng.dirichlet(np.ones(5), size=50).astype(np.float32)
+    p[0, 0] = 0.0  # the 1e-7 clip
+    for t in (0.68, 1.7):
+        assert np.array_equal(apply_temperature(p, t), _reference_temperature(p, t))
+        assert np.array_equal(apply_temperature(p[3], t), _reference_temperature(p[3], t))
+    before = p.copy()
+    apply_temperature(p, 0.5)
+    assert np.array_equal(p, before)  # the caller's array is not modified in place
+
+
+def test_classifier_per_frame_path_matches_the_batch_path(clf, synthetic_dataset):
+    """Classifier.probs (prepare -> invoke -> postprocess -> temperature, one frame) == predict + temperature."""
+    from trashcam.edge.images import load_for_model
+    from trashcam.edge.runtime import apply_temperature
+
+    for path in sorted(synthetic_dataset.rglob("*.*"))[::7]:
+        x = load_for_model(path, clf.pre)
+        for t in (1.0, 0.68):
+            clf.temperature = t
+            want = apply_temperature(clf.engine.predict(x[None])[0], t)
+            assert np.array_equal(clf.probs(x), want)
+        pred = clf.classify(path)
+        assert pred.index == int(np.argmax(want)) and pred.latency_ms > 0
+    clf.temperature = 1.0

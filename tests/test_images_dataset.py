@@ -144,3 +144,103 @@ def test_class_weights_balanced_and_clipped():
     raw = len(y) / (3 * np.array([80, 10, 30]))
     np.testing.assert_allclose(w, np.clip(raw, 0.7, 1.6), rtol=1e-6)
     assert w[1] == pytest.approx(1.6) and w[0] == pytest.approx(0.7)
+
+
+def _reference_load_for_model(src, pre: Preprocessing) -> np.ndarray:
+    """The preprocessing contract as first written (exif_transpose copy on every image, every array through PIL).
+
+    Kept verbatim so the faster path in edge.images is checked pixel for pixel: training's decode cache, INT8
+    calibration and the device must keep seeing the same input for the same image.
+    """
+    from PIL import ImageOps
+
+    from trashcam.edge.images import _RESAMPLE
+
+    def to_rgb(img):
+        img = ImageOps.exif_transpose(img)
+        if img.mode == "P":
+            img = img.convert("RGBA")
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "RGBa"):
+            img = img.convert("RGBA")
+            img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img)
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(img, dtype=np.float64)
+            hi = arr.max() if arr.size else 1.0
+            img = Image.fromarray((arr * (255.0 / max(hi, 1.0))).astype(np.uint8), mode="L")
+        if img.mode == "F":
+            img = Image.fromarray(np.clip(np.asarray(img, dtype=np.float64), 0, 255).astype(np.uint8), mode="L")
+        return img.convert("RGB") if img.mode != "RGB" else img
+
+    if isinstance(src, Image.Image):
+        img = to_rgb(src)
+    elif isinstance(src, np.ndarray):
+        arr = src if src.dtype == np.uint8 else np.clip(src, 0, 255).astype(np.uint8)
+        arr = np.stack([arr] * 3, axis=-1) if arr.ndim == 2 else arr
+        img = to_rgb(Image.fromarray(arr))
+    else:
+        img = Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
+        img.load()
+        img = to_rgb(img)
+    h, w = pre.input_size
+    if img.size != (w, h):
+        img = img.resize((w, h), _RESAMPLE[pre.resize])
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _reference_inputs(tmp_path: Path) -> list:
+    """Files, bytes, PIL images and arrays covering every branch of edge.images: EXIF orientations 1-8 and none,
+    alpha, palette, grey, 16-bit, CMYK, up- and downscaling, arrays at and off the input size, views, floats."""
+    rng = np.random.default_rng(7)
+    out: list = []
+    for orient in (None, 1, 2, 3, 4, 5, 6, 7, 8):
+        img = Image.fromarray(rng.integers(0, 255, (30, 44, 3), dtype=np.uint8))
+        exif = img.getexif()
+        if orient:
+            exif[0x0112] = orient
+        p = tmp_path / f"o{orient}.jpg"
+        img.save(p, exif=exif, quality=90)
+        out += [p, str(p), p.read_bytes()]
+        pil = Image.open(p)
+        out.append(pil)
+    base = rng.integers(0, 255, (13, 9, 4), dtype=np.uint8)
+    for mode in ("RGBA", "LA", "L", "P", "CMYK", "1"):
+        img = Image.fromarray(base, "RGBA").convert(mode)
+        p = tmp_path / f"m_{mode}.{'jpg' if mode == 'CMYK' else 'png'}"
+        img.save(p)
+        out += [p, img]
+    p = tmp_path / "i16.png"
+    Image.fromarray((rng.integers(0, 4000, (11, 7))).astype(np.uint16)).save(p)
+    out += [p, Image.fromarray(rng.normal(120, 90, (9, 12)).astype(np.float32))]  # mode F
+    big = rng.integers(0, 255, (40, 52, 3), dtype=np.uint8)
+    out += [big, big[::2, ::3], big[..., ::-1], big[:16, :20], np.ascontiguousarray(big[:16, :20]),
+            big.astype(np.float32) * 1.2, big[..., 0], base, rng.integers(0, 255, (16, 20, 3), dtype=np.uint8)]
+    out += sorted((SAMPLE_DIR).glob("*/*.jpg"))[::10]
+    return out
+
+
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "data" / "sample"
+
+
+@pytest.mark.parametrize("size,resize", [((16, 20), "bilinear"), ((288, 288), "bilinear"), ((24, 24), "bicubic"),
+                                         ((20, 16), "area")])
+def test_preprocessing_is_pixel_identical_to_the_reference(tmp_path, size, resize):
+    pre = Preprocessing(input_size=size, resize=resize)
+    for src in _reference_inputs(tmp_path):
+        want = _reference_load_for_model(src, pre)
+        got = load_for_model(src, pre)
+        assert got.shape == (*size, 3) and got.dtype == np.uint8 and got.flags.c_contiguous
+        assert np.array_equal(got, want), f"{type(src).__name__} {getattr(src, 'shape', src)!s:.80}"
+
+
+def test_frame_at_input_size_is_not_copied_and_the_caller_image_is_untouched(tmp_path):
+    frame = np.random.default_rng(0).integers(0, 255, (16, 20, 3), dtype=np.uint8)
+    assert load_for_model(frame, PRE) is frame  # already what the model takes: no copy per frame
+    arr = np.zeros((10, 20, 3), np.uint8)
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = 6
+    p = tmp_path / "rot.jpg"
+    img.save(p, exif=exif)
+    pil = Image.open(p)
+    open_image(pil)
+    assert pil.size == (20, 10)  # a turned copy is returned; the caller's image is left as it was
