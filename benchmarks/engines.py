@@ -13,10 +13,10 @@ from typing import Sequence
 import numpy as np
 
 from trashcam.edge.bundle import Bundle
-from trashcam.edge.images import load_for_model, open_image
-from trashcam.edge.runtime import open_engine, variant_format
+from trashcam.edge.images import keep_frame_memory, load_for_model, open_image
+from trashcam.edge.runtime import bundle_temperature, open_engine, variant_format
 
-from .latency import time_end_to_end, time_invoke
+from .latency import per_frame, summarize, time_interleaved
 
 
 class VariantUnavailable(RuntimeError):
@@ -71,11 +71,14 @@ def measure_variant(bundle_dir: str | Path, variant: str, threads: int, paths: S
     """Load time, first-invoke time, invoke-only and end-to-end latency of one variant at one thread count.
 
     `on_loaded()` is called after the runtime import and before the model load (memory.py reads the baseline
-    RSS there). The invoke-only input is the first image file, decoded once.
+    RSS there). The invoke-only input is the first image file, decoded once. Invoke-only, e2e from files and
+    e2e from decoded frames are timed interleaved (latency.time_interleaved), with the per-process setup that
+    edge-run has (keep_frame_memory) and the bundle's calibrated temperature.
     """
     bundle = Bundle.load(bundle_dir, verify=False)
     fmt = variant_format(bundle, variant)
     runtime = import_runtime(fmt)
+    keep_frame_memory()  # as open_engine does for edge-run; the keras engine does not go through open_engine
     pre = bundle.preprocessing
     image = load_for_model(paths[0], pre)
     frames = [np.asarray(open_image(p)) for p in paths]  # full-size decoded frames, as from a camera
@@ -90,11 +93,17 @@ def measure_variant(bundle_dir: str | Path, variant: str, threads: int, paths: S
     first_ms = (time.perf_counter() - t0) * 1e3
     if not np.all(np.isfinite(probs)):
         raise RuntimeError(f"{variant} produced non-finite outputs")
+    temperature = bundle_temperature(bundle, variant)
+    ms = time_interleaved({"invoke": lambda: engine.invoke_raw(x),
+                           "e2e": per_frame(engine, paths, pre, temperature),
+                           "frame": per_frame(engine, frames, pre, temperature)}, runs, warmup)
     return {
         "runtime": runtime,
         "load_ms": round(load_ms, 3),
         "first_invoke_ms": round(first_ms, 3),
-        "latency_ms": time_invoke(engine, image, runs, warmup),
-        "e2e_latency_ms": time_end_to_end(engine, paths, pre, runs, warmup),
-        "frame_latency_ms": time_end_to_end(engine, frames, pre, runs, warmup),
+        "latency_ms": summarize(ms["invoke"]),
+        "e2e_latency_ms": summarize(ms["e2e"]),
+        "frame_latency_ms": summarize(ms["frame"]),
+        "frame_size": [int(d) for d in np.median([f.shape[:2] for f in frames], axis=0)],  # (h, w) of the frames
+        "temperature": temperature,
     }

@@ -1,9 +1,14 @@
-"""Latency of one engine: `invoke_raw()` alone, and end-to-end from an image file to probabilities.
+"""Latency of one engine: `invoke_raw()` alone, and end-to-end from an image to calibrated probabilities.
 
 All follow the same protocol (untimed warm-up, then N timed runs, perf_counter per run) so the numbers
 differ only by what is inside the timed region: the invoke alone, or decode + resize + prepare + invoke +
-postprocess through `edge.images.load_for_model`, the path `edge-run` takes for every frame (and "frame":
-the same from already-decoded camera-sized arrays, so without the JPEG decode).
+postprocess + temperature through `edge.images.load_for_model`, the path `edge-run` and `Classifier` take for
+every frame (and "frame": the same from already-decoded arrays, so without the JPEG decode).
+
+`time_interleaved` runs those measurements round-robin, one call of each per round in a rotating order, so
+CPU contention that comes and goes (a shared machine, thermal throttling) lands on all of them alike and the
+e2e / invoke ratio stays meaningful; timed one block after the other, a busy minute during one block made the
+ratio swing between 0.98x and 1.43x on a shared 2-core machine.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import numpy as np
 
 from trashcam.edge.bundle import Preprocessing
 from trashcam.edge.images import load_for_model
+from trashcam.edge.runtime import apply_temperature
 
 STAT_KEYS = ("mean", "std", "min", "p50", "p90", "p99", "max")
 
@@ -34,25 +40,9 @@ def summarize(ms: Sequence[float]) -> dict:
     return out
 
 
-def time_calls(fn: Callable[[], object], runs: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
-
-
-def time_invoke(engine, image_u8: np.ndarray, runs: int, warmup: int) -> dict:
-    """The model alone: the input tensor is prepared once, outside the timed region."""
-    x = engine.prepare(image_u8)
-    return summarize(time_calls(lambda: engine.invoke_raw(x), runs, warmup))
-
-
-def time_end_to_end(engine, sources: Sequence, pre: Preprocessing, runs: int, warmup: int) -> dict:
-    """source -> load_for_model -> prepare -> invoke -> postprocess -> top-1, cycling through `sources`.
+def per_frame(engine, sources: Sequence, pre: Preprocessing, temperature: float = 1.0) -> Callable[[], int]:
+    """A call that classifies the next of `sources` (cycling) exactly as `Classifier.classify` does: image ->
+    load_for_model -> prepare -> invoke -> postprocess -> temperature -> top-1.
 
     With image file paths this is the full per-image cost including JPEG decode; cycling real files (not one
     cached array) keeps decode and resize cost realistic, and after the warm-up the files are in the page
@@ -62,11 +52,28 @@ def time_end_to_end(engine, sources: Sequence, pre: Preprocessing, runs: int, wa
         raise ValueError("end-to-end timing needs at least one image")
     it = iter(cycle(list(sources)))
 
-    def one():
+    def one() -> int:
         x = load_for_model(next(it), pre)
-        return int(np.argmax(engine.postprocess(engine.invoke_raw(engine.prepare(x)))))
+        probs = apply_temperature(engine.postprocess(engine.invoke_raw(engine.prepare(x)))[0], temperature)
+        return int(np.argmax(probs))
 
-    return summarize(time_calls(one, runs, warmup))
+    return one
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], runs: int, warmup: int) -> dict[str, list[float]]:
+    """ms per call of each of `fns`, timed round-robin: every round calls each once, the order rotating by one
+    per round so none always follows the same neighbour. Warm-up rounds are not timed."""
+    names = list(fns)
+    out: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(warmup + runs):
+        k0 = r % len(names)
+        for k in names[k0:] + names[:k0]:
+            t0 = time.perf_counter()
+            fns[k]()
+            dt = (time.perf_counter() - t0) * 1e3
+            if r >= warmup:
+                out[k].append(dt)
+    return out
 
 
 def evenly_spaced(items: Sequence, n: int) -> list:

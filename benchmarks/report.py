@@ -60,8 +60,8 @@ def _header_lines(result: dict) -> list[str]:
            f"accuracy on {d['images']} images ({d['source']}: {d['path']}), float reference: "
            f"{ref.get('variant')} {_fmt(ref.get('accuracy') and 100 * ref['accuracy'], '{:.2f}')} %"
            + (f" ({ref['note']})" if ref.get("note") else ""),
-           f"latency ms over {result['config']['runs']} runs after {result['config']['warmup']} warm-up; "
-           "e2e = decode + resize + invoke + postprocess of image files"]
+           f"latency ms over {result['config']['runs']} runs after {result['config']['warmup']} warm-up, invoke "
+           "and e2e timed interleaved; e2e = decode + resize + invoke + postprocess + temperature of image files"]
     return out
 
 
@@ -83,7 +83,8 @@ def _pick_line(result: dict) -> str | None:
     if not picks:
         return None
     return "fastest deployable (edge-run --variant auto): " + "; ".join(
-        f"{e['name']} @ {t} thr (camera frame / invoke p50 = {_fmt(e.get('frame_over_invoke'), '{:.2f}')}x)"
+        f"{e['name']} @ {t} thr (e2e p50 / invoke p50: files {_fmt(e.get('e2e_over_invoke'), '{:.2f}')}x, "
+        f"decoded frames {_fmt(e.get('frame_over_invoke'), '{:.2f}')}x)"
         for t, e in picks.items())
 
 

@@ -66,6 +66,44 @@ def test_percentiles_ordered(cli_run):
             assert s["fps"] == pytest.approx(1000 / s["mean"], rel=1e-2)
         # end-to-end includes the invoke, so it cannot be faster at the median
         assert e["e2e_latency_ms"]["p50"] >= 0.5 * e["latency_ms"]["p50"]
+        assert e["frame_size"] == [48, 40] and e["temperature"] == 1.0  # the synthetic images; uncalibrated
+    assert "e2e p50 / invoke p50: files " in cli_run[0].stdout and "x, decoded frames " in cli_run[0].stdout
+
+
+def test_interleaved_timing_rotates_and_counts_only_timed_rounds():
+    from trashcam.benchmarks.latency import time_interleaved
+
+    calls: list[str] = []
+    ms = time_interleaved({k: (lambda k=k: calls.append(k)) for k in "abc"}, runs=4, warmup=2)
+    assert {k: len(v) for k, v in ms.items()} == {"a": 4, "b": 4, "c": 4} and all(t >= 0 for v in ms.values()
+                                                                                 for t in v)
+    assert "".join(calls) == "abc" "bca" "cab" "abc" "bca" "cab"  # every round all three, order rotating
+
+
+def test_per_frame_is_what_the_classifier_does(bundle, synthetic_dataset):
+    """The timed e2e call gives the Classifier's answer for the same image: same preprocessing, engine and
+    temperature (so edge-bench times what edge-run runs, not a shortcut)."""
+    from trashcam.benchmarks.latency import per_frame
+    from trashcam.edge.bundle import Bundle
+    from trashcam.edge.images import open_image
+    from trashcam.edge.runtime import Classifier
+
+    b = Bundle.load(bundle)
+    b.metadata["calibration"] = {"temperature": 3.0}
+    b.save()
+    clf = Classifier(bundle, "tflite-fp32", threads=1)
+    assert clf.temperature == 3.0
+    paths = sorted(synthetic_dataset.rglob("*.*"))[::5]
+    for sources in (paths, [np.asarray(open_image(p)) for p in paths]):
+        one = per_frame(clf.engine, sources, clf.pre, clf.temperature)
+        assert [one() for _ in paths] == [clf.classify(p).index for p in paths]
+
+
+def test_frame_memory_kept_once_and_left_to_malloc_variables(monkeypatch):
+    code = "from trashcam.edge.images import keep_frame_memory as k; print(k(), k())"
+    assert run_cli("-c", code, check=True).stdout.split() == ["True", "True"]  # glibc (Linux CI and the Pi)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    assert run_cli("-c", code, check=True).stdout.split() == ["False", "False"]
 
 
 def test_bench_recorded_in_bundle(cli_run):
