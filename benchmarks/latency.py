@@ -76,6 +76,54 @@ def time_interleaved(fns: dict[str, Callable[[], object]], runs: int, warmup: in
     return out
 
 
+def time_prefetched(engine, paths: Sequence[str], pre: Preprocessing, temperature: float, runs: int, warmup: int,
+                    chunk: int = 25) -> tuple[list[float], list[float]]:
+    """Per-frame time of image files read ahead as edge-run reads a folder (edge.grabber.PrefetchSource: decode
+    and resize in a thread while the previous frame is classified), and invoke-only times from the same chunks.
+
+    A pipelined figure: time per frame in a stream, not the latency of one image, which stays what `per_frame`
+    measures. Chunks of `chunk` streamed frames (each a fresh read-ahead, so its first frame waits for a whole
+    decode) alternate with as many invoke-only calls, so both see the same contention. Returns (ms per frame,
+    invoke ms), warm-up frames dropped.
+    """
+    from trashcam.edge.grabber import PrefetchSource
+    from trashcam.edge.sources import ImageFolderSource
+
+    def stream(n: int) -> list[float]:
+        src = PrefetchSource(ImageFolderSource(list(paths), loop=True), lambda im: load_for_model(im, pre))
+        out, t_prev = [], time.perf_counter()
+        try:
+            for frame in src:
+                probs = engine.postprocess(engine.invoke_raw(engine.prepare(frame.model_input)))[0]
+                int(np.argmax(apply_temperature(probs, temperature)))
+                now = time.perf_counter()
+                out.append((now - t_prev) * 1e3)
+                t_prev = now
+                if len(out) == n:
+                    break
+        finally:
+            src.close()
+        return out
+
+    x = engine.prepare(load_for_model(paths[0], pre))
+    frames: list[float] = []
+    invokes: list[float] = []
+    total = warmup + runs
+    for c in range((total + chunk - 1) // chunk):
+        n = min(chunk, total - c * chunk)
+        parts = [lambda: frames.extend(stream(n)),
+                 lambda: invokes.extend(_timed(lambda: engine.invoke_raw(x)) for _ in range(n))]
+        for part in (parts if c % 2 == 0 else parts[::-1]):
+            part()
+    return frames[warmup:], invokes[warmup:]
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
 def evenly_spaced(items: Sequence, n: int) -> list:
     """`n` items spread over the whole list (a sorted, class-ordered list keeps every class represented)."""
     if n >= len(items):

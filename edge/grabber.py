@@ -1,4 +1,6 @@
-"""Latest-frame grabbing for live cameras: classify what is in front of the camera now, not a backlog.
+"""Reading frames in a thread: the newest frame of a live camera, or every frame of a file source read ahead.
+
+LatestFrameSource: classify what is in front of the camera now, not a backlog.
 
 A camera delivers frames at its own rate. When classifying is slower, reading in the same loop returns the
 frames queued in the driver's buffers, so the decision lags the scene by several frames. A reader thread
@@ -12,10 +14,13 @@ the service manager restarts it with a fresh process.
 """
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections import deque
-from typing import Iterator
+from typing import Callable, Iterator
+
+import numpy as np
 
 from .sources import Frame, FrameSource, SourceError
 
@@ -95,3 +100,83 @@ class LatestFrameSource(FrameSource):
             self._thread.join(timeout=0.5 if self.stalled else 5)
         if not (self._thread and self._thread.is_alive()):
             self.inner.close()  # never while the reader is inside a driver call
+
+
+_END = object()
+
+
+class PrefetchSource(FrameSource):
+    """Every frame of `inner`, in order, read `depth` frames ahead by a thread that also runs `prepare` (image ->
+    model input, stored as `frame.model_input`).
+
+    For folders, stdin paths and video files, where the loop is limited by how fast frames are processed, not
+    by a camera: JPEG decoding and resizing (1.4 ms for a 240x320 JPEG at 288 px, 2-core EPYC) release the GIL
+    and run while the interpreter classifies the previous frame, so per-frame time approaches the invoke time
+    when a core is free for them. Nothing is dropped; the thread blocks while `depth` frames wait.
+    """
+
+    def __init__(self, inner: FrameSource, prepare: Callable[[np.ndarray], np.ndarray] | None = None,
+                 depth: int = 2):
+        super().__init__(inner.stop)
+        self.inner, self.name, self.prepare = inner, inner.name, prepare
+        self.dropped = 0
+        self._q: queue.Queue = queue.Queue(max(1, depth))
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def reopens(self) -> int:
+        return self.inner.reopens
+
+    @reopens.setter
+    def reopens(self, _value: int) -> None:  # FrameSource.__init__ assigns it; the inner source counts
+        pass
+
+    def open(self) -> None:
+        if self._thread is None:
+            self.inner.open()  # errors at start-up surface here, in the caller's thread
+            self._thread = threading.Thread(target=self._read_all, name=f"prefetch-{self.name}", daemon=True)
+            self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self.stop.is_set():
+            try:
+                self._q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _read_all(self) -> None:
+        try:
+            for f in self.inner:
+                if f.ok and self.prepare is not None:
+                    f.model_input = self.prepare(f.image)
+                if not self._put(f):
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            self._error = e
+        finally:
+            self._put(_END)
+
+    def __iter__(self) -> Iterator[Frame]:
+        self.open()
+        while True:
+            try:
+                item = self._q.get(timeout=0.2)
+            except queue.Empty:
+                if self.stop.is_set() or not (self._thread and self._thread.is_alive()):
+                    return
+                continue
+            if item is _END:
+                if self._error is not None:
+                    raise self._error
+                return
+            yield item
+
+    def close(self) -> None:
+        self.stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if not (self._thread and self._thread.is_alive()):
+            self.inner.close()

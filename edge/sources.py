@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -36,6 +36,7 @@ class Frame:
     name: str = ""  # file path, or "camera:0#123"
     error: str = ""
     preview: np.ndarray | None = field(default=None, repr=False)  # a larger RGB view for display, if any
+    model_input: np.ndarray | None = field(default=None, repr=False)  # `image` already at the model's input size
 
     @property
     def ok(self) -> bool:
@@ -76,10 +77,16 @@ def _decode(path: str, index: int) -> Frame:
 
 
 class ImageFolderSource(FrameSource):
-    """A folder (recursively, sorted) or a glob pattern of images; `loop=True` repeats forever (soak tests)."""
+    """A folder (recursively, sorted) or a glob pattern of images, or a list of image files (taken as given);
+    `loop=True` repeats forever (soak tests)."""
 
-    def __init__(self, spec: str, loop: bool = False, stop: threading.Event | None = None):
+    def __init__(self, spec: str | list[str], loop: bool = False, stop: threading.Event | None = None):
         super().__init__(stop)
+        if isinstance(spec, (list, tuple)):
+            if not spec:
+                raise SourceError("no image files given")
+            self.spec, self.loop, self.name, self.files = f"{len(spec)} files", loop, f"{len(spec)} files", list(spec)
+            return
         self.spec, self.loop, self.name = spec, loop, spec
         p = Path(spec)
         if p.is_dir():
@@ -296,18 +303,22 @@ class OpenCVSource(ReopeningSource):
 
 def open_source(spec: str, *, input_size: tuple[int, int] = (224, 224), loop: bool = False,
                 size: tuple[int, int] | None = None, stop: threading.Event | None = None,
-                latest: bool = True) -> FrameSource:
+                latest: bool = True, prepare: Callable[[np.ndarray], np.ndarray] | None = None) -> FrameSource:
     """`auto` | `picamera2[:N]` | `camera:N` | video file | URL | image folder | glob | `-` (paths on stdin).
 
     `input_size` is the model's (height, width); `size` is the camera capture (width, height) for preview.
     `auto` means the Pi camera when picamera2 is installed, else `camera:0`. Cameras and streams are read in a
     thread that keeps only the newest frame (`latest=False`: every frame, in order, e.g. for a recorded stream).
+    With `prepare` (image -> model input), folders, stdin paths and video files are read ahead in a thread that
+    also runs `prepare`, so decoding and resizing the next frames overlap the current one's inference
+    (grabber.PrefetchSource); cameras are not: a camera paces the loop, and resizing frames the grabber then
+    drops would only take CPU from the interpreter.
     """
     from .picamera import Picamera2Source, picamera2_available
     if spec == "auto":
         spec = "picamera2" if picamera2_available() else "camera:0"
     if spec == "-":
-        return StdinPathsSource(stop=stop)
+        return _read_ahead(StdinPathsSource(stop=stop), prepare)
     if spec == "picamera2" or spec.startswith("picamera2:") or spec.startswith("camera:") or "://" in spec:
         if spec.startswith("picamera2"):
             try:
@@ -323,8 +334,15 @@ def open_source(spec: str, *, input_size: tuple[int, int] = (224, 224), loop: bo
         return LatestFrameSource(cam)
     p = Path(spec)
     if p.is_dir() or (p.is_file() and p.suffix.lower() in IMAGE_EXTS) or any(c in spec for c in "*?["):
-        return ImageFolderSource(spec, loop=loop, stop=stop)
+        return _read_ahead(ImageFolderSource(spec, loop=loop, stop=stop), prepare)
     if p.is_file():
-        return OpenCVSource(spec, loop=loop, stop=stop)
+        return _read_ahead(OpenCVSource(spec, loop=loop, stop=stop), prepare)
     raise SourceError(f"source {spec!r}: no such file or folder (expected auto, picamera2, camera:N, a video "
                       "file, a URL, an image folder, a glob or -)")
+
+
+def _read_ahead(source: FrameSource, prepare) -> FrameSource:
+    if prepare is None:
+        return source
+    from .grabber import PrefetchSource
+    return PrefetchSource(source, prepare)

@@ -44,8 +44,9 @@ def test_json_schema(cli_run):
         for key in ("accuracy", "macro_f1", "drop_pp", "fps", "peak_rss_mb", "load_ms"):
             assert isinstance(e[key], float), key
         assert 0 <= e["accuracy"] <= 1 and e["peak_rss_mb"] > 10
-        for key in ("latency_ms", "e2e_latency_ms", "frame_latency_ms"):
+        for key in ("latency_ms", "e2e_latency_ms", "frame_latency_ms", "pipelined_latency_ms"):
             assert set(e[key]) == STAT_KEYS, key
+        assert e["pipelined_latency_ms"]["runs"] == 5 and e["pipelined_over_invoke"] > 0
         assert e["latency_ms"]["runs"] == 5 and e["e2e_latency_ms"]["runs"] == 5
     assert r["reference"]["variant"] == "keras"
     assert r["variants"][0]["drop_pp"] == 0.0
@@ -60,7 +61,7 @@ def test_json_schema(cli_run):
 
 def test_percentiles_ordered(cli_run):
     for e in cli_run[3]["variants"]:
-        for key in ("latency_ms", "e2e_latency_ms", "frame_latency_ms"):
+        for key in ("latency_ms", "e2e_latency_ms", "frame_latency_ms", "pipelined_latency_ms"):
             s = e[key]
             assert 0 < s["min"] <= s["p50"] <= s["p90"] <= s["p99"] <= s["max"], (e["name"], key, s)
             assert s["fps"] == pytest.approx(1000 / s["mean"], rel=1e-2)
@@ -68,6 +69,7 @@ def test_percentiles_ordered(cli_run):
         assert e["e2e_latency_ms"]["p50"] >= 0.5 * e["latency_ms"]["p50"]
         assert e["frame_size"] == [48, 40] and e["temperature"] == 1.0  # the synthetic images; uncalibrated
     assert "e2e p50 / invoke p50: files " in cli_run[0].stdout and "x, decoded frames " in cli_run[0].stdout
+    assert "per frame read ahead as edge-run streams a folder " in cli_run[0].stdout
 
 
 def test_interleaved_timing_rotates_and_counts_only_timed_rounds():
@@ -78,6 +80,18 @@ def test_interleaved_timing_rotates_and_counts_only_timed_rounds():
     assert {k: len(v) for k, v in ms.items()} == {"a": 4, "b": 4, "c": 4} and all(t >= 0 for v in ms.values()
                                                                                  for t in v)
     assert "".join(calls) == "abc" "bca" "cab" "abc" "bca" "cab"  # every round all three, order rotating
+
+
+def test_prefetched_stream_times_every_frame_and_the_invoke_alike(bundle, synthetic_dataset):
+    from trashcam.benchmarks.latency import time_prefetched
+    from trashcam.edge.bundle import Bundle
+    from trashcam.edge.runtime import open_engine
+
+    b = Bundle.load(bundle)
+    paths = [str(p) for p in sorted(synthetic_dataset.rglob("*.*"))[:7]]
+    frames, invokes = time_prefetched(open_engine(b, "tflite-fp32", 1), paths, b.preprocessing, 1.0, runs=30,
+                                      warmup=4, chunk=8)
+    assert len(frames) == len(invokes) == 30 and min(frames) > 0 and min(invokes) > 0
 
 
 def test_per_frame_is_what_the_classifier_does(bundle, synthetic_dataset):

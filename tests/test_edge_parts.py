@@ -335,3 +335,85 @@ def test_classifier_per_frame_path_matches_the_batch_path(clf, synthetic_dataset
         pred = clf.classify(path)
         assert pred.index == int(np.argmax(want)) and pred.latency_ms > 0
     clf.temperature = 1.0
+
+
+def test_read_ahead_keeps_every_frame_in_order_with_its_model_input(synthetic_dataset, tmp_path):
+    import threading
+    from trashcam.edge.bundle import Preprocessing
+    from trashcam.edge.grabber import PrefetchSource
+    from trashcam.edge.images import load_for_model
+    from trashcam.edge.sources import ImageFolderSource, open_source
+
+    pre = Preprocessing(input_size=(16, 20))
+    files = sorted(str(p) for p in synthetic_dataset.rglob("*.*"))[:9]
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    files.insert(4, str(tmp_path / "bad.jpg"))
+    calls: list[str] = []
+
+    def prepare(image):
+        calls.append(threading.current_thread().name)
+        return load_for_model(image, pre)
+
+    src = PrefetchSource(ImageFolderSource(files), prepare)
+    got = list(src)
+    src.close()
+    assert [f.name for f in got] == files and [f.index for f in got] == list(range(10))
+    assert [f.ok for f in got] == [i != 4 for i in range(10)] and got[4].model_input is None
+    for f in got[:4] + got[5:]:
+        assert np.array_equal(f.model_input, load_for_model(f.name, pre))  # what the serial path would feed
+    assert set(calls) == {"prefetch-10 files"}  # decoded and resized off the classifying thread
+    assert not src._thread.is_alive()
+
+    # only file sources read ahead, and only when asked; edge-run asks
+    assert isinstance(open_source(str(synthetic_dataset), prepare=prepare), PrefetchSource)
+    assert isinstance(open_source(str(synthetic_dataset)), ImageFolderSource)
+
+
+def test_edge_run_reads_a_folder_ahead_and_classifies_as_the_api_does(tiny_tflite_bundle, synthetic_dataset, clf):
+    import io
+    from trashcam.edge.grabber import PrefetchSource
+    from trashcam.edge.live import LiveRunner, RunConfig
+
+    seen: list[dict] = []
+    runner = LiveRunner(RunConfig(bundle=str(tiny_tflite_bundle), variant="tflite-fp32", source=str(synthetic_dataset),
+                                  threads=1, quiet=True, smooth="none"), out=io.StringIO(), err=io.StringIO())
+    assert isinstance(runner.source, PrefetchSource)
+    summary = runner.run(on_frame=seen.append)
+    files = sorted(str(p) for p in synthetic_dataset.rglob("*.*"))
+    assert summary["frames"] == len(files) == len(seen) and summary["stopped_by"] == "end"
+    assert [e["class_index"] for e in seen] == [clf.classify(f).index for f in files]
+
+
+def test_read_ahead_passes_errors_on_and_stops_promptly():
+    import threading
+    from trashcam.edge.grabber import PrefetchSource
+    from trashcam.edge.sources import Frame, FrameSource
+
+    class Endless(FrameSource):
+        name = "endless"
+        closed = False
+
+        def __iter__(self):
+            i = 0
+            while not self.stop.is_set():
+                if i == 5 and getattr(self, "fail", False):
+                    raise OSError("disk gone")
+                yield Frame(i, 0.0, np.zeros((4, 4, 3), np.uint8))
+                i += 1
+
+        def close(self):
+            self.closed = True
+
+    inner = Endless(threading.Event())
+    inner.fail = True
+    with pytest.raises(OSError, match="disk gone"):
+        [f.index for f in PrefetchSource(inner, lambda im: im[:2])]
+    inner = Endless(threading.Event())
+    src = PrefetchSource(inner, lambda im: im[:2], depth=2)
+    t0 = time.monotonic()
+    for f in src:
+        assert f.model_input.shape == (2, 4, 3)
+        if f.index == 3:
+            break  # the consumer stops; the reader is blocked on a full queue
+    src.close()
+    assert time.monotonic() - t0 < 2 and not src._thread.is_alive() and inner.closed

@@ -139,8 +139,8 @@ def test_http_status_and_mjpeg_then_clean_sigterm(tiny_tflite_bundle, frames_dir
             url = m.group(1) if m else None
         assert url, "no 'serving' line"
         status = {}
-        while status.get("state") != "running" and time.time() < t_end:
-            status = json.loads(_get(url + "status"))
+        while (status.get("state") != "running" or status.get("frames", 0) < 2) and time.time() < t_end:
+            status = json.loads(_get(url + "status"))  # fps needs two frames: 0.0 until the second one
             time.sleep(0.05)
         assert status["variant"] == "tflite-fp32" and status["last"]["label"] in ("red", "green", "blue")
         assert status["fps"] > 0 and status["frames"] >= 1 and "skipped" in status
