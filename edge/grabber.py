@@ -25,7 +25,32 @@ import numpy as np
 from .sources import Frame, FrameSource, SourceError
 
 
-class LatestFrameSource(FrameSource):
+class _ThreadedSource(FrameSource):
+    """A source whose inner source is read by a background thread (`_read_all`); reopens are the inner's."""
+    thread_prefix = "read"
+
+    @property
+    def reopens(self) -> int:
+        return self.inner.reopens
+
+    @reopens.setter
+    def reopens(self, _value: int) -> None:  # FrameSource.__init__ assigns it; the inner source counts
+        pass
+
+    def open(self) -> None:
+        if self._thread is None:
+            self.inner.open()  # errors at start-up surface here, in the caller's thread
+            self._thread = threading.Thread(target=self._read_all, name=f"{self.thread_prefix}-{self.name}",
+                                            daemon=True)
+            self._thread.start()
+
+    def _read_all(self) -> None:
+        raise NotImplementedError
+
+
+class LatestFrameSource(_ThreadedSource):
+    thread_prefix = "grab"
+
     def __init__(self, inner: FrameSource, stall_timeout: float = 60.0):
         super().__init__(inner.stop)
         self.stall_timeout = stall_timeout
@@ -39,19 +64,6 @@ class LatestFrameSource(FrameSource):
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
 
-    @property
-    def reopens(self) -> int:
-        return self.inner.reopens
-
-    @reopens.setter
-    def reopens(self, _value: int) -> None:  # FrameSource.__init__ assigns it; the inner source counts
-        pass
-
-    def open(self) -> None:
-        if self._thread is None:
-            self.inner.open()  # errors at start-up surface here, in the caller's thread
-            self._thread = threading.Thread(target=self._read_all, name=f"grab-{self.name}", daemon=True)
-            self._thread.start()
 
     def _read_all(self) -> None:
         try:
@@ -105,7 +117,7 @@ class LatestFrameSource(FrameSource):
 _END = object()
 
 
-class PrefetchSource(FrameSource):
+class PrefetchSource(_ThreadedSource):
     """Every frame of `inner`, in order, read `depth` frames ahead by a thread that also runs `prepare` (image ->
     model input, stored as `frame.model_input`).
 
@@ -114,6 +126,8 @@ class PrefetchSource(FrameSource):
     and run while the interpreter classifies the previous frame, so per-frame time approaches the invoke time
     when a core is free for them. Nothing is dropped; the thread blocks while `depth` frames wait.
     """
+
+    thread_prefix = "prefetch"
 
     def __init__(self, inner: FrameSource, prepare: Callable[[np.ndarray], np.ndarray] | None = None,
                  depth: int = 2):
@@ -124,19 +138,6 @@ class PrefetchSource(FrameSource):
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
 
-    @property
-    def reopens(self) -> int:
-        return self.inner.reopens
-
-    @reopens.setter
-    def reopens(self, _value: int) -> None:  # FrameSource.__init__ assigns it; the inner source counts
-        pass
-
-    def open(self) -> None:
-        if self._thread is None:
-            self.inner.open()  # errors at start-up surface here, in the caller's thread
-            self._thread = threading.Thread(target=self._read_all, name=f"prefetch-{self.name}", daemon=True)
-            self._thread.start()
 
     def _put(self, item) -> bool:
         while not self.stop.is_set():
