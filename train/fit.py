@@ -211,15 +211,19 @@ def _cache_views(model, x: np.ndarray, cfg: TrainConfig, rng, desc: str, dtype=n
 
 
 def _head_stage(parts: ClassifierParts, feats: np.ndarray, train, val_feat: np.ndarray, tv: np.ndarray,
-                n_classes: int, w: np.ndarray, cfg: TrainConfig, ckpt, start: int, rng) -> StageResult:
-    """Stage 1 on cached pooled features (N, V, D): every view every epoch, it costs milliseconds."""
+                n_classes: int, w: np.ndarray, cfg: TrainConfig, ckpt, start: int, rng,
+                cache_s: float) -> StageResult:
+    """Stage 1 on cached pooled features (N, V, D): every view every epoch, it costs milliseconds. `cache_s`:
+    what computing the cache took, reported with the stage."""
     head = head_model(parts)
     f_all = feats.reshape(-1, feats.shape[-1])
     y_all, w_all = np.repeat(train.y, cfg.views), np.repeat(w, cfg.views)
     r = run_stage("stage1", head, lambda e: _mixed(f_all, y_all, n_classes, w_all, cfg, rng), (val_feat, tv),
                   cfg.stage1_epochs, cfg.stage1_patience, cfg.stage1_lr, True, cfg.batch_size, ckpt, start,
                   cfg.verbose, _jit(cfg), n_per_epoch=len(f_all), full_model=parts.model, monitor=cfg.monitor)
-    r.info = {"trainable_weights": int(sum(int(np.prod(v.shape)) for v in head.trainable_weights))}
+    n = feats.shape[0] * feats.shape[1] + len(val_feat)
+    r.info = {"cache_seconds": round(cache_s, 1), "cached_views": n, "cache_images_per_s": round(n / cache_s, 1),
+              "trainable_weights": int(sum(int(np.prod(v.shape)) for v in head.trainable_weights))}
     return r
 
 
@@ -238,12 +242,8 @@ def fit_hybrid(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarra
         to_feat = keras.Model(parts.model.input, parts.model.get_layer("head_pool").output, name="features")
         feats = _cache_views(to_feat, train.x, cfg, rng, "cache")
         val_feat = batched_predict(to_feat, val.x, cfg.batch_size, "cache val", cfg.verbose)
-        cache_s = time.perf_counter() - t0
-        r = _head_stage(parts, feats, train, val_feat, tv, n_classes, sw[train.y], cfg, ckpt, s, rng)
-        n = len(train.x) * cfg.views + len(val.x)
-        r.info.update({"cache_seconds": round(cache_s, 1), "cached_views": n,
-                       "cache_images_per_s": round(n / cache_s, 1)})
-        results.append(r)
+        results.append(_head_stage(parts, feats, train, val_feat, tv, n_classes, sw[train.y], cfg, ckpt, s, rng,
+                                   time.perf_counter() - t0))
         stage1_weights = parts.model.get_weights()
     if (s := _start_epoch(resume, "stage2")) is not None:
         results.append(_full_stage(2, parts, train, (val.x.astype(np.float32), tv), n_classes, sw, cfg, ckpt, s,
@@ -266,16 +266,12 @@ def fit_cached(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarra
     val_act = batched_predict(trunk, val.x, cfg.batch_size, "cache val", cfg.verbose).astype(np.float16)
     val_feat = batched_predict(to_features, val_act, cfg.batch_size, "features", 0)
     cache_s = time.perf_counter() - t_cache
-    n_views = len(train.x) * cfg.views + len(val.x)
     tv = augment.one_hot_smooth(val.y, n_classes, 0.0)
     w = sw[train.y]
     results = []
 
     if (s := _start_epoch(resume, "stage1")) is not None:
-        r = _head_stage(parts, feats, train, val_feat, tv, n_classes, w, cfg, ckpt, s, rng)
-        r.info.update({"cache_seconds": round(cache_s, 1), "cached_views": n_views,
-                       "cache_images_per_s": round(n_views / cache_s, 1)})
-        results.append(r)
+        results.append(_head_stage(parts, feats, train, val_feat, tv, n_classes, w, cfg, ckpt, s, rng, cache_s))
     stage1_weights = parts.model.get_weights() if results else None
 
     # Stage 2: unfrozen blocks + head on cached activations, one random view of each image per epoch.
