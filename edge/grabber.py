@@ -29,6 +29,13 @@ class _ThreadedSource(FrameSource):
     """A source whose inner source is read by a background thread (`_read_all`); reopens are the inner's."""
     thread_prefix = "read"
 
+    def __init__(self, inner: FrameSource):
+        super().__init__(inner.stop)
+        self.inner, self.name = inner, inner.name
+        self.dropped = 0
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
     @property
     def reopens(self) -> int:
         return self.inner.reopens
@@ -52,18 +59,13 @@ class LatestFrameSource(_ThreadedSource):
     thread_prefix = "grab"
 
     def __init__(self, inner: FrameSource, stall_timeout: float = 60.0):
-        super().__init__(inner.stop)
+        super().__init__(inner)
         self.stall_timeout = stall_timeout
         self.stalled = False
-        self.inner, self.name = inner, inner.name
-        self.dropped = 0
         self._cond = threading.Condition()
         self._latest: Frame | None = None
         self._bad: deque[Frame] = deque(maxlen=1000)
         self._done = False
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-
 
     def _read_all(self) -> None:
         try:
@@ -131,13 +133,9 @@ class PrefetchSource(_ThreadedSource):
 
     def __init__(self, inner: FrameSource, prepare: Callable[[np.ndarray], np.ndarray] | None = None,
                  depth: int = 2):
-        super().__init__(inner.stop)
-        self.inner, self.name, self.prepare = inner, inner.name, prepare
-        self.dropped = 0
+        super().__init__(inner)
+        self.prepare = prepare
         self._q: queue.Queue = queue.Queue(max(1, depth))
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-
 
     def _put(self, item) -> bool:
         while not self.stop.is_set():
