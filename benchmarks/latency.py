@@ -20,7 +20,7 @@ import numpy as np
 
 from trashcam.edge.bundle import Preprocessing
 from trashcam.edge.images import load_for_model
-from trashcam.edge.runtime import apply_temperature
+from trashcam.edge.runtime import calibrated_probs
 
 STAT_KEYS = ("mean", "std", "min", "p50", "p90", "p99", "max")
 
@@ -53,9 +53,7 @@ def per_frame(engine, sources: Sequence, pre: Preprocessing, temperature: float 
     it = iter(cycle(list(sources)))
 
     def one() -> int:
-        x = load_for_model(next(it), pre)
-        probs = apply_temperature(engine.postprocess(engine.invoke_raw(engine.prepare(x)))[0], temperature)
-        return int(np.argmax(probs))
+        return int(np.argmax(calibrated_probs(engine, load_for_model(next(it), pre), temperature)))
 
     return one
 
@@ -94,8 +92,7 @@ def time_prefetched(engine, paths: Sequence[str], pre: Preprocessing, temperatur
         out, t_prev = [], time.perf_counter()
         try:
             for frame in src:
-                probs = engine.postprocess(engine.invoke_raw(engine.prepare(frame.model_input)))[0]
-                int(np.argmax(apply_temperature(probs, temperature)))
+                int(np.argmax(calibrated_probs(engine, frame.model_input, temperature)))
                 now = time.perf_counter()
                 out.append((now - t_prev) * 1e3)
                 t_prev = now

@@ -96,7 +96,8 @@ def _entry(base: dict, acc: dict | None, ref: dict, threads: int, lat: dict) -> 
             "e2e_over_invoke": round(e2e["p50"] / inv["p50"], 3) if inv.get("p50") else None,
             "frame_over_invoke": round(frame["p50"] / inv["p50"], 3) if inv.get("p50") and frame else None,
             "frame_size": lat.get("frame_size"), "temperature": lat.get("temperature"),
-            "pipelined_latency_ms": lat.get("pipelined_latency_ms"), "pipelined_over_invoke": lat.get("pipelined_over_invoke"),
+            "pipelined_latency_ms": lat.get("pipelined_latency_ms"),
+            "pipelined_over_invoke": lat.get("pipelined_over_invoke"),
             "peak_rss_mb": lat.get("peak_rss_mb"), "baseline_rss_mb": lat.get("baseline_rss_mb")}
 
 

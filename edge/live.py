@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .bundle import Bundle, BundleError, Preprocessing, atomic_write_json
+from .bundle import Bundle, BundleError, atomic_write_json
 from .config import JsonConfig
 from .grabber import PrefetchSource
 from .images import load_for_model
@@ -60,11 +60,6 @@ class RunConfig(JsonConfig):
     @classmethod
     def from_json(cls, text: str) -> "RunConfig":
         return cls.from_dict(json.loads(text))
-
-
-def to_model_input(image: np.ndarray, pre: Preprocessing) -> np.ndarray:
-    """`load_for_model`, which takes a plain RGB frame straight to the resize (kept for callers of this name)."""
-    return load_for_model(image, pre)
 
 
 class LiveRunner:
@@ -134,7 +129,7 @@ class LiveRunner:
         """(calibrated probs, invoke ms, e2e ms without smoothing) for one RGB frame (`model_input`: the same
         frame already at the model's size, when a read-ahead source made it)."""
         t0 = time.perf_counter()
-        prepared = self.prepare(model_input if model_input is not None else to_model_input(image, self.pre))
+        prepared = self.prepare(model_input if model_input is not None else load_for_model(image, self.pre))
         t1 = time.perf_counter()
         raw = self.engine.invoke_raw(prepared)
         t2 = time.perf_counter()
@@ -250,4 +245,4 @@ def run_live(cfg: RunConfig, stop: threading.Event | None = None, out=None, err=
     return summary
 
 
-__all__ = ["RunConfig", "LiveRunner", "run_live", "format_summary", "to_model_input"]
+__all__ = ["RunConfig", "LiveRunner", "run_live", "format_summary"]

@@ -177,6 +177,12 @@ def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     return z
 
 
+def calibrated_probs(engine, image_u8: np.ndarray, temperature: float) -> np.ndarray:
+    """Calibrated probabilities for one preprocessed (H, W, 3) uint8 image: the per-frame path of `Classifier`,
+    also what edge-bench times (prepare -> invoke -> de-quantise -> temperature)."""
+    return apply_temperature(engine.postprocess(engine.invoke_raw(engine.prepare(image_u8)))[0], temperature)
+
+
 def bundle_temperature(bundle: Bundle, variant: str) -> float:
     """The calibrated temperature for `variant` (its own, else the bundle's, else 1.0: uncalibrated)."""
     cal = bundle.calibration
@@ -287,8 +293,7 @@ class Classifier:
 
     def probs(self, image_u8: np.ndarray) -> np.ndarray:
         """Calibrated probabilities for one preprocessed (H, W, 3) uint8 image."""
-        eng = self.engine
-        return apply_temperature(eng.postprocess(eng.invoke_raw(eng.prepare(image_u8)))[0], self.temperature)
+        return calibrated_probs(self.engine, image_u8, self.temperature)
 
     def classify(self, image: ImageLike) -> Prediction:
         t0 = time.perf_counter()
