@@ -45,18 +45,11 @@ def _interpreter(model_content: bytes, preserve_all: bool = False):
 
 def calibrate(model, images: np.ndarray) -> bytes:
     """A float TFLite model with min/max statistics recorded per tensor (the converter's calibrate-only mode)."""
-    import tensorflow as tf
+    from .tflite import _convert, quantizing_converter
 
-    def gen():
-        for im in images:
-            yield [im[None].astype(np.float32)]
-
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = gen
+    _, conv = quantizing_converter(model, images)
     conv._experimental_calibrate_only = True  # noqa: SLF001 - documented by QuantizationDebugger's use of it
-    with contextlib.redirect_stdout(sys.stderr):
-        return conv.convert()
+    return _convert(conv)
 
 
 def _op_outputs(it) -> list[tuple[str, list[int]]]:

@@ -51,10 +51,16 @@ def representative_gen(images: np.ndarray) -> Iterator[list[np.ndarray]]:
         yield [im[None].astype(np.float32)]
 
 
-def _stock_int8(model, images: np.ndarray, io: str) -> bytes:
+def quantizing_converter(model, images: np.ndarray):
+    """(tf, converter) set up for post-training quantisation with `images` as the representative dataset."""
     tf, conv = _converter(model)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.representative_dataset = lambda: representative_gen(images)
+    return tf, conv
+
+
+def _stock_int8(model, images: np.ndarray, io: str) -> bytes:
+    tf, conv = quantizing_converter(model, images)
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     if io == "uint8":
         conv.inference_input_type = tf.uint8
