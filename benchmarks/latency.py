@@ -74,31 +74,55 @@ def time_interleaved(fns: dict[str, Callable[[], object]], runs: int, warmup: in
     return out
 
 
-def time_prefetched(engine, paths: Sequence[str], pre: Preprocessing, temperature: float, runs: int, warmup: int,
-                    chunk: int = 25) -> tuple[list[float], list[float]]:
-    """Per-frame time of image files read ahead as edge-run reads a folder (edge.grabber.PrefetchSource: decode
-    and resize in a thread while the previous frame is classified), and invoke-only times from the same chunks.
+def time_streamed(engine, paths: Sequence[str], pre: Preprocessing, temperature: float, runs: int, warmup: int,
+                  chunk: int = 25, make_engine: Callable[[int], object] | None = None
+                  ) -> tuple[list[float], list[float], int]:
+    """Per-frame time of image files streamed as edge-run streams a folder with `engine.threads` threads, and
+    invoke-only times of `engine` from the same chunks. Returns (ms per frame, invoke ms, streams).
 
-    A pipelined figure: time per frame in a stream, not the latency of one image, which stays what `per_frame`
-    measures. Chunks of `chunk` streamed frames (each a fresh read-ahead, so its first frame waits for a whole
-    decode) alternate with as many invoke-only calls, so both see the same contention. Returns (ms per frame,
-    invoke ms), warm-up frames dropped.
+    edge-run's plan (edge.streams.plan_streams): with T > 1 threads, T single-threaded interpreters classify
+    frames at once (`make_engine(1)` builds the extra ones; the caller's thread reads and decodes); with one
+    thread, or without `make_engine`, `engine` alone with the frames decoded and resized ahead in a thread
+    (edge.grabber.PrefetchSource). A throughput figure: time per frame in a stream, not the latency of one
+    image, which stays what `per_frame` measures. Chunks of `chunk` streamed frames (each a fresh stream) alternate
+    with as many invoke-only calls, so both see the same contention; each chunk's first frame, which waits for
+    the stream to fill, is read but not counted. Warm-up frames are dropped.
     """
     from trashcam.edge.grabber import PrefetchSource
     from trashcam.edge.sources import ImageFolderSource
+    from trashcam.edge.streams import StreamPool, classify_timed, plan_streams
+
+    streams, per = plan_streams(None, getattr(engine, "threads", 1), paced=False)
+    pool = None
+    if streams > 1 and make_engine is not None:
+        pool = StreamPool([make_engine(per) for _ in range(streams)],
+                          lambda eng, f: classify_timed(eng, pre, temperature, f.image, f.model_input))
+    else:
+        streams = 1
+
+    def frames_of(src):
+        if pool is not None:
+            return pool.map(src)
+        return ((f, classify_timed(engine, pre, temperature, f.image, f.model_input)) for f in src)
 
     def stream(n: int) -> list[float]:
-        src = PrefetchSource(ImageFolderSource(list(paths), loop=True), lambda im: load_for_model(im, pre))
-        out, t_prev = [], time.perf_counter()
+        src = ImageFolderSource(list(paths), loop=True)
+        if pool is None:
+            src = PrefetchSource(src, lambda im: load_for_model(im, pre))
+        out: list[float] = []
+        it = frames_of(src)
         try:
-            for frame in src:
-                int(np.argmax(calibrated_probs(engine, frame.model_input, temperature)))
+            next(it)
+            t_prev = time.perf_counter()
+            for _frame, (probs, _, _) in it:
+                int(np.argmax(probs))
                 now = time.perf_counter()
                 out.append((now - t_prev) * 1e3)
                 t_prev = now
                 if len(out) == n:
                     break
         finally:
+            it.close()
             src.close()
         return out
 
@@ -112,7 +136,7 @@ def time_prefetched(engine, paths: Sequence[str], pre: Preprocessing, temperatur
                  lambda: invokes.extend(_timed(lambda: engine.invoke_raw(x)) for _ in range(n))]
         for part in (parts if c % 2 == 0 else parts[::-1]):
             part()
-    return frames[warmup:], invokes[warmup:]
+    return frames[warmup:], invokes[warmup:], streams
 
 
 def _timed(fn: Callable[[], object]) -> float:

@@ -98,6 +98,7 @@ def _entry(base: dict, acc: dict | None, ref: dict, threads: int, lat: dict) -> 
             "frame_size": lat.get("frame_size"), "temperature": lat.get("temperature"),
             "pipelined_latency_ms": lat.get("pipelined_latency_ms"),
             "pipelined_over_invoke": lat.get("pipelined_over_invoke"),
+            "pipelined_streams": lat.get("pipelined_streams"),
             "peak_rss_mb": lat.get("peak_rss_mb"), "baseline_rss_mb": lat.get("baseline_rss_mb")}
 
 

@@ -30,7 +30,7 @@ COLUMNS = (
 )
 CSV_FIELDS = ("name", "format", "runtime", "threads", "size_bytes", "accuracy", "macro_f1", "drop_pp", "load_ms",
               "first_invoke_ms", "fps", "invoke_fps", "e2e_over_invoke", "frame_over_invoke", "pipelined_over_invoke",
-              "peak_rss_mb",
+              "pipelined_streams", "peak_rss_mb",
               "baseline_rss_mb", "check_status")
 STATS = ("mean", "std", "p50", "p90", "p99")
 
@@ -85,9 +85,14 @@ def _pick_line(result: dict) -> str | None:
         return None
     return "fastest deployable (edge-run --variant auto): " + "; ".join(
         f"{e['name']} @ {t} thr (e2e p50 / invoke p50: files {_fmt(e.get('e2e_over_invoke'), '{:.2f}')}x, "
-        f"decoded frames {_fmt(e.get('frame_over_invoke'), '{:.2f}')}x; per frame read ahead as edge-run streams "
-        f"a folder {_fmt(e.get('pipelined_over_invoke'), '{:.2f}')}x)"
+        f"decoded frames {_fmt(e.get('frame_over_invoke'), '{:.2f}')}x; per frame as edge-run streams a folder"
+        f"{_streams(e)} {_fmt(e.get('pipelined_over_invoke'), '{:.2f}')}x)"
         for t, e in picks.items())
+
+
+def _streams(e: dict) -> str:
+    n = e.get("pipelined_streams") or 1
+    return f" ({n} single-thread interpreters)" if n > 1 else " (read ahead)"
 
 
 def format_table(result: dict) -> str:

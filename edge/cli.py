@@ -49,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (fastest passing variant: edge-bench result, else a short probe) or a name, "
                         "e.g. tflite-int8 (default: %(default)s)")
     p.add_argument("--source", default="auto", help="see 'sources' below (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="interpreter threads (default: min(4, cores))")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads in all (default: min(4, cores))")
+    p.add_argument("--streams", type=int, default=None,
+                   help="interpreters classifying frames at once, --threads shared between them (default: one "
+                        "single-threaded interpreter per thread for folders, stdin and video files, where "
+                        "throughput counts; one with every thread for cameras, where the newest frame counts)")
     g = p.add_argument_group("decision")
     g.add_argument("--smooth", choices=("ema", "majority", "none"), default="ema",
                    help="combine the last --window frames by EMA of probabilities or majority vote")
@@ -87,13 +91,13 @@ def config_from_args(args: argparse.Namespace):
         from pathlib import Path
         d = json.loads(Path(args.config).read_text())
         return RunConfig.from_dict({**d.get("config", d), "bundle": args.bundle})
-    for name in ("window", "stable", "max_frames", "threads"):
+    for name in ("window", "stable", "max_frames", "threads", "streams"):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
     if args.min_confidence is not None and not 0.0 <= args.min_confidence <= 1.0:
         raise ValueError(f"--min-confidence must be in 0..1, got {args.min_confidence}")
-    return RunConfig(bundle=args.bundle, variant=args.variant, source=args.source, threads=args.threads,
+    return RunConfig(bundle=args.bundle, variant=args.variant, source=args.source, threads=args.threads, streams=args.streams,
                      smooth=args.smooth, window=args.window, stable=args.stable,
                      min_confidence=args.min_confidence, log=args.log, log_mode=args.log_mode,
                      save_frames=args.save_frames, save_mode=args.save_mode, serve=args.serve,

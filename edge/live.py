@@ -4,8 +4,9 @@ Per frame it records the raw `invoke()` time and the end-to-end classification t
 smoothed decision: resize, quantise, invoke, de-quantise, temperature, smoothing), so the summary shows how
 much the Python around the interpreter costs. Reading/decoding the frame and the outputs are timed apart
 (`frame_ms`): a camera's wait for the next exposure is not classification overhead. Folders, stdin paths
-and video files are read ahead in a thread that decodes and resizes too (grabber.PrefetchSource), so for
-them e2e starts at the model-sized frame and `frame_ms`, the time per frame, is what overlapping bought.
+and video files are classified on one single-threaded interpreter per thread at once (streams.StreamPool);
+with one thread they are read ahead in a thread that decodes and resizes (grabber.PrefetchSource), so e2e
+starts at the model-sized frame. Either way `frame_ms`, the time per frame, is what overlapping bought.
 """
 from __future__ import annotations
 
@@ -24,10 +25,11 @@ from .bundle import Bundle, BundleError, atomic_write_json
 from .config import JsonConfig
 from .grabber import PrefetchSource
 from .images import load_for_model
-from .runtime import Classifier, apply_temperature
+from .runtime import Classifier, choose_variant, default_threads, open_engine
 from .sinks import ConsoleSink, FrameSaver, JsonlSink, Sink
 from .smoothing import Smoother
-from .sources import open_source
+from .sources import is_live_source, open_source
+from .streams import StreamPool, classify_timed, plan_streams
 from .stats import RateMeter, Reservoir, rss_kb
 
 
@@ -38,6 +40,7 @@ class RunConfig(JsonConfig):
     variant: str = "auto"
     source: str = "auto"
     threads: int | None = None
+    streams: int | None = None  # interpreters classifying frames at once; None: one per thread unless a camera
     smooth: str = "ema"  # ema | majority | none
     window: int = 5  # frames combined by the smoother
     stable: int = 3  # frames a new decision must hold before it is shown
@@ -69,15 +72,23 @@ class LiveRunner:
         self.cfg, self.stop = cfg, stop or threading.Event()
         self.out, self.err = out or sys.stdout, err or sys.stderr
         bundle = Bundle.load(cfg.bundle, verify=False)
-        self.clf = Classifier(bundle, cfg.variant, cfg.threads, min_confidence=cfg.min_confidence)
+        threads = cfg.threads or default_threads()
+        streams, per_stream = plan_streams(cfg.streams, threads, paced=is_live_source(cfg.source))
+        variant = choose_variant(bundle, cfg.variant, threads)  # by what `threads` threads measured
+        self.clf = Classifier(bundle, variant, per_stream, min_confidence=cfg.min_confidence)
         self.engine, self.pre, self.labels = self.clf.engine, self.clf.pre, self.clf.labels
+        self.pool = None
+        if streams > 1:
+            engines = [self.engine] + [open_engine(bundle, variant, per_stream) for _ in range(streams - 1)]
+            self.pool = StreamPool(engines, lambda eng, f: classify_timed(eng, self.pre, self.clf.temperature,
+                                                                          f.image, f.model_input))
         self.prepare = self.engine.prepare
         self.smoother = Smoother(self.labels, cfg.smooth, cfg.window, cfg.stable, self.clf.min_confidence)
-        self.resolved = dataclasses.replace(cfg, variant=self.clf.variant, threads=self.engine.threads,
+        self.resolved = dataclasses.replace(cfg, variant=self.clf.variant, threads=threads, streams=streams,
                                             min_confidence=self.clf.min_confidence)
         self.info = {"bundle": str(Path(cfg.bundle).resolve()), "variant": self.clf.variant,
-                     "runtime": getattr(self.engine, "runtime", "?"), "threads": self.engine.threads,
-                     "labels": self.labels, "temperature": self.clf.temperature,
+                     "runtime": getattr(self.engine, "runtime", "?"), "threads": threads, "streams": streams,
+                     "threads_per_stream": per_stream, "labels": self.labels, "temperature": self.clf.temperature,
                      "min_confidence": self.clf.min_confidence, "source": cfg.source}
         # Warm the interpreter (the first frame's latency is no allocation outlier) and check the model's
         # outputs match the labels: a bundle mixed up by hand fails here, not with an IndexError later.
@@ -87,11 +98,13 @@ class LiveRunner:
             raise BundleError(f"{cfg.bundle}: variant {self.clf.variant} outputs {out.shape[-1]} classes but the "
                               f"bundle has {len(self.labels)} labels; re-export the bundle")
         how = "auto: edge-bench result or start-up probe" if cfg.variant == "auto" else "as asked"
+        layout = f"{threads} threads" if streams == 1 else f"{streams} streams x {per_stream} thread(s)"
         print(f"edge-run: {self.info['bundle']} variant {self.clf.variant} ({how}), {self.info['runtime']}, "
-              f"{self.engine.threads} threads, source {cfg.source}", file=self.err, flush=True)
+              f"{layout}, source {cfg.source}", file=self.err, flush=True)
+        # Streams resize in their own threads; a single interpreter gets its frames resized ahead instead.
         self.source = open_source(cfg.source, input_size=tuple(self.pre.input_size), loop=cfg.loop,
                                   size=cfg.capture_size, stop=self.stop,
-                                  prepare=lambda image: load_for_model(image, self.pre))
+                                  prepare=None if self.pool else lambda image: load_for_model(image, self.pre))
         self.sinks: list[Sink] = []
         self.server = None
         try:
@@ -128,13 +141,15 @@ class LiveRunner:
                        ) -> tuple[np.ndarray, float, float]:
         """(calibrated probs, invoke ms, e2e ms without smoothing) for one RGB frame (`model_input`: the same
         frame already at the model's size, when a read-ahead source made it)."""
-        t0 = time.perf_counter()
-        prepared = self.prepare(model_input if model_input is not None else load_for_model(image, self.pre))
-        t1 = time.perf_counter()
-        raw = self.engine.invoke_raw(prepared)
-        t2 = time.perf_counter()
-        probs = apply_temperature(self.engine.postprocess(raw)[0], self.clf.temperature)
-        return probs, (t2 - t1) * 1e3, (time.perf_counter() - t0) * 1e3
+        return classify_timed(self.engine, self.pre, self.clf.temperature, image, model_input)
+
+    def _classified(self):
+        """(frame, classify_frame's result or None for an unreadable frame), in source order."""
+        if self.pool is not None:
+            yield from self.pool.map(self.source)
+            return
+        for frame in self.source:
+            yield frame, self.classify_frame(frame.image, frame.model_input) if frame.ok else None
 
     def run(self, on_frame: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         cfg = self.cfg
@@ -148,13 +163,13 @@ class LiveRunner:
             timer.start()
         t_start = t_prev = time.perf_counter()
         try:
-            for frame in self.source:
+            for frame, result in self._classified():
                 read += 1
                 if frame.ok:
                     t0 = time.perf_counter()
-                    probs, inv_ms, _ = self.classify_frame(frame.image, frame.model_input)
+                    probs, inv_ms, e2e_ms = result
                     dec = self.smoother.update(probs)
-                    e2e_ms = (time.perf_counter() - t0) * 1e3
+                    e2e_ms += (time.perf_counter() - t0) * 1e3
                     frames += 1
                     changes += dec.changed
                     invoke.add(inv_ms)
@@ -203,7 +218,10 @@ class LiveRunner:
                 "invoke_ms": invoke.summary(), "e2e_ms": e2e.summary(), "frame_ms": frame_ms.summary(),
                 "overhead_ratio_p50": round(e2e.percentile(50) / inv_p50, 3) if inv_p50 else None,
                 "frame_ratio_p50": round(frame_ms.percentile(50) / inv_p50, 3) if inv_p50 else None,
-                "read_ahead": isinstance(self.source, PrefetchSource),
+                # per-frame time against one invoke's share of the cores: invoke / streams
+                "frame_ratio_mean": (round(elapsed * 1e3 / frames / (inv_p50 / self.info["streams"]), 3)
+                                     if inv_p50 and frames else None),
+                "read_ahead": isinstance(self.source, PrefetchSource), "streams": self.info["streams"],
                 "decision_changes": changes, "decision": last.get("decision") if last else None,
                 "reopens": getattr(self.source, "reopens", 0), "dropped": getattr(self.source, "dropped", 0),
                 "rss_start_kb": rss_start, "rss_end_kb": rss_kb(),
@@ -221,17 +239,23 @@ class LiveRunner:
 
 def format_summary(s: dict[str, Any]) -> str:
     inv, e2e, fr = s["invoke_ms"], s["e2e_ms"], s["frame_ms"]
-    ratio, ahead = s["overhead_ratio_p50"], s.get("read_ahead")
+    ratio, ahead, streams = s["overhead_ratio_p50"], s.get("read_ahead"), s.get("streams", 1)
     e2e_note = ("x{} of invoke; ".format(ratio) if ratio else "") + (
         "from the frame at model size: decoded and resized ahead in a thread" if ahead else "resize to decision")
-    frame_note = "time per frame, incl. reading the source and outputs" + (
-        f"; x{s['frame_ratio_p50']} of invoke" if s.get("frame_ratio_p50") else "")
+    if streams > 1:
+        layout = f"{streams} streams x {s.get('threads_per_stream', 1)} thread(s)"
+        frame_note = (f"time per frame over {streams} streams, each invoking for the p50 above; mean x"
+                      f"{s.get('frame_ratio_mean')} of invoke / {streams}")
+    else:
+        layout = f"{s['threads']} threads"
+        frame_note = "time per frame, incl. reading the source and outputs" + (
+            f"; x{s['frame_ratio_p50']} of invoke" if s.get("frame_ratio_p50") else "")
     return "\n".join([
         f"summary: {s['frames']} frames classified, {s['skipped']} skipped, {s['elapsed_s']:.1f} s, "
-        f"{s['fps']:.1f} fps ({s['variant']}, {s['threads']} threads, {s['runtime']}; stopped by {s['stopped_by']})",
+        f"{s['fps']:.1f} fps ({s['variant']}, {layout}, {s['runtime']}; stopped by {s['stopped_by']})",
         f"  invoke   p50 {inv['p50']:.2f} ms  p95 {inv['p95']:.2f} ms",
         f"  e2e      p50 {e2e['p50']:.2f} ms  p95 {e2e['p95']:.2f} ms  ({e2e_note})",
-        f"  frame    p50 {fr['p50']:.2f} ms  p95 {fr['p95']:.2f} ms  ({frame_note})",
+        f"  frame    p50 {fr['p50']:.2f} ms  mean {fr['mean']:.2f} ms  ({frame_note})",
         f"  decision {s['decision']} ({s['decision_changes']} changes); RSS {s['rss_start_kb'] // 1024} -> "
         f"{s['rss_end_kb'] // 1024} MiB",
     ])

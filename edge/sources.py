@@ -319,7 +319,7 @@ def open_source(spec: str, *, input_size: tuple[int, int] = (224, 224), loop: bo
         spec = "picamera2" if picamera2_available() else "camera:0"
     if spec == "-":
         return _read_ahead(StdinPathsSource(stop=stop), prepare)
-    if spec == "picamera2" or spec.startswith("picamera2:") or spec.startswith("camera:") or "://" in spec:
+    if is_live_source(spec):
         if spec.startswith("picamera2"):
             try:
                 num = int(spec.split(":", 1)[1]) if ":" in spec else 0
@@ -339,6 +339,11 @@ def open_source(spec: str, *, input_size: tuple[int, int] = (224, 224), loop: bo
         return _read_ahead(OpenCVSource(spec, loop=loop, stop=stop), prepare)
     raise SourceError(f"source {spec!r}: no such file or folder (expected auto, picamera2, camera:N, a video "
                       "file, a URL, an image folder, a glob or -)")
+
+
+def is_live_source(spec: str) -> bool:
+    """A camera or network stream (paced by its own frame rate), as opposed to files read as fast as they go."""
+    return spec == "auto" or spec.startswith(("picamera2", "camera:")) or "://" in spec
 
 
 def _read_ahead(source: FrameSource, prepare) -> FrameSource:

@@ -69,7 +69,7 @@ def test_percentiles_ordered(cli_run):
         assert e["e2e_latency_ms"]["p50"] >= 0.5 * e["latency_ms"]["p50"]
         assert e["frame_size"] == [48, 40] and e["temperature"] == 1.0  # the synthetic images; uncalibrated
     assert "e2e p50 / invoke p50: files " in cli_run[0].stdout and "x, decoded frames " in cli_run[0].stdout
-    assert "per frame read ahead as edge-run streams a folder " in cli_run[0].stdout
+    assert "per frame as edge-run streams a folder (" in cli_run[0].stdout
 
 
 def test_interleaved_timing_rotates_and_counts_only_timed_rounds():
@@ -82,16 +82,25 @@ def test_interleaved_timing_rotates_and_counts_only_timed_rounds():
     assert "".join(calls) == "abc" "bca" "cab" "abc" "bca" "cab"  # every round all three, order rotating
 
 
-def test_prefetched_stream_times_every_frame_and_the_invoke_alike(bundle, synthetic_dataset):
-    from trashcam.benchmarks.latency import time_prefetched
+def test_streamed_timing_counts_every_frame_as_edge_run_streams_a_folder(bundle, synthetic_dataset):
+    from trashcam.benchmarks.latency import time_streamed
     from trashcam.edge.bundle import Bundle
     from trashcam.edge.runtime import open_engine
 
     b = Bundle.load(bundle)
     paths = [str(p) for p in sorted(synthetic_dataset.rglob("*.*"))[:7]]
-    frames, invokes = time_prefetched(open_engine(b, "tflite-fp32", 1), paths, b.preprocessing, 1.0, runs=30,
-                                      warmup=4, chunk=8)
-    assert len(frames) == len(invokes) == 30 and min(frames) > 0 and min(invokes) > 0
+    made: list[int] = []
+
+    def make(t):
+        made.append(t)
+        return open_engine(b, "tflite-fp32", t)
+
+    for threads, want_streams in ((1, 1), (2, 2)):
+        frames, invokes, streams = time_streamed(open_engine(b, "tflite-fp32", threads), paths, b.preprocessing,
+                                                 1.0, runs=30, warmup=4, chunk=8, make_engine=make)
+        assert streams == want_streams
+        assert len(frames) == len(invokes) == 30 and min(frames) > 0 and min(invokes) > 0
+    assert made == [1, 1]  # at 2 threads: two single-thread interpreters; at 1 thread: the engine itself
 
 
 def test_per_frame_is_what_the_classifier_does(bundle, synthetic_dataset):
