@@ -67,11 +67,12 @@ def open_bench_engine(bundle: Bundle, variant: str, threads: int | None):
 
 
 def measure_variant(bundle_dir: str | Path, variant: str, threads: int, paths: Sequence[str], runs: int,
-                    warmup: int, on_loaded=None) -> dict:
+                    warmup: int, on_loaded=None, on_timed=None) -> dict:
     """Load time, first-invoke time, invoke-only and end-to-end latency of one variant at one thread count.
 
     `on_loaded()` is called after the runtime import and before the model load (memory.py reads the baseline
-    RSS there). The invoke-only input is the first image file, decoded once. Invoke-only, e2e from files and
+    RSS there), `on_timed()` after the single-engine timings, before the streamed one loads more engines
+    (memory.py reads the variant's peak RSS there). The invoke-only input is the first image file, decoded once. Invoke-only, e2e from files and
     e2e from decoded frames are timed interleaved (latency.time_interleaved), with the per-process setup that
     edge-run has (keep_frame_memory) and the bundle's calibrated temperature. Then the files once more as
     edge-run streams a folder (latency.time_streamed: one single-threaded interpreter per thread, or one
@@ -99,6 +100,8 @@ def measure_variant(bundle_dir: str | Path, variant: str, threads: int, paths: S
     ms = time_interleaved({"invoke": lambda: engine.invoke_raw(x),
                            "e2e": per_frame(engine, paths, pre, temperature),
                            "frame": per_frame(engine, frames, pre, temperature)}, runs, warmup)
+    if on_timed:
+        on_timed()
     return {
         "runtime": runtime,
         "load_ms": round(load_ms, 3),

@@ -99,7 +99,8 @@ def _entry(base: dict, acc: dict | None, ref: dict, threads: int, lat: dict) -> 
             "pipelined_latency_ms": lat.get("pipelined_latency_ms"),
             "pipelined_over_invoke": lat.get("pipelined_over_invoke"),
             "pipelined_streams": lat.get("pipelined_streams"),
-            "peak_rss_mb": lat.get("peak_rss_mb"), "baseline_rss_mb": lat.get("baseline_rss_mb")}
+            "peak_rss_mb": lat.get("peak_rss_mb"), "baseline_rss_mb": lat.get("baseline_rss_mb"),
+            "pipelined_peak_rss_mb": lat.get("pipelined_peak_rss_mb")}
 
 
 def record_in_bundle(bundle_dir: str | Path, result: dict) -> dict:

@@ -44,6 +44,7 @@ def test_json_schema(cli_run):
         for key in ("accuracy", "macro_f1", "drop_pp", "fps", "peak_rss_mb", "load_ms"):
             assert isinstance(e[key], float), key
         assert 0 <= e["accuracy"] <= 1 and e["peak_rss_mb"] > 10
+        assert e["pipelined_peak_rss_mb"] >= e["peak_rss_mb"]  # read after the streamed timing: a high-water mark
         for key in ("latency_ms", "e2e_latency_ms", "frame_latency_ms", "pipelined_latency_ms"):
             assert set(e[key]) == STAT_KEYS, key
         assert e["pipelined_latency_ms"]["runs"] == 5 and e["pipelined_over_invoke"] > 0
