@@ -9,6 +9,7 @@ model that cannot be fully quantised fails loudly instead of silently keeping fl
 from __future__ import annotations
 
 import contextlib
+import io
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,9 +23,15 @@ def _converter(model):
 
 
 def _convert(conv) -> bytes:
-    # The converter prints "Saved artifact at ..." on stdout; stdout is reserved for edge-convert's table.
-    with contextlib.redirect_stdout(sys.stderr):
-        return conv.convert()
+    # The converter prints "Saved artifact at ..." and a TensorSpec line per captured variable (hundreds for
+    # Lite0) on stdout, which is edge-convert's table: kept out of sight unless the conversion fails.
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            return conv.convert()
+    except Exception:
+        sys.stderr.write(buf.getvalue()[-4000:])
+        raise
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -59,10 +66,10 @@ def quantizing_converter(model, images: np.ndarray):
     return tf, conv
 
 
-def _stock_int8(model, images: np.ndarray, io: str) -> bytes:
+def _stock_int8(model, images: np.ndarray, int8_io: str) -> bytes:
     tf, conv = quantizing_converter(model, images)
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    if io == "uint8":
+    if int8_io == "uint8":
         conv.inference_input_type = tf.uint8
         conv.inference_output_type = tf.uint8
     return _convert(conv)
