@@ -82,7 +82,6 @@ class LiveRunner:
             engines = [self.engine] + [open_engine(bundle, variant, per_stream) for _ in range(streams - 1)]
             self.pool = StreamPool(engines, lambda eng, f: classify_timed(eng, self.pre, self.clf.temperature,
                                                                           f.image, f.model_input))
-        self.prepare = self.engine.prepare
         self.smoother = Smoother(self.labels, cfg.smooth, cfg.window, cfg.stable, self.clf.min_confidence)
         self.resolved = dataclasses.replace(cfg, variant=self.clf.variant, threads=threads, streams=streams,
                                             min_confidence=self.clf.min_confidence)
@@ -90,10 +89,11 @@ class LiveRunner:
                      "runtime": getattr(self.engine, "runtime", "?"), "threads": threads, "streams": streams,
                      "threads_per_stream": per_stream, "labels": self.labels, "temperature": self.clf.temperature,
                      "min_confidence": self.clf.min_confidence, "source": cfg.source}
-        # Warm the interpreter (the first frame's latency is no allocation outlier) and check the model's
+        # Warm the interpreters (the first frames' latency is no allocation outlier) and check the model's
         # outputs match the labels: a bundle mixed up by hand fails here, not with an IndexError later.
-        out = self.engine.postprocess(self.engine.invoke_raw(self.prepare(np.zeros((*self.pre.input_size, 3),
-                                                                                  np.uint8))))
+        blank = np.zeros((*self.pre.input_size, 3), np.uint8)
+        for eng in self.pool.engines if self.pool else [self.engine]:
+            out = eng.postprocess(eng.invoke_raw(eng.prepare(blank)))
         if out.shape[-1] != len(self.labels):
             raise BundleError(f"{cfg.bundle}: variant {self.clf.variant} outputs {out.shape[-1]} classes but the "
                               f"bundle has {len(self.labels)} labels; re-export the bundle")
