@@ -72,9 +72,10 @@ def measure_variant(bundle_dir: str | Path, variant: str, threads: int, paths: S
 
     `on_loaded()` is called after the runtime import and before the model load (memory.py reads the baseline
     RSS there), `on_timed()` after the single-engine timings, before the streamed one loads more engines
-    (memory.py reads the variant's peak RSS there). The invoke-only input is the first image file, decoded once. Invoke-only, e2e from files and
-    e2e from decoded frames are timed interleaved (latency.time_interleaved), with the per-process setup that
-    edge-run has (keep_frame_memory) and the bundle's calibrated temperature. Then the files once more as
+    (memory.py reads the variant's peak RSS there). The invoke-only input is the first image file, decoded
+    once. Invoke-only, e2e from files and e2e from decoded frames are timed interleaved
+    (latency.time_interleaved), with the per-process setup that edge-run has (keep_frame_memory) and the
+    bundle's calibrated temperature. Then the files once more as
     edge-run streams a folder (latency.time_streamed: one single-threaded interpreter per thread, or one
     interpreter with the files read ahead in a thread): time per frame, pipelined.
     """

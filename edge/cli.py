@@ -97,8 +97,8 @@ def config_from_args(args: argparse.Namespace):
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
     if args.min_confidence is not None and not 0.0 <= args.min_confidence <= 1.0:
         raise ValueError(f"--min-confidence must be in 0..1, got {args.min_confidence}")
-    return RunConfig(bundle=args.bundle, variant=args.variant, source=args.source, threads=args.threads, streams=args.streams,
-                     smooth=args.smooth, window=args.window, stable=args.stable,
+    return RunConfig(bundle=args.bundle, variant=args.variant, source=args.source, threads=args.threads,
+                     streams=args.streams, smooth=args.smooth, window=args.window, stable=args.stable,
                      min_confidence=args.min_confidence, log=args.log, log_mode=args.log_mode,
                      save_frames=args.save_frames, save_mode=args.save_mode, serve=args.serve,
                      max_frames=args.max_frames, duration=args.duration, loop=args.loop,
