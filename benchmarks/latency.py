@@ -90,7 +90,8 @@ def time_streamed(engine, paths: Sequence[str], pre: Preprocessing, temperature:
     """
     from trashcam.edge.grabber import PrefetchSource
     from trashcam.edge.sources import ImageFolderSource
-    from trashcam.edge.streams import StreamPool, classify_timed, plan_streams
+    from trashcam.edge.runtime import classify_timed
+    from trashcam.edge.streams import StreamPool, plan_streams
 
     streams, per = plan_streams(None, getattr(engine, "threads", 1), paced=False)
     pool = None

@@ -25,11 +25,11 @@ from .bundle import Bundle, BundleError, atomic_write_json
 from .config import JsonConfig
 from .grabber import PrefetchSource
 from .images import load_for_model
-from .runtime import Classifier, choose_variant, default_threads, open_engine
+from .runtime import Classifier, choose_variant, classify_timed, default_threads, open_engine
 from .sinks import ConsoleSink, FrameSaver, JsonlSink, Sink
 from .smoothing import Smoother
 from .sources import is_live_source, open_source
-from .streams import StreamPool, classify_timed, plan_streams
+from .streams import StreamPool, plan_streams
 from .stats import RateMeter, Reservoir, rss_kb
 
 

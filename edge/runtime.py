@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .bundle import Bundle, BundleError
+from .bundle import Bundle, BundleError, Preprocessing
 from .images import ImageLike, keep_frame_memory, load_for_model
 
 
@@ -181,6 +181,20 @@ def calibrated_probs(engine, image_u8: np.ndarray, temperature: float) -> np.nda
     """Calibrated probabilities for one preprocessed (H, W, 3) uint8 image: the per-frame path of `Classifier`,
     also what edge-bench times (prepare -> invoke -> de-quantise -> temperature)."""
     return apply_temperature(engine.postprocess(engine.invoke_raw(engine.prepare(image_u8)))[0], temperature)
+
+
+def classify_timed(engine, pre: Preprocessing, temperature: float, image: np.ndarray,
+                   model_input: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
+    """(calibrated probs, invoke ms, ms from the frame to the probabilities) for one RGB frame: calibrated_probs'
+    steps after the resize, with the invoke timed apart. `model_input` is the same frame already at the model's
+    size when a read-ahead source made it. The per-frame path of edge-run, serial or streamed."""
+    t0 = time.perf_counter()
+    prepared = engine.prepare(model_input if model_input is not None else load_for_model(image, pre))
+    t1 = time.perf_counter()
+    raw = engine.invoke_raw(prepared)
+    t2 = time.perf_counter()
+    probs = apply_temperature(engine.postprocess(raw)[0], temperature)
+    return probs, (t2 - t1) * 1e3, (time.perf_counter() - t0) * 1e3
 
 
 def bundle_temperature(bundle: Bundle, variant: str) -> float:

@@ -1,7 +1,7 @@
 """Throughput mode: the frames of a folder, stdin paths or a video file classified on several interpreters at once.
 
 One interpreter with T threads splits every layer over T cores, which meet at a barrier after each layer: they
-wait on each other (INT8 Lite0 at 288 px, 2-core Xeon: 2 threads run 1.77x one thread's speed, not 2x), and a
+wait on each other (INT8 Lite0 at 288 px, 2-core Xeon: 2 threads run 1.7-1.8x one thread's speed), and a
 frame's decode and resize must then squeeze between invokes on cores that are already spoken for (edge-bench
 measured 1.21x the invoke time per frame with read-ahead at 2 threads). A stream that no camera paces can use
 the cores better: T interpreters of one thread each, every one classifying its own frame (resize, invoke,
@@ -15,30 +15,9 @@ are the same as on the serial path.
 from __future__ import annotations
 
 import queue
-import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, Sequence
-
-import numpy as np
-
-from .bundle import Preprocessing
-from .images import load_for_model
-from .runtime import apply_temperature
-
-
-def classify_timed(engine, pre: Preprocessing, temperature: float, image: np.ndarray,
-                   model_input: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
-    """(calibrated probs, invoke ms, ms from the frame to the probabilities) for one RGB frame; `model_input` is
-    the same frame already at the model's size when a read-ahead source made it. The per-frame path of edge-run,
-    serial or streamed."""
-    t0 = time.perf_counter()
-    prepared = engine.prepare(model_input if model_input is not None else load_for_model(image, pre))
-    t1 = time.perf_counter()
-    raw = engine.invoke_raw(prepared)
-    t2 = time.perf_counter()
-    probs = apply_temperature(engine.postprocess(raw)[0], temperature)
-    return probs, (t2 - t1) * 1e3, (time.perf_counter() - t0) * 1e3
 
 
 def plan_streams(requested: int | None, threads: int, paced: bool) -> tuple[int, int]:
