@@ -91,7 +91,7 @@ def time_streamed(engine, paths: Sequence[str], pre: Preprocessing, temperature:
     from trashcam.edge.grabber import PrefetchSource
     from trashcam.edge.sources import ImageFolderSource
     from trashcam.edge.runtime import classify_timed
-    from trashcam.edge.streams import StreamPool, plan_streams
+    from trashcam.edge.streams import StreamPool, classified, plan_streams
 
     streams, per = plan_streams(None, getattr(engine, "threads", 1), paced=False)
     pool = None
@@ -101,17 +101,12 @@ def time_streamed(engine, paths: Sequence[str], pre: Preprocessing, temperature:
     else:
         streams = 1
 
-    def frames_of(src):
-        if pool is not None:
-            return pool.map(src)
-        return ((f, classify_timed(engine, pre, temperature, f.image, f.model_input)) for f in src)
-
     def stream(n: int) -> list[float]:
         src = ImageFolderSource(list(paths), loop=True)
         if pool is None:
             src = PrefetchSource(src, lambda im: load_for_model(im, pre))
         out: list[float] = []
-        it = frames_of(src)
+        it = classified(src, engine, pre, temperature, pool)
         try:
             next(it)
             t_prev = time.perf_counter()

@@ -29,7 +29,7 @@ from .runtime import Classifier, choose_variant, classify_timed, default_threads
 from .sinks import ConsoleSink, FrameSaver, JsonlSink, Sink
 from .smoothing import Smoother
 from .sources import is_live_source, open_source
-from .streams import StreamPool, plan_streams
+from .streams import StreamPool, classified, plan_streams
 from .stats import RateMeter, Reservoir, rss_kb
 
 
@@ -137,20 +137,6 @@ class LiveRunner:
             except Exception as e:  # noqa: BLE001 - one broken sink must not lose the others' data
                 print(f"closing {type(s).__name__} failed: {e}", file=self.err, flush=True)
 
-    def classify_frame(self, image: np.ndarray, model_input: np.ndarray | None = None
-                       ) -> tuple[np.ndarray, float, float]:
-        """(calibrated probs, invoke ms, e2e ms without smoothing) for one RGB frame (`model_input`: the same
-        frame already at the model's size, when a read-ahead source made it)."""
-        return classify_timed(self.engine, self.pre, self.clf.temperature, image, model_input)
-
-    def _classified(self):
-        """(frame, classify_frame's result or None for an unreadable frame), in source order."""
-        if self.pool is not None:
-            yield from self.pool.map(self.source)
-            return
-        for frame in self.source:
-            yield frame, self.classify_frame(frame.image, frame.model_input) if frame.ok else None
-
     def run(self, on_frame: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         cfg = self.cfg
         invoke, e2e, frame_ms, rate = Reservoir(), Reservoir(), Reservoir(), RateMeter()
@@ -163,7 +149,7 @@ class LiveRunner:
             timer.start()
         t_start = t_prev = time.perf_counter()
         try:
-            for frame, result in self._classified():
+            for frame, result in classified(self.source, self.engine, self.pre, self.clf.temperature, self.pool):
                 read += 1
                 if frame.ok:
                     t0 = time.perf_counter()

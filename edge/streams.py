@@ -19,6 +19,8 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, Sequence
 
+from .runtime import classify_timed
+
 
 def plan_streams(requested: int | None, threads: int, paced: bool) -> tuple[int, int]:
     """(interpreters, threads each) for `threads` threads in all. `requested` None means: one interpreter of one
@@ -63,3 +65,14 @@ class StreamPool:
                 yield f0, fut.result() if fut else None
         finally:
             ex.shutdown(wait=True, cancel_futures=True)  # a consumer that stops early waits for <= depth frames
+
+
+def classified(frames: Iterable, engine, pre, temperature: float, pool: StreamPool | None = None) -> Iterator:
+    """(frame, runtime.classify_timed's result, or None for an unreadable frame), in order: on `pool`'s engines
+    when there is one, else on `engine` in the caller's thread. The loop of edge-run and of edge-bench's
+    streamed timing."""
+    if pool is not None:
+        yield from pool.map(frames)
+        return
+    for f in frames:
+        yield f, classify_timed(engine, pre, temperature, f.image, f.model_input) if f.ok else None
