@@ -141,7 +141,7 @@ def test_cli(calibrated, tmp_path):
     ood.mkdir()
     for i in range(4):  # no class the model knows: mid-grey
         Image.new("RGB", (40, 48), (128, 128, 128)).save(ood / f"g{i}.png")
-    p = run_cli("-m", "trashcam.calibration.cli", str(d), "--variant", "tflite-int8", "--target-coverage", "0.5",
+    p = run_cli("-m", "trashcam.calibration.cli", str(d), "--variants", "tflite-int8", "--target-coverage", "0.5",
                 "--no-plots", "--ood-data", str(ood), "--threads", "1")
     assert p.returncode == 0, p.stderr
     row = [ln for ln in p.stdout.splitlines() if ln.startswith("tflite-int8")][0]
@@ -152,8 +152,9 @@ def test_cli(calibrated, tmp_path):
 
 
 def test_help_is_instant_and_bad_targets_are_rejected():
-    code = ("import sys; from trashcam.calibration.cli import build_parser; h = build_parser().format_help(); "
+    code = ("import sys; from trashcam.calibration.cli import command; "
+            "from trashcam.edge.clitools import help_text; h = help_text(command, 'edge-calibrate'); "
             "assert 'examples' in h; print('tensorflow' in sys.modules or 'matplotlib' in sys.modules)")
     assert run_cli("-c", code, check=True).stdout.strip() == "False"
     p = run_cli("-m", "trashcam.calibration.cli", "/nonexistent", "--target-precision", "1.5")
-    assert p.returncode == 2 and "target_precision" in p.stderr
+    assert p.returncode == 2 and "--target-precision must be <= 1.0" in p.stderr

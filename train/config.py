@@ -9,7 +9,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from trashcam.edge.config import JsonConfig
+from trashcam.edge.config import ConfigError, JsonConfig, setting
+
+MODES = ("full", "cached", "hybrid")
+MONITORS = ("val_loss", "val_loss_calibrated")
 
 
 @dataclass(frozen=True)
@@ -44,13 +47,13 @@ class TrainConfig(JsonConfig):
     freeze_bn: bool = True
     # early stopping and the stage-2-or-stage-1 choice: "val_loss" (the seed's) or "val_loss_calibrated" (NLL at
     # the best temperature: compares how well models rank classes, not how confident MixUp left them)
-    monitor: str = "val_loss"
+    monitor: str = setting("val_loss", choices=MONITORS)
     # "full": each epoch runs the whole network on freshly augmented images (the seed notebook's way, GPU-friendly).
     # "cached": the frozen part runs once per augmented view and is cached; epochs train only what learns
     # (stage 1: the head on pooled features; stage 2: the unfrozen blocks on cached activations). Same recipe,
     # with `views` fixed augmentations per image instead of fresh ones every epoch: ~10x less CPU.
     # "hybrid": stage 1 as in "cached", stage 2 as in "full".
-    mode: str = "full"
+    mode: str = setting("full", choices=MODES)
     views: int = 5
     batch_size: int = 32
 
@@ -81,6 +84,17 @@ class TrainConfig(JsonConfig):
     resume: bool = False
     verbose: int = 1
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if abs(sum(self.split) - 1) > 1e-6:
+            raise ConfigError("split", "fractions must sum to 1", self.split)
+        for name in ("image_size", "views", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "must be >= 1", getattr(self, name))
+        for name in ("stage1_epochs", "stage2_epochs", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, "must be >= 0", getattr(self, name))
+
     def replace(self, **kw: Any) -> "TrainConfig":
         return dataclasses.replace(self, **kw)
 
@@ -108,20 +122,12 @@ DEFAULT = TrainConfig(
 QUICK = DEFAULT.replace(recipe="quick", image_size=160, views=2, stage1_epochs=15, stage2_epochs=2,
                         stage2_from="block7a", stage2_lr=1e-4, tta_passes=("identity", "hflip"))
 
-MODES = ("full", "cached", "hybrid")
 RECIPES: dict[str, TrainConfig] = {c.recipe: c for c in (SEED, DEFAULT, QUICK)}
 
 
 def resolve(recipe: str, **overrides: Any) -> TrainConfig:
-    """Preset + overrides (None means "not given"), validated."""
+    """Preset + overrides (None means "not given"), validated by TrainConfig.__post_init__."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
-    cfg = RECIPES[recipe].replace(**{k: v for k, v in overrides.items() if v is not None})
-    if cfg.mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {cfg.mode!r}")
-    if cfg.monitor not in ("val_loss", "val_loss_calibrated"):
-        raise ValueError(f"monitor must be 'val_loss' or 'val_loss_calibrated', got {cfg.monitor!r}")
-    if abs(sum(cfg.split) - 1) > 1e-6:
-        raise ValueError(f"split fractions must sum to 1, got {cfg.split}")
-    return cfg
+    return RECIPES[recipe].replace(**{k: v for k, v in overrides.items() if v is not None})
 
