@@ -42,7 +42,8 @@ HELP = {
     "mode": "'cached': frozen part computed once per view, both stages on the cache (fastest on CPU); 'hybrid': "
             "stage 1 on cached features, stage 2 on freshly augmented images; 'full': both stages fresh (the seed's way)",
     "views": "augmented views per training image cached for stage 1 ('cached', 'hybrid') and stage 2 ('cached')",
-    "stage2_from": "first backbone layer that trains in stage 2: an index (60) or a name prefix (block6a)",
+    "stage2_from": "first backbone layer that trains in stage 2: an index (60) or a name prefix (block6a); with "
+                   "--backbone, that backbone's own start where the recipe used its backbone's",
     "exclude_classes": "comma-separated classes to leave out (open-set experiments)",
     "tta_passes": "comma-separated TTA passes: identity,hflip,vflip,zoom_in,zoom_in_hflip,rot90",
     "strategy": "auto | none | mirrored (several GPUs) | multiworker (several machines; set TF_CONFIG)",
@@ -84,15 +85,13 @@ def command(recipe: str, overwrite: bool, quiet: bool, print_config: bool, **par
         import json
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    if overwrite:
-        os.environ["TRASHCAM_OVERWRITE"] = "1"
     if not sys.stderr.isatty():  # CI logs and nohup: a progress line every 30 s, not every batch
         os.environ.setdefault("TQDM_MININTERVAL", "30")
     from trashcam.edge.dataset import DatasetError
 
     from .pipeline import TrainError, train
     try:
-        train(cfg)
+        train(cfg, overwrite=overwrite)
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted; the last finished epoch is checkpointed in {cfg.out}.partial/ — "
               "continue with the same command plus --resume", file=sys.stderr)

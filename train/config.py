@@ -125,9 +125,35 @@ QUICK = DEFAULT.replace(recipe="quick", image_size=160, views=2, stage1_epochs=1
 RECIPES: dict[str, TrainConfig] = {c.recipe: c for c in (SEED, DEFAULT, QUICK)}
 
 
+# Recipe fields whose value belongs to the backbone (its BackboneSpec attribute): a layer index such as the seed's
+# "60" names a different block in another backbone.
+BACKBONE_DEFAULTS = {"stage2_from": "stage2_from", "image_size": "input_size"}
+
+
+def backbone_defaults(preset: TrainConfig, backbone: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The picked backbone's own values for the recipe fields that were the recipe backbone's own values.
+
+    `--recipe seed --backbone efficientnet_lite0` unfreezes Lite0 from its spec's block3b, not layer 60 (B0's
+    block3b); a recipe value chosen for the recipe (the default's "block5a", its 288 px) and a flag stay."""
+    from . import backbones
+    try:
+        old, new = backbones.get(preset.backbone), backbones.get(backbone)
+    except KeyError as e:
+        raise ValueError(str(e)) from None
+    out = {}
+    for field, attr in BACKBONE_DEFAULTS.items():
+        if field in overrides or not hasattr(new, attr) or getattr(preset, field) != getattr(old, attr, None):
+            continue
+        out[field] = getattr(new, attr)
+    return out
+
+
 def resolve(recipe: str, **overrides: Any) -> TrainConfig:
     """Preset + overrides (None means "not given"), validated by TrainConfig.__post_init__."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
-    return RECIPES[recipe].replace(**{k: v for k, v in overrides.items() if v is not None})
-
+    preset = RECIPES[recipe]
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if overrides.get("backbone", preset.backbone) != preset.backbone:
+        overrides = {**backbone_defaults(preset, overrides["backbone"], overrides), **overrides}
+    return preset.replace(**overrides)
