@@ -158,3 +158,19 @@ def test_help_is_instant_and_bad_targets_are_rejected():
     assert run_cli("-c", code, check=True).stdout.strip() == "False"
     p = run_cli("-m", "trashcam.calibration.cli", "/nonexistent", "--target-precision", "1.5")
     assert p.returncode == 2 and "--target-precision must be <= 1.0" in p.stderr
+
+
+def test_train_does_not_import_calibration_and_the_fit_uses_the_device_clip():
+    import ast
+    from pathlib import Path
+
+    from trashcam.edge import temperature
+
+    root = Path(__file__).parents[1] / "train"
+    for f in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith("trashcam.calibration"), f
+    p = np.array([[0.0, 0.3, 0.7]], np.float32)
+    assert np.allclose(temperature.pseudo_logits(p)[0, 0], np.log(temperature.EPS))
+    assert fit_temperature is temperature.fit_temperature  # calibration re-exports the one fit
