@@ -34,11 +34,18 @@ examples:
   edge-run runs/trashnet --source data/sample --loop --duration 3600 --quiet     # soak test
   ls *.jpg | edge-run runs/trashnet --source - --smooth none --stable 1 --log-mode frames --log out.jsonl
   edge-run runs/trashnet --config shots/run_config.json --max-frames 100   # a saved run, one flag changed
+  edge-run runs/trashnet --mqtt mqtt://bin:secret@broker.local --serve 0.0.0.0:8080  # items to MQTT + /metrics
+  edge-run runs/trashnet --actuate glass=17 --actuate paper=18:servo=45 --reject 27 --dry-run
+  edge-run runs/trashnet --actuate glass=17 --reject 27 --gpio-test      # move each output once, then exit
 
 The shown decision is the smoothed top class once it has held for --stable frames, or "uncertain" when its
 confidence is below the bundle's calibrated threshold (--min-confidence overrides). Ctrl-C or SIGTERM stops
 cleanly: logs flushed, a summary printed (frames, fps, invoke vs end-to-end latency p50/p95, skipped).
-Exit status: 0 ok, 2 bad bundle/source/arguments, 1 unexpected failure.
+Items: cameras and videos get a presence gate (it learns the empty scene, waits for an item to arrive and
+leave, and relearns after a lighting change); each item is decided once from its most confident frames and
+logged as an `item` event, published to MQTT (PREFIX/item, QoS 1) and acted on (--actuate/--reject). Folders
+and stdin: each image is an item. An output that fails is counted (/status, /metrics) and the run goes on.
+Exit status: 0 ok, 2 bad bundle/source/arguments, 1 unexpected failure (or an output failing --gpio-test).
 """
 
 
@@ -73,6 +80,9 @@ def command(**params) -> int:
     stop = threading.Event()
     try:
         cfg = config_from_params(params)
+        if cfg.gpio_test:
+            from .field import run_gpio_test
+            return run_gpio_test(cfg)
         runner = LiveRunner(cfg, stop)
     except click.UsageError:
         raise

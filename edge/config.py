@@ -191,6 +191,30 @@ class RunConfig(JsonConfig):
     capture_size: tuple[int, int] | None = setting(None, "camera capture / preview size (default: 640x480)",
                                                    parse=parse_size, metavar="WxH")
     max_fps: float | None = setting(None, "classify at most this many frames per second", above=0)
+    # items: one decision per item (edge/presence.py, edge/items.py)
+    presence: str = setting("auto", "on: a presence gate learns the empty scene and makes one decision per item "
+                                    "that arrives and leaves; off: every frame or image is an item; auto: on for "
+                                    "cameras and videos, off for folders and stdin", choices=("auto", "on", "off"))
+    item_timeout: float = setting(30.0, "seconds an item may stay in view before it is decided anyway "
+                                        "(flagged timeout)", above=0, metavar="S")
+    item_frames: int = setting(5, "an item is decided from its N most confident frames", min=1)
+    # MQTT (edge/mqtt.py, the [mqtt] extra)
+    mqtt: str | None = setting(None, "publish items to this broker; an unreachable broker is retried while "
+                                     "items queue", metavar="mqtt[s]://[USER:PASS@]HOST[:PORT]")
+    mqtt_topic: str | None = setting(None, "topic prefix: PREFIX/item, PREFIX/status, PREFIX/stats "
+                                           "(default: trashcam/<hostname>)", metavar="PREFIX")
+    mqtt_ca: str | None = setting(None, "CA certificate file for mqtts:// (default: the system's)", metavar="PEM")
+    mqtt_queue: int = setting(1000, "items kept while the broker is away; beyond that they are dropped and "
+                                    "counted", min=1)
+    # GPIO (edge/gpio.py, the [pi] extra)
+    actuate: tuple[str, ...] = setting((), "move an output for each item of CLASS: a flap/relay pin held high, "
+                                           "a servo angle, or a pulse; repeatable", metavar="CLASS=PIN[:servo=ANGLE|:pulse=MS]")
+    reject: str | None = setting(None, "output for uncertain items (same forms as a --actuate PIN)", metavar="PIN")
+    dwell: float = setting(0.5, "seconds an output is held for one item", above=0, metavar="S")
+    cooldown: float = setting(0.5, "seconds between two moves, so one item moves the flap once", min=0,
+                              metavar="S")
+    dry_run: bool = setting(False, "log what the outputs would do; touch no pin")
+    gpio_test: bool = setting(False, "move every output once, then exit (no camera needed)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -198,6 +222,27 @@ class RunConfig(JsonConfig):
             raise ConfigError("bundle", "must be given", self.bundle)
         if self.capture_size is not None and min(self.capture_size) < 1:
             raise ConfigError("capture_size", "must be positive", self.capture_size)
+        self._check_field_outputs()
+
+    def _check_field_outputs(self) -> None:
+        """Malformed MQTT URL, topic or output specs, a pin used twice: ValueError (exit 2) before anything
+        starts. Classes are checked against the bundle's labels when it is loaded."""
+        if self.mqtt is not None or self.mqtt_topic is not None or self.mqtt_ca is not None:
+            from .mqtt import check_prefix, parse_mqtt_url
+            if self.mqtt is None:
+                raise ValueError("--mqtt-topic and --mqtt-ca need --mqtt URL")
+            target = parse_mqtt_url(self.mqtt)
+            if self.mqtt_topic is not None:
+                check_prefix(self.mqtt_topic)
+            if self.mqtt_ca is not None and (not target.tls or not Path(self.mqtt_ca).is_file()):
+                raise ValueError(f"--mqtt-ca {self.mqtt_ca}: " + (
+                    "not a file" if target.tls else "only for mqtts:// URLs"))
+        if self.actuate or self.reject is not None:
+            from .gpio import plan_outputs
+            plan_outputs(self.actuate, self.reject, None)
+        elif self.gpio_test or self.dry_run:
+            raise ValueError(f"{'--gpio-test' if self.gpio_test else '--dry-run'} needs --actuate CLASS=PIN "
+                             "or --reject PIN")
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

@@ -67,13 +67,15 @@ def parse_actuate(spec: str) -> Output:
     raise ValueError(f"{what}: after the pin use :servo=ANGLE (-90..90) or :pulse=MS (1..60000), not {opt!r}")
 
 
-def plan_outputs(actuate: tuple[str, ...] | list[str], reject: str | int | None, labels: list[str]) -> list[Output]:
-    """Parse and check every output against the bundle's classes; ValueError before anything moves."""
+def plan_outputs(actuate: tuple[str, ...] | list[str], reject: str | int | None,
+                 labels: list[str] | None) -> list[Output]:
+    """Parse and check every output against the bundle's classes (`labels`; None: syntax and pins only);
+    ValueError before anything moves."""
     outs = [parse_actuate(s) for s in actuate]
     for o in outs:
         if o.label == UNCERTAIN:
             raise ValueError("--actuate: use --reject PIN for uncertain items")
-        if o.label not in labels:
+        if labels is not None and o.label not in labels:
             raise ValueError(f"--actuate: unknown class {o.label!r}; the bundle's classes are {', '.join(labels)}")
     if reject is not None:
         outs.append(Output(UNCERTAIN, parse_pin(str(reject), f"--reject {reject!r}")))

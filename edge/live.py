@@ -21,6 +21,7 @@ import numpy as np
 
 from .bundle import Bundle, BundleError, atomic_write_json
 from .config import RunConfig
+from .field import FieldStage
 from .grabber import PrefetchSource
 from .images import load_for_model
 from .runtime import Classifier, choose_variant, classify_timed, default_threads, open_engine
@@ -54,7 +55,11 @@ class LiveRunner:
         self.info = {"bundle": str(Path(cfg.bundle).resolve()), "variant": self.clf.variant,
                      "runtime": getattr(self.engine, "runtime", "?"), "threads": threads, "streams": streams,
                      "threads_per_stream": per_stream, "labels": self.labels, "temperature": self.clf.temperature,
-                     "min_confidence": self.clf.min_confidence, "source": cfg.source}
+                     "min_confidence": self.clf.min_confidence, "source": cfg.source,
+                     "bundle_sha256": variant_sha256(bundle, self.clf.variant)}
+        if cfg.actuate or cfg.reject is not None:
+            from .gpio import plan_outputs
+            plan_outputs(cfg.actuate, cfg.reject, self.labels)  # an unknown class fails before anything opens
         # Warm the interpreters (the first frames' latency is no allocation outlier) and check the model's
         # outputs match the labels: a bundle mixed up by hand fails here, not with an IndexError later.
         blank = np.zeros((*self.pre.input_size, 3), np.uint8)
@@ -73,6 +78,7 @@ class LiveRunner:
                                   prepare=None if self.pool else lambda image: load_for_model(image, self.pre))
         self.sinks: list[Sink] = []
         self.server = None
+        self.field: FieldStage | None = None
         try:
             self.source.open()
             self._open_sinks()
@@ -94,9 +100,18 @@ class LiveRunner:
             from .server import PreviewServer
             self.server = PreviewServer(cfg.serve, self.info)
             self.sinks.append(self.server)
-            print(f"serving {self.server.url} (/stream.mjpg, /status)", file=self.err, flush=True)
+            print(f"serving {self.server.url} (/stream.mjpg, /status, /items.json, /metrics)", file=self.err,
+                  flush=True)
+        # the item stage and its outputs (MQTT, GPIO, the items page, /metrics): issue 14
+        self.field = FieldStage(cfg, self.labels, self.clf.min_confidence, self.info, is_live_source(cfg.source),
+                                server=self.server, sinks=self.sinks, log=self.err)
 
     def _close_sinks(self, summary: dict[str, Any]) -> None:
+        if self.field is not None:
+            try:
+                self.field.close(summary)  # first: a last open item still reaches the log and the broker
+            except Exception as e:  # noqa: BLE001
+                print(f"closing the item stage failed: {e}", file=self.err, flush=True)
         for s in self.sinks:
             try:
                 s.close(summary)
@@ -137,6 +152,8 @@ class LiveRunner:
                             "fps": round(rate.fps, 2), "frames": frames, "skipped": skipped}
                     for s in self.sinks:
                         s.frame(frame, last)
+                    if self.field is not None:
+                        self.field.frame(frame, last, probs)
                     if on_frame:
                         on_frame(last)
                     if frames == min(20, cfg.max_frames or 20):
@@ -145,6 +162,8 @@ class LiveRunner:
                     skipped += 1
                     for s in self.sinks:
                         s.skip(frame)
+                    if self.field is not None:
+                        self.field.skip(frame)
                 now = time.perf_counter()
                 frame_ms.add((now - t_prev) * 1e3)
                 if cfg.max_frames and read >= cfg.max_frames:
@@ -210,7 +229,14 @@ def format_summary(s: dict[str, Any]) -> str:
         f"  frame    p50 {fr['p50']:.2f} ms  mean {fr['mean']:.2f} ms  ({frame_note})",
         f"  decision {s['decision']} ({s['decision_changes']} changes); RSS {s['rss_start_kb'] // 1024} -> "
         f"{s['rss_end_kb'] // 1024} MiB",
-    ])
+    ] + ([f"  items    {s['items']}: " + ", ".join(f"{k} {n}" for k, n in s["item_counts"].items()) +
+          f" ({s.get('item_timeouts', 0)} timed out)"] if s.get("items") is not None else []))
+
+
+def variant_sha256(bundle: Bundle, variant: str) -> str:
+    """The sha256 of the model file a run uses (what an item's decision came from)."""
+    rel = bundle.variants.get(variant, {}).get("file", "")
+    return str(bundle.metadata.get("files", {}).get(rel, {}).get("sha256", ""))
 
 
 def run_live(cfg: RunConfig, stop: threading.Event | None = None, out=None, err=None) -> dict[str, Any]:

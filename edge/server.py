@@ -12,6 +12,7 @@ import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs
 
 import numpy as np
 
@@ -54,6 +55,7 @@ class PreviewServer(Sink):
         self._jpeg: tuple[int, bytes] = (-1, b"")
         self._status: dict[str, Any] = {"state": "starting", **self.info, "frames": 0, "skipped": 0}
         self.closing = False
+        self.routes: dict[str, Any] = {}  # path -> fn(request) -> (status, content type, body); see add_route
         self.httpd = ThreadingHTTPServer((self.host, port), _handler(self))
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
@@ -65,6 +67,11 @@ class PreviewServer(Sink):
     def url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         return f"http://{host}:{self.port}/"
+
+    def add_route(self, path: str, fn, methods=("GET",)) -> None:
+        """Serve `path` with `fn(request)` -> (status, content type, body); `request.query` is the parsed query
+        string. Other features (items, metrics) add their pages this way; a route replaces a built-in page."""
+        self.routes[path] = fn
 
     # -- Sink -----------------------------------------------------------------------------------------------
     def frame(self, frame: Frame, rec: dict[str, Any]) -> None:
@@ -131,8 +138,12 @@ def _handler(server: PreviewServer):
             self.wfile.write(body)
 
         def do_GET(self):  # noqa: N802 - http.server's naming
-            path = self.path.split("?", 1)[0]
-            if path in ("/", "/index.html"):
+            path, _, qs = self.path.partition("?")
+            if path in server.routes:
+                self.query = parse_qs(qs)
+                code, ctype, body = server.routes[path](self)
+                self._send(code, ctype, body.encode() if isinstance(body, str) else body)
+            elif path in ("/", "/index.html"):
                 self._send(200, "text/html; charset=utf-8",
                            (PAGE % {"variant": server.info.get("variant", "")}).encode())
             elif path == "/status":
