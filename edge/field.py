@@ -9,27 +9,38 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .images import is_image_file
 from .items import Item, ItemTracker
 from .presence import PresenceConfig, PresenceGate
 from .sinks import JsonlSink, Sink
 
 
-def use_presence(mode: str, live_source: bool) -> bool:
-    """`auto`: a gate for cameras and video streams; folders and stdin paths are one item per image."""
-    return live_source if mode == "auto" else mode == "on"
+def is_image_source(spec: str) -> bool:
+    """Folders, globs, image files and stdin paths: each image is one item. Cameras, streams and video files
+    are a scene that items pass through."""
+    if spec == "-":
+        return True
+    if spec == "auto" or spec.startswith(("picamera2", "camera:")) or "://" in spec:
+        return False
+    return Path(spec).is_dir() or any(c in spec for c in "*?[") or is_image_file(spec)
+
+
+def use_presence(mode: str, source: str) -> bool:
+    """`auto`: a presence gate for cameras and videos; none for folders and stdin (one item per image)."""
+    return not is_image_source(source) if mode == "auto" else mode == "on"
 
 
 class FieldStage:
-    def __init__(self, cfg, labels: list[str], min_confidence: float, info: dict[str, Any], live_source: bool,
-                 server=None, sinks: list[Sink] | None = None, log=None):
+    def __init__(self, cfg, labels: list[str], min_confidence: float, info: dict[str, Any], server=None, sinks: list[Sink] | None = None, log=None):
         self.cfg, self.log, self.info = cfg, log or sys.stderr, info
         self.sinks = sinks if sinks is not None else []  # the run's other sinks (the event log gets items)
         gate = PresenceGate(PresenceConfig(item_timeout=cfg.item_timeout)) if use_presence(
-            cfg.presence, live_source) else None
+            cfg.presence, cfg.source) else None
         self.tracker = ItemTracker(labels, min_confidence, gate, best=cfg.item_frames,
                                    bundle_sha256=info.get("bundle_sha256", ""), variant=info.get("variant", ""))
         self.outputs: list[tuple[str, Any]] = []
@@ -83,7 +94,7 @@ class FieldStage:
         for s in self.sinks:
             if isinstance(s, JsonlSink):
                 self._guard("log", s._write, d)
-        if not self.cfg.quiet:
+        if not self.cfg.quiet and self.tracker.gate is not None:  # per image, the frame line says it already
             flag = f" ({item.reason})" if item.reason not in ("left", "image") else ""
             print(f"item {item.seq}: {item.label} {item.confidence:.2f} from {item.frames_used}/{item.frames} "
                   f"frame(s){flag}", file=self.log, flush=True)

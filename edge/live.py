@@ -103,8 +103,8 @@ class LiveRunner:
             print(f"serving {self.server.url} (/stream.mjpg, /status, /items.json, /metrics)", file=self.err,
                   flush=True)
         # the item stage and its outputs (MQTT, GPIO, the items page, /metrics): issue 14
-        self.field = FieldStage(cfg, self.labels, self.clf.min_confidence, self.info, is_live_source(cfg.source),
-                                server=self.server, sinks=self.sinks, log=self.err)
+        self.field = FieldStage(cfg, self.labels, self.clf.min_confidence, self.info, server=self.server,
+                                sinks=self.sinks, log=self.err)
 
     def _close_sinks(self, summary: dict[str, Any]) -> None:
         if self.field is not None:
