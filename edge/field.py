@@ -68,7 +68,8 @@ class FieldStage:
                 self.metrics = Metrics(labels, {k: info.get(k, "") for k in ("variant", "runtime", "bundle")},
                                        state=self.state)
             except ImportError:
-                print("serve: /metrics needs prometheus-client (pip install 'trashcam[metrics]')", file=self.log)
+                print("serve: /metrics needs prometheus-client (part of trashcam[edge]: pip install prometheus-client)",
+                      file=self.log)
             else:
                 self.metrics.register(server)
                 self.outputs.append(("metrics", self.metrics))

@@ -111,7 +111,10 @@ class Actuator(Sink):
 
     @staticmethod
     def _device(o: Output, factory):
-        from gpiozero import AngularServo, DigitalOutputDevice  # the [pi] extra; only when pins are driven
+        try:  # the [pi] extra; only when pins are really driven
+            from gpiozero import AngularServo, DigitalOutputDevice
+        except ImportError as e:
+            raise ImportError("--actuate needs gpiozero: pip install 'trashcam[pi]' (or use --dry-run)") from e
 
         if o.kind == SERVO:
             # initial_angle None: no pulses (no twitch) until the first item

@@ -106,7 +106,10 @@ class MqttSink(Sink):
     def __init__(self, url: str, prefix: str | None = None, labels: list[str] | None = None, ca: str | None = None,
                  queue: int = 1000, stats_every: float = 30.0, client_id: str | None = None,
                  reconnect: tuple[float, float] = (1, 30), connect_wait: float = 2.0, log=None, version: str = ""):
-        import paho.mqtt.client as mqtt  # the [mqtt] extra; imported only when --mqtt is used
+        try:  # the [mqtt] extra; imported only when --mqtt is used
+            import paho.mqtt.client as mqtt
+        except ImportError as e:
+            raise ImportError("--mqtt needs paho-mqtt: pip install 'trashcam[mqtt]'") from e
 
         self.target = parse_mqtt_url(url)
         self.prefix = check_prefix(prefix or default_prefix())
