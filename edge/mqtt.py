@@ -10,11 +10,13 @@ Delivery: paho keeps every QoS 1 message until the broker acknowledges it and se
 reconnect (with back-off), so an item published while the broker is down or restarting is not lost. The
 queue is bounded (`queue` messages not yet acknowledged); an item beyond that is dropped, counted and logged.
 A broker that cannot be reached at start-up is not an error: the run goes on and queues.
+`mqtt://user@host` takes the password from $TRASHCAM_MQTT_PASSWORD, so it stays out of the process list.
 """
 from __future__ import annotations
 
 import collections
 import json
+import os
 import socket
 import ssl
 import sys
@@ -131,7 +133,9 @@ class MqttSink(Sink):
         self.client.max_queued_messages_set(queue)
         self.client.reconnect_delay_set(*reconnect)
         if self.target.username:
-            self.client.username_pw_set(self.target.username, self.target.password)
+            # a password in the URL shows in `ps`; a service passes it in the environment instead
+            self.client.username_pw_set(self.target.username,
+                                        self.target.password or os.environ.get("TRASHCAM_MQTT_PASSWORD"))
         if self.target.tls:
             self.client.tls_set(ca_certs=ca, cert_reqs=ssl.CERT_REQUIRED)
         elif ca:

@@ -199,11 +199,16 @@ def test_last_will_says_offline_when_the_box_dies(broker):
 
 
 @needs_broker
-def test_user_password(auth_broker):
+def test_user_password(auth_broker, monkeypatch):
     host = f"127.0.0.1:{auth_broker.port}"
     good, _ = sink_for(f"mqtt://bin:s3cret@{host}")
     assert good.connected
     good.close()
+    monkeypatch.setenv("TRASHCAM_MQTT_PASSWORD", "s3cret")  # what the systemd unit's EnvironmentFile sets
+    from_env, _ = sink_for(f"mqtt://bin@{host}", client_id="from-env")
+    assert from_env.connected
+    from_env.close()
+    monkeypatch.delenv("TRASHCAM_MQTT_PASSWORD")
     bad, log = sink_for(f"mqtt://bin:wrong@{host}", connect_wait=1.0)
     assert not bad.connected
     assert "refused" in log.getvalue() and "wrong" not in log.getvalue()
