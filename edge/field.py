@@ -97,7 +97,8 @@ class FieldStage:
                 self._guard("log", s._write, d)
         if not self.cfg.quiet and self.tracker.gate is not None:  # per image, the frame line says it already
             flag = f" ({item.reason})" if item.reason not in ("left", "image") else ""
-            print(f"item {item.seq}: {item.label} {item.confidence:.2f} from {item.frames_used}/{item.frames} "
+            tty = "\r\x1b[K" if getattr(self.log, "isatty", lambda: False)() else ""  # over the live line
+            print(f"{tty}item {item.seq}: {item.label} {item.confidence:.2f} from {item.frames_used}/{item.frames} "
                   f"frame(s){flag}", file=self.log, flush=True)
         for name, out in self.outputs:
             self._guard(name, out.item, d)

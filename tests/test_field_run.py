@@ -7,7 +7,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import urllib.request
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from trashcam.edge.cli import main
 from trashcam.edge.config import RunConfig
 from trashcam.edge.live import LiveRunner
 
-from test_mqtt import MOSQUITTO, PREFIX, Broker, Subscriber  # noqa: I001 - the broker fixture's helpers
+from test_mqtt import MOSQUITTO, PREFIX, Broker, Subscriber, free_port  # noqa: I001 - the broker fixture's helpers
 
 
 @pytest.fixture(scope="module")
@@ -111,12 +110,6 @@ def test_video_items_through_the_presence_gate(tiny_tflite_bundle, tmp_path):
     runner.field.actuator.item = boom
     summary = runner.run()
     assert summary["frames"] == 60 and summary["items"] == 2 and summary["sink_failures"] == {"gpio": 2}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("args, message", [

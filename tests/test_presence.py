@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from trashcam.edge.items import ItemTracker
-from trashcam.edge.presence import ARRIVE, LEARNED, LEAVE, RELEARN, TIMEOUT, PresenceConfig, PresenceGate
+from trashcam.edge.presence import ARRIVE, LEARNED, LEAVE, RELEARN, PresenceConfig, PresenceGate
 
 LABELS = ["glass", "paper", "plastic"]
 RNG = np.random.default_rng(0)
