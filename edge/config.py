@@ -198,6 +198,9 @@ class RunConfig(JsonConfig):
     item_timeout: float = setting(30.0, "seconds an item may stay in view before it is decided anyway "
                                         "(flagged timeout)", above=0, metavar="S")
     item_frames: int = setting(5, "an item is decided from its N most confident frames", min=1)
+    item_decide: str = setting("leave", "decide an item when it leaves (a chute or conveyor), or once "
+                                        "--item-frames frames of it are in (settled: a tray that tilts it away)",
+                               choices=("leave", "settled"))
     # MQTT (edge/mqtt.py, the [mqtt] extra)
     mqtt: str | None = setting(None, "publish items to this broker; an unreachable broker is retried while "
                                      "items queue", metavar="mqtt[s]://[USER:PASS@]HOST[:PORT]")

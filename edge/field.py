@@ -41,7 +41,7 @@ class FieldStage:
         self.sinks = sinks if sinks is not None else []  # the run's other sinks (the event log gets items)
         gate = PresenceGate(PresenceConfig(item_timeout=cfg.item_timeout)) if use_presence(
             cfg.presence, cfg.source) else None
-        self.tracker = ItemTracker(labels, min_confidence, gate, best=cfg.item_frames,
+        self.tracker = ItemTracker(labels, min_confidence, gate, best=cfg.item_frames, decide=cfg.item_decide,
                                    bundle_sha256=info.get("bundle_sha256", ""), variant=info.get("variant", ""))
         self.outputs: list[tuple[str, Any]] = []
         self.sink_failures: dict[str, int] = {}

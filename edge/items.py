@@ -4,7 +4,9 @@ With a presence gate (cameras, videos) an item is the stretch of frames between 
 without one (folders, stdin paths) every image is one item. The decision comes from the `best` frames with the
 most confident top class (an item half in view, or blurred while it falls, is the least sure of itself), and
 their calibrated probabilities are averaged: a class is named only when the average clears the calibrated
-threshold, otherwise the item is `uncertain`. Each decision is an `Item`; `ItemTracker.counts` counts them.
+threshold, otherwise the item is `uncertain`. The decision is made when the item leaves, or with
+`decide="settled"` as soon as `best` frames of it are in (a tray that tilts the item away). Each decision is an
+`Item`; `ItemTracker.counts` counts them.
 """
 from __future__ import annotations
 
@@ -16,6 +18,10 @@ import numpy as np
 
 from .presence import ARRIVE, LEAVE, RELEARN, TIMEOUT, PresenceGate
 from .smoothing import UNCERTAIN
+
+# When an item in view is decided: when it leaves (a chute, a conveyor: every frame of it counts), or as soon
+# as `best` frames of it are in (a tray that tilts: the flap must move while the item is still there).
+DECIDE = ("leave", "settled")
 
 
 @dataclass
@@ -29,7 +35,7 @@ class Item:
     frames_used: int  # best frames the decision was made from
     start: float
     end: float
-    reason: str  # left | timeout | light | end | image
+    reason: str  # left | settled | timeout | light | end | image
     bundle_sha256: str = ""
     variant: str = ""
     source: str = ""
@@ -52,9 +58,13 @@ class ItemTracker:
     `finish(t)` closes an item still open when the source ends."""
 
     def __init__(self, labels: list[str], min_confidence: float, gate: PresenceGate | None = None,
-                 best: int = 5, bundle_sha256: str = "", variant: str = "", run_id: str | None = None):
+                 best: int = 5, bundle_sha256: str = "", variant: str = "", run_id: str | None = None,
+                 decide: str = "leave"):
         if best < 1:
             raise ValueError("best frames per item must be >= 1")
+        if decide not in DECIDE:
+            raise ValueError(f"decide {decide!r}: use one of {', '.join(DECIDE)}")
+        self.decide = decide
         self.labels, self.min_confidence, self.gate, self.best = list(labels), float(min_confidence), gate, best
         self.bundle_sha256, self.variant = bundle_sha256, variant
         self.run_id = run_id or time.strftime("%Y%m%dT%H%M%S", time.gmtime())
@@ -64,6 +74,7 @@ class ItemTracker:
         self._start = 0.0
         self._source = ""
         self._dropped = 0  # frames of the open item no longer kept (not among its best)
+        self._decided = False  # the item in view was decided already (settled, or timed out)
 
     @property
     def open(self) -> bool:
@@ -80,14 +91,22 @@ class ItemTracker:
             return self._close(t, "image")
         event = self.gate.update(image, t)
         if event == ARRIVE:
-            self._frames, self._dropped = [], 0
-        if self.gate.state == "item" or event in (ARRIVE, LEAVE, TIMEOUT):
-            # The departing frame is left out: it shows the empty scene, not the item.
-            if event != LEAVE:
-                self._add(probs, image, t, source)
+            self._frames, self._dropped, self._decided = [], 0, False
+        # Frames that already look empty (the gate counting down to `leave`) show the scene, not the item.
+        present = self.gate.state in ("item", "stuck") and self.gate.fraction > self.gate.cfg.leave
+        if (present or event == ARRIVE) and not self._decided:
+            self._add(probs, image, t, source)
+        if (self.decide == "settled" and present and not self._decided
+                and len(self._frames) + self._dropped >= self.best):
+            self._decided = True  # decided while the item is still in view; its departure is not a second one
+            return self._close(t, "settled")
+        if event in (LEAVE, TIMEOUT, RELEARN) and self._decided:
+            self._decided = event == TIMEOUT  # a stuck item stays decided until it leaves
+            return None
         if event == LEAVE:
             return self._close(t, "left")
         if event == TIMEOUT:
+            self._decided = True
             return self._close(t, "timeout")
         if event == RELEARN and self._frames:
             return self._close(t, "light")

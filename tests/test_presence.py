@@ -102,6 +102,21 @@ def test_item_that_never_leaves_times_out_once_then_becomes_scene():
     assert tracker.summary()["item_timeouts"] == 1
 
 
+def test_settled_decides_while_the_item_is_in_view_and_only_once():
+    tracker = ItemTracker(LABELS, 0.5, PresenceGate(PresenceConfig(item_timeout=2.0)), best=4, decide="settled")
+    script = scene((None, 12), (1, 10), (None, 5), (0, 40), (None, 5))  # the second item stays 4 s: timeout
+    decided_at = []
+    for n, (item, light) in enumerate(script):
+        it = tracker.update(frame(item, light, n), probs_for(item), n / 10)
+        if it:
+            decided_at.append((n, it.label, it.reason, it.frames))
+    assert [(lbl, why, k) for _, lbl, why, k in decided_at] == [("paper", "settled", 4), ("glass", "settled", 4)]
+    assert 12 <= decided_at[0][0] <= 16  # a few frames after it arrived, long before it left (frame 22)
+    assert tracker.items == 2 and tracker.timeouts == 0
+    with pytest.raises(ValueError, match="decide"):
+        ItemTracker(LABELS, 0.5, PresenceGate(), decide="soon")
+
+
 def test_uncertain_when_best_frames_disagree():
     tracker = ItemTracker(LABELS, 0.6, PresenceGate())
     script = scene((None, 12), (0, 12), (None, 5))
