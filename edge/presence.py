@@ -47,14 +47,33 @@ class PresenceConfig:
 
 
 def shrink(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """HxWx3 uint8 -> small float32 colour image (box filter: averages sensor noise away). Colour, not grey:
-    a red can on grey cardboard has about the cardboard's brightness."""
-    img = Image.fromarray(np.asarray(image, dtype=np.uint8))
-    return np.asarray(img.resize(size, Image.Resampling.BOX), dtype=np.float32)
+    """HxWx3 uint8 -> small float32 colour image: a strided sample, then block means, which average sensor
+    noise away at a fraction of a full resize's cost (~0.1 ms for 640x480). Colour, not grey: a red can on grey
+    cardboard has about the cardboard's brightness."""
+    img = np.asarray(image)
+    w, h = size
+    step = max(1, min(img.shape[0] // (2 * h), img.shape[1] // (2 * w)))
+    sub = img[::step, ::step]
+    by, bx = sub.shape[0] // h, sub.shape[1] // w
+    if by < 1 or bx < 1:  # smaller than the target: let Pillow interpolate
+        return np.asarray(Image.fromarray(img.astype(np.uint8)).resize(size, Image.Resampling.BOX), np.float32)
+    sub = sub[: by * h, : bx * w]
+    acc = np.zeros((h, w, sub.shape[2]), np.float32)
+    for i in range(by):  # strided adds: several times faster than a 5-D reshape().mean()
+        for j in range(bx):
+            acc += sub[i::by, j::bx]
+    return acc / (by * bx)
 
 
-def _changed_px(a: np.ndarray, b: np.ndarray, delta: float) -> np.ndarray:
-    return np.abs(a - b).max(axis=-1) > delta
+def _level(img: np.ndarray) -> float:
+    """Robust brightness: the median of a sample (an item covers less than half the view)."""
+    return float(np.median(img.reshape(-1)[::7]))
+
+
+def _changed(a: np.ndarray, b: np.ndarray, delta: float) -> float:
+    """The fraction of pixels where any channel differs by more than `delta`."""
+    d = np.abs(a - b) > delta
+    return np.count_nonzero(d.reshape(-1, d.shape[-1]).any(axis=1)) / (d.shape[0] * d.shape[1])
 
 
 class PresenceGate:
@@ -65,6 +84,7 @@ class PresenceGate:
         self.cfg = cfg or PresenceConfig()
         self.state = LEARNING
         self.bg: np.ndarray | None = None
+        self._bg_level = 0.0
         self.fraction = 0.0  # changed fraction of the last frame (for /status and tests)
         self.relearns = 0
         self._learn: list[np.ndarray] = []
@@ -76,10 +96,10 @@ class PresenceGate:
         self.state, self._learn, self._above, self._below = LEARNING, [], 0, 0
         self.relearns += 1
 
-    def _changed(self, small: np.ndarray) -> tuple[float, float]:
+    def _difference(self, small: np.ndarray) -> tuple[float, float]:
         """(changed fraction after brightness compensation, global brightness ratio)."""
-        ratio = float(np.median(small) + 1.0) / float(np.median(self.bg) + 1.0)
-        return float(np.mean(_changed_px(small, self.bg * ratio, self.cfg.pixel_delta))), ratio
+        ratio = (_level(small) + 1.0) / (self._bg_level + 1.0)
+        return _changed(small, self.bg * ratio, self.cfg.pixel_delta), ratio
 
     def update(self, image: np.ndarray, t: float) -> str | None:
         c = self.cfg
@@ -87,9 +107,9 @@ class PresenceGate:
         prev, self._prev = self._prev, small
         if self.state == LEARNING:
             return self._learn_step(small, prev)
-        frac, ratio = self._changed(small)
+        frac, ratio = self._difference(small)
         self.fraction = frac
-        step = float(np.mean(_changed_px(small, prev, c.pixel_delta))) if prev is not None else 0.0
+        step = _changed(small, prev, c.pixel_delta) if prev is not None else 0.0
         if max(ratio, 1 / ratio) > c.light_ratio or step >= c.light_fraction:
             # Most of the view changed at once: the light, not an item. An open item keeps its frames and is
             # closed by the caller on `relearn`; nothing new is counted.
@@ -104,6 +124,7 @@ class PresenceGate:
             else:
                 self._above = 0
                 self.bg = (1 - c.drift) * self.bg + c.drift * small
+                self._bg_level = _level(self.bg)
             return None
         # ITEM or STUCK: wait for the view to be empty again
         if frac <= c.leave:
@@ -123,11 +144,12 @@ class PresenceGate:
 
     def _learn_step(self, small: np.ndarray, prev: np.ndarray | None) -> str | None:
         c = self.cfg
-        if prev is not None and np.mean(_changed_px(small, prev, c.pixel_delta)) > c.leave:
+        if prev is not None and _changed(small, prev, c.pixel_delta) > c.leave:
             self._learn = []  # not steady yet (exposure settling, a hand in view): start over
         self._learn.append(small)
         if len(self._learn) < c.learn_frames:
             return None
         self.bg = np.median(np.stack(self._learn), axis=0).astype(np.float32)
+        self._bg_level = _level(self.bg)
         self.state, self._learn, self._above, self._below = EMPTY, [], 0, 0
         return LEARNED
