@@ -81,7 +81,7 @@ class FieldStage:
             self._guard("metrics", self.metrics.frame, frame, rec)
         self._rate = rec.get("fps")
         image = frame.image if frame.image is not None else frame.model_input
-        item = self.tracker.update(image, probs, frame.timestamp, frame.name)
+        item = self.tracker.update(image, probs, frame.timestamp, frame.name, bool(rec.get("uncertain")))
         if item is not None:
             self.emit(item)
         return item

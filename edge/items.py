@@ -70,7 +70,8 @@ class ItemTracker:
         self.run_id = run_id or time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         self.counts: dict[str, int] = {k: 0 for k in [*self.labels, UNCERTAIN]}
         self.items = self.timeouts = 0
-        self._frames: list[tuple[float, np.ndarray, np.ndarray | None]] = []  # (top confidence, probs, image)
+        # (top confidence, probs, image, the classifier's own per-frame `uncertain` flag)
+        self._frames: list[tuple[float, np.ndarray, np.ndarray | None, bool]] = []
         self._start = 0.0
         self._source = ""
         self._dropped = 0  # frames of the open item no longer kept (not among its best)
@@ -84,10 +85,13 @@ class ItemTracker:
     def state(self) -> str:
         return self.gate.state if self.gate is not None else "per-image"
 
-    def update(self, image: np.ndarray | None, probs: np.ndarray, t: float, source: str = "") -> Item | None:
+    def update(self, image: np.ndarray | None, probs: np.ndarray, t: float, source: str = "",
+               uncertain: bool = False) -> Item | None:
+        """`uncertain`: the classifier's verdict on this frame (its uncertainty score, when the bundle has
+        one); an item whose best frames are mostly uncertain is uncertain, whatever their average says."""
         probs = np.asarray(probs, dtype=np.float64)
         if self.gate is None:
-            self._add(probs, image, t, source)
+            self._add(probs, image, t, source, uncertain)
             return self._close(t, "image")
         event = self.gate.update(image, t)
         if event == ARRIVE:
@@ -95,7 +99,7 @@ class ItemTracker:
         # Frames that already look empty (the gate counting down to `leave`) show the scene, not the item.
         present = self.gate.state in ("item", "stuck") and self.gate.fraction > self.gate.cfg.leave
         if (present or event == ARRIVE) and not self._decided:
-            self._add(probs, image, t, source)
+            self._add(probs, image, t, source, uncertain)
         if (self.decide == "settled" and present and not self._decided
                 and len(self._frames) + self._dropped >= self.best):
             self._decided = True  # decided while the item is still in view; its departure is not a second one
@@ -116,11 +120,11 @@ class ItemTracker:
         """The source ended: decide an item still in view from the frames it had."""
         return self._close(time.time() if t is None else t, "end") if self._frames else None
 
-    def _add(self, probs: np.ndarray, image: np.ndarray | None, t: float, source: str) -> None:
+    def _add(self, probs: np.ndarray, image: np.ndarray | None, t: float, source: str, uncertain: bool) -> None:
         if not self._frames:
             self._start, self._source = t, source
         # Keep only the best frames' images: a long item must not hold hundreds of frames in memory.
-        self._frames.append((float(probs.max()), probs, image))
+        self._frames.append((float(probs.max()), probs, image, bool(uncertain)))
         if len(self._frames) > self.best:
             self._frames.pop(min(range(len(self._frames)), key=lambda i: self._frames[i][0]))
             self._dropped += 1
@@ -128,10 +132,11 @@ class ItemTracker:
     def _close(self, t: float, reason: str) -> Item:
         frames = sorted(self._frames, key=lambda f: -f[0])[: self.best]
         seen = len(self._frames) + self._dropped
-        mean = np.mean([p for _, p, _ in frames], axis=0)
+        mean = np.mean([f[1] for f in frames], axis=0)
         i = int(np.argmax(mean))
         conf = float(mean[i])
-        label = self.labels[i] if conf >= self.min_confidence else UNCERTAIN
+        flagged = sum(f[3] for f in frames) * 2 > len(frames)
+        label = self.labels[i] if conf >= self.min_confidence and not flagged else UNCERTAIN
         self.items += 1
         self.timeouts += reason == "timeout"
         self.counts[label] += 1

@@ -134,6 +134,8 @@ def test_per_image_items_and_open_item_at_end():
     b = tracker.update(None, probs_for(0, 0.4), 2.0, "b.jpg")
     assert (a.label, a.reason, a.frames, a.source) == ("plastic", "image", 1, "a.jpg")
     assert b.label == "uncertain" and tracker.counts["uncertain"] == 1
+    c = tracker.update(None, probs_for(2, 0.95), 3.0, "c.jpg", uncertain=True)  # the classifier's score says no
+    assert c.label == "uncertain" and c.probs["plastic"] == pytest.approx(0.95)
     gated = ItemTracker(LABELS, 0.5, PresenceGate())
     assert run(gated, scene((None, 10), (2, 10))) == []
     last = gated.finish(5.0)
