@@ -32,7 +32,8 @@ def free_port() -> int:
 class Broker:
     """mosquitto on 127.0.0.1:port; persistence on, so a subscriber's session survives a restart."""
 
-    def __init__(self, folder: Path, port: int | None = None, users: dict[str, str] | None = None):
+    def __init__(self, folder: Path, port: int | None = None, users: dict[str, str] | None = None,
+                 tls: tuple[Path, Path, Path] | None = None):
         self.dir, self.port, self.proc = folder, port or free_port(), None
         self.dir.mkdir(parents=True, exist_ok=True)
         conf = [f"listener {self.port} 127.0.0.1", "persistence true", f"persistence_location {self.dir}/",
@@ -46,6 +47,8 @@ class Broker:
             conf += ["allow_anonymous false", f"password_file {pw}"]
         else:
             conf += ["allow_anonymous true"]
+        if tls:
+            conf += [f"cafile {tls[0]}", f"certfile {tls[1]}", f"keyfile {tls[2]}"]
         self.conf = self.dir / "mosquitto.conf"
         self.conf.write_text("\n".join(conf) + "\n")
 
@@ -78,6 +81,20 @@ def broker(tmp_path):
     b = Broker(tmp_path / "broker").start()
     yield b
     b.stop()
+
+
+def make_certs(folder: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 (EC keys: fast to make)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca, ca_key, cert, key, csr = (folder / n for n in ("ca.pem", "ca.key", "server.pem", "server.key", "server.csr"))
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for cmd in (["req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "1", "-subj", "/CN=trashcam test CA"],
+                ["req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+                ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+                 "-days", "1", "-extfile", folder / "san.ext"]):
+        subprocess.run(["openssl", *map(str, cmd)], check=True, capture_output=True)
+    return ca, cert, key
 
 
 @pytest.fixture
@@ -213,6 +230,25 @@ def test_user_password(auth_broker, monkeypatch):
     assert not bad.connected
     assert "refused" in log.getvalue() and "wrong" not in log.getvalue()
     bad.close()
+
+
+@needs_broker
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed (apt-get install openssl)")
+def test_mqtts_with_a_private_ca(tmp_path):
+    ca, cert, key = make_certs(tmp_path / "certs")
+    b = Broker(tmp_path / "tls", tls=(ca, cert, key)).start()
+    url = f"mqtts://127.0.0.1:{b.port}"
+    try:
+        sink, log = sink_for(url, ca=str(ca))
+        assert sink.connected, log.getvalue()
+        sink.item(item(1))
+        assert sink.flush(5) and sink.acked == 1
+        sink.close()
+        untrusted, log = sink_for(url, connect_wait=1.0, client_id="untrusted")  # the system CAs do not know it
+        assert not untrusted.connected and "not reachable yet" in log.getvalue()
+        untrusted.close()
+    finally:
+        b.stop()
 
 
 @needs_broker
