@@ -22,6 +22,7 @@ from .sinks import Sink
 from .smoothing import UNCERTAIN
 
 RELAY, SERVO, PULSE = "relay", "servo", "pulse"
+SERVO_RETURN = 0.3  # seconds a servo gets to travel back to 0 before its pulses stop
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,8 @@ class Actuator(Sink):
                 dev.angle = o.angle
                 self._sleep(hold)
                 dev.angle = 0
+                self._sleep(SERVO_RETURN)
+                dev.detach()  # no pulses while idle: a held software-PWM servo hums and jitters
             else:
                 dev.on()
                 self._sleep(hold)

@@ -79,7 +79,10 @@ def test_servo_and_pulse_outputs(factory):
     act.item({"label": "paper"})
     assert act.wait_idle(5)
     duty = [round(s.state, 4) for s in servo.states]
-    assert duty[:3] == [0, 0.0875, 0.075]  # 1.75 ms (45 deg) then 1.5 ms (rest) of a 20 ms frame
+    # 1.75 ms (45 deg) for the dwell, 1.5 ms (rest) for the return, then no pulses (no hum while idle)
+    assert duty == [0, 0.0875, 0.075, 0]
+    assert servo.states[2].timestamp == pytest.approx(0.1, abs=0.08)
+    assert servo.states[3].timestamp == pytest.approx(0.3, abs=0.1)
     assert levels(pulse) == [False, True, False]
     assert pulse.states[2].timestamp == pytest.approx(0.05, abs=0.04)
     act.close()
