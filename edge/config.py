@@ -211,7 +211,8 @@ class RunConfig(JsonConfig):
                                     "counted", min=1)
     # GPIO (edge/gpio.py, the [pi] extra)
     actuate: tuple[str, ...] = setting((), "move an output for each item of CLASS: a flap/relay pin held high, "
-                                           "a servo angle, or a pulse; repeatable", metavar="CLASS=PIN[:servo=ANGLE|:pulse=MS]")
+                                           "a servo angle, or a pulse; repeatable",
+                                       metavar="CLASS=PIN[:servo=ANGLE|:pulse=MS]")
     reject: str | None = setting(None, "output for uncertain items (same forms as a --actuate PIN)", metavar="PIN")
     dwell: float = setting(0.5, "seconds an output is held for one item", above=0, metavar="S")
     cooldown: float = setting(0.5, "seconds between two moves, so one item moves the flap once", min=0,

@@ -36,7 +36,8 @@ def use_presence(mode: str, source: str) -> bool:
 
 
 class FieldStage:
-    def __init__(self, cfg, labels: list[str], min_confidence: float, info: dict[str, Any], server=None, sinks: list[Sink] | None = None, log=None):
+    def __init__(self, cfg, labels: list[str], min_confidence: float, info: dict[str, Any], server=None,
+                 sinks: list[Sink] | None = None, log=None):
         self.cfg, self.log, self.info = cfg, log or sys.stderr, info
         self.sinks = sinks if sinks is not None else []  # the run's other sinks (the event log gets items)
         gate = PresenceGate(PresenceConfig(item_timeout=cfg.item_timeout)) if use_presence(
@@ -47,11 +48,9 @@ class FieldStage:
         self.sink_failures: dict[str, int] = {}
         self.mqtt = self.actuator = self.metrics = self.view = None
         self._rate = None
-        if cfg.actuate or cfg.reject is not None or cfg.gpio_test:
+        if cfg.actuate or cfg.reject is not None:
             from .gpio import Actuator, plan_outputs
             outs = plan_outputs(cfg.actuate, cfg.reject, labels)  # unknown class, pin twice: before any pin
-            if not outs:
-                raise ValueError("--gpio-test: no outputs; give --actuate CLASS=PIN and/or --reject PIN")
             self.actuator = Actuator(outs, cfg.dwell, cfg.cooldown, dry_run=cfg.dry_run, log=self.log)
             self.outputs.append(("gpio", self.actuator))
         if cfg.mqtt:
@@ -68,7 +67,7 @@ class FieldStage:
                 self.metrics = Metrics(labels, {k: info.get(k, "") for k in ("variant", "runtime", "bundle")},
                                        state=self.state)
             except ImportError:
-                print("serve: /metrics needs prometheus-client (part of trashcam[edge]: pip install prometheus-client)",
+                print("serve: /metrics needs prometheus-client (in trashcam[edge]; pip install prometheus-client)",
                       file=self.log)
             else:
                 self.metrics.register(server)
@@ -144,10 +143,6 @@ class FieldStage:
         if self.actuator is not None:
             out["gpio"] = self.actuator.status()
         return out
-
-    def gpio_test(self) -> bool:
-        """`--gpio-test`: every output once; True if all moved."""
-        return all(ok for _, ok in self.actuator.test_cycle())
 
     def close(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Decide an item still in view, add the item counts to `summary`, close the outputs."""

@@ -31,7 +31,8 @@ table{border-collapse:collapse}td,th{padding:.2em .6em;text-align:left}
 <h4>Last items</h4><div id="items"></div>
 <h4>Status</h4><pre id="s">...</pre><script>
 const q='%(q)s';
-function esc(s){return String(s).replace(/[&<>"']/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;',"'":'&#39;'}[c]));}
+const ESC={'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;',"'":'&#39;'};
+function esc(s){return String(s).replace(/[&<>"']/g,c=>ESC[c]);}
 async function poll(){try{
  const j=await (await fetch('/items.json'+q)).json();
  document.querySelector('#counts tbody').innerHTML=Object.entries(j.counts).map(([k,v])=>
@@ -40,7 +41,8 @@ async function poll(){try{
  document.getElementById('items').innerHTML=j.items.map(it=>
   `<div class="item" data-id="${esc(it.id)}"><img src="/thumb?id=${encodeURIComponent(it.id)}${q?'&'+q.slice(1):''}"
    alt="${esc(it.label)}"><span class="label ${it.label=='uncertain'?'uncertain':''}">${esc(it.label)}</span>
-   <small>${(it.confidence*100).toFixed(0)}%%${it.timeout?' <span class="timeout">timeout</span>':''}</small></div>`).join('');
+   <small>${(it.confidence*100).toFixed(0)}%%${it.timeout?' <span class="timeout">timeout</span>':''}</small>
+   </div>`).join('');
  const s=await (await fetch('/status'+q)).json();
  document.getElementById('s').textContent=JSON.stringify(s,null,1);
 }catch(e){}setTimeout(poll,1000);}poll();
