@@ -191,6 +191,7 @@ class MqttSink(Sink):
                 self._pending.add(info.mid)
                 self.sent += 1
                 n = 0
+            self._drain()
         if n and (n == 1 or n % 100 == 0):  # logged, but not once per item while the broker is away
             self._say(f"MQTT: offline queue full ({self.queue}); {n} item(s) dropped so far")
 
@@ -207,15 +208,21 @@ class MqttSink(Sink):
     def _tick(self) -> None:
         while not self._stop.wait(self.stats_every):
             self._publish_stats()
+            with self._lock:  # keeps the ack deque short when nothing reads the counters
+                self._drain()
+
+    def _drain(self) -> None:
+        """Match the acknowledgements paho reported (under self._lock); the rest were stats or discovery."""
+        while self._acks:
+            mid = self._acks.popleft()
+            if mid in self._pending:
+                self._pending.discard(mid)
+                self.acked += 1
 
     @property
     def queued(self) -> int:
         with self._lock:
-            while self._acks:
-                mid = self._acks.popleft()
-                if mid in self._pending:
-                    self._pending.discard(mid)
-                    self.acked += 1
+            self._drain()
             return len(self._pending)
 
     def status(self) -> dict[str, Any]:
