@@ -92,13 +92,16 @@ def test_page_in_headless_chromium(served, tmp_path):
         # every thumbnail decoded (naturalWidth > 0), i.e. /thumb served real JPEGs
         wait.until(lambda d: d.execute_script(
             "return [...document.querySelectorAll('#items img')].every(i => i.complete && i.naturalWidth > 0)"))
-        cards = driver.find_elements(By.CSS_SELECTOR, "#items .item")
-        assert [c.get_attribute("data-id") for c in cards] == ["r-000004", "r-000003", "r-000002"]
-        assert [c.find_element(By.CLASS_NAME, "label").text for c in cards] == ["glass", "paper", "uncertain"]
-        assert "timeout" in cards[1].text
-        counts = {r.get_attribute("data-label"): int(r.find_element(By.CLASS_NAME, "count").text)
-                  for r in driver.find_elements(By.CSS_SELECTOR, "#counts tr")}
-        assert counts == {"glass": 2, "paper": 1, "plastic": 0, "uncertain": 1}
+        # read the DOM in one script: the page re-renders every second, so element handles go stale
+        dom = driver.execute_script("""return {
+            cards: [...document.querySelectorAll('#items .item')].map(c => ({id: c.dataset.id,
+                     label: c.querySelector('.label').textContent, text: c.textContent})),
+            counts: Object.fromEntries([...document.querySelectorAll('#counts tr')].map(
+                     r => [r.dataset.label, Number(r.querySelector('.count').textContent)]))}""")
+        assert [c["id"] for c in dom["cards"]] == ["r-000004", "r-000003", "r-000002"]
+        assert [c["label"] for c in dom["cards"]] == ["glass", "paper", "uncertain"]
+        assert "timeout" in dom["cards"][1]["text"] and "timeout" not in dom["cards"][0]["text"]
+        assert dom["counts"] == {"glass": 2, "paper": 1, "plastic": 0, "uncertain": 1}
         assert driver.find_element(By.ID, "total").text == "4 items"
         wait.until(lambda d: '"state": "empty"' in d.find_element(By.ID, "s").text)
         shot = tmp_path / "items_page.png"
