@@ -46,7 +46,7 @@ class Item:
         return self.reason == "timeout"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"event": "item", "id": self.id, "seq": self.seq, "label": self.label,
+        return {"event": "item", "t": self.end, "id": self.id, "seq": self.seq, "label": self.label,
                 "confidence": round(self.confidence, 6), "probs": {k: round(v, 6) for k, v in self.probs.items()},
                 "frames": self.frames, "frames_used": self.frames_used, "start": self.start, "end": self.end,
                 "reason": self.reason, "timeout": self.timeout, "bundle_sha256": self.bundle_sha256,
