@@ -105,10 +105,27 @@ class Actuator(Sink):
         self.log, self._sleep = log or sys.stderr, sleep
         self.moves = self.failures = self.busy = 0
         self.last_error = ""
-        self.devices: dict[str, Any] = {} if dry_run else {o.label: self._device(o, pin_factory) for o in outputs}
+        self.devices: dict[str, Any] = {}
+        if not dry_run:
+            self._open_devices(outputs, pin_factory)
         self._q: queue.Queue[Output | None] = queue.Queue(backlog)
         self._worker = threading.Thread(target=self._run, name="trashcam-gpio", daemon=True)
         self._worker.start()
+
+    def _open_devices(self, outputs: list[Output], factory) -> None:
+        import warnings
+
+        for o in outputs:
+            try:
+                with warnings.catch_warnings():  # gpiozero warns per pin library it skips; the error says it all
+                    warnings.simplefilter("ignore")
+                    self.devices[o.label] = self._device(o, factory)
+            except Exception as e:  # noqa: BLE001 - BadPinFactory, a pin in use, no /dev/gpiochip access
+                self.close()
+                if isinstance(e, ImportError) and not type(e).__module__.startswith("gpiozero"):
+                    raise  # gpiozero itself is missing: that message says what to install
+                raise OSError(f"GPIO{o.pin} ({o.label}): cannot drive it here: {e} On a Raspberry Pi: pip install "
+                              "'trashcam[pi]' and run as a user in the gpio group; elsewhere use --dry-run") from e
 
     @staticmethod
     def _device(o: Output, factory):
@@ -194,6 +211,10 @@ class Actuator(Sink):
                 "dry_run": self.dry_run}
 
     def close(self, summary: dict[str, Any] | None = None) -> None:
+        if not hasattr(self, "_worker"):  # failed while opening its pins: release those it got
+            for dev in self.devices.values():
+                dev.close()
+            return
         self.wait_idle(self.dwell + self.cooldown + 5)
         try:
             self._q.put_nowait(None)

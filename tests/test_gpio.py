@@ -105,6 +105,15 @@ def test_a_failing_output_is_counted_and_the_next_item_still_moves(factory):
     act.close()
 
 
+def test_no_gpio_here_is_a_clear_start_up_error(factory):
+    from gpiozero import DigitalOutputDevice
+    held = DigitalOutputDevice(18, pin_factory=factory)  # GPIO18 taken by something else
+    with pytest.raises(OSError, match="GPIO18 .paper.: cannot drive it here.*--dry-run"):
+        Actuator(plan_outputs(["glass=17", "paper=18"], None, LABELS), pin_factory=factory)
+    held.close()
+    DigitalOutputDevice(17, pin_factory=factory).close()  # the first output's pin was released again
+
+
 def test_backlog_full_is_counted_not_blocking(factory):
     act = Actuator([Output("glass", 17)], dwell=0.2, cooldown=0.0, pin_factory=factory, backlog=1, log=io.StringIO())
     for _ in range(4):
