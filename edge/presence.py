@@ -70,10 +70,14 @@ def _level(img: np.ndarray) -> float:
     return float(np.median(img.reshape(-1)[::7]))
 
 
+def _changed_map(a: np.ndarray, b: np.ndarray, delta: float) -> np.ndarray:
+    """HxW: True where any channel differs by more than `delta`."""
+    return (np.abs(a - b) > delta).any(axis=-1)
+
+
 def _changed(a: np.ndarray, b: np.ndarray, delta: float) -> float:
     """The fraction of pixels where any channel differs by more than `delta`."""
-    d = np.abs(a - b) > delta
-    return np.count_nonzero(d.reshape(-1, d.shape[-1]).any(axis=1)) / (d.shape[0] * d.shape[1])
+    return float(np.count_nonzero(_changed_map(a, b, delta))) / (a.shape[0] * a.shape[1])
 
 
 class PresenceGate:
@@ -96,10 +100,10 @@ class PresenceGate:
         self.state, self._learn, self._above, self._below = LEARNING, [], 0, 0
         self.relearns += 1
 
-    def _difference(self, small: np.ndarray) -> tuple[float, float]:
-        """(changed fraction after brightness compensation, global brightness ratio)."""
+    def _difference(self, small: np.ndarray) -> tuple[np.ndarray, float]:
+        """(changed pixels after brightness compensation, global brightness ratio)."""
         ratio = (_level(small) + 1.0) / (self._bg_level + 1.0)
-        return _changed(small, self.bg * ratio, self.cfg.pixel_delta), ratio
+        return _changed_map(small, self.bg * ratio, self.cfg.pixel_delta), ratio
 
     def update(self, image: np.ndarray, t: float) -> str | None:
         c = self.cfg
@@ -107,8 +111,8 @@ class PresenceGate:
         prev, self._prev = self._prev, small
         if self.state == LEARNING:
             return self._learn_step(small, prev)
-        frac, ratio = self._difference(small)
-        self.fraction = frac
+        changed, ratio = self._difference(small)
+        frac = self.fraction = float(np.count_nonzero(changed)) / changed.size
         step = _changed(small, prev, c.pixel_delta) if prev is not None else 0.0
         if max(ratio, 1 / ratio) > c.light_ratio or step >= c.light_fraction:
             # Most of the view changed at once: the light, not an item. An open item keeps its frames and is
@@ -123,7 +127,9 @@ class PresenceGate:
                     return ARRIVE
             else:
                 self._above = 0
-                self.bg = (1 - c.drift) * self.bg + c.drift * small
+                # Follow slow drift only where nothing changed: an item sliding in slowly is not absorbed.
+                keep = ~changed
+                self.bg[keep] = (1 - c.drift) * self.bg[keep] + c.drift * small[keep]
                 self._bg_level = _level(self.bg)
             return None
         # ITEM or STUCK: wait for the view to be empty again

@@ -66,6 +66,17 @@ def test_item_arrives_and_leaves_once():
     assert 20 <= arrive <= 22 and 35 <= leave <= 38
 
 
+def test_an_item_sliding_in_slowly_is_not_learned_into_the_scene():
+    gate = PresenceGate()
+    events = run(gate, scene((None, 12)))
+    for k in range(1, 41):  # a block creeping in from the left edge, 2 px a frame
+        img = frame(None, 1.0, 100 + k)
+        img[30:90, : 2 * k] = (230, 40, 40)
+        if ev := gate.update(img, 2 + k / 10):
+            events.append((k, ev))
+    assert [e for _, e in events] == [LEARNED, ARRIVE]
+
+
 def test_two_items_back_to_back_are_two_decisions():
     tracker = ItemTracker(LABELS, 0.5, PresenceGate(), bundle_sha256="abc", variant="fp32", run_id="r")
     items = run(tracker, scene((None, 15), (0, 12), (None, 3), (2, 12), (None, 10)))
