@@ -69,7 +69,7 @@ class LiveRunner:
               f"{layout}, source {cfg.source}", file=self.err, flush=True)
         # Streams resize in their own threads; a single interpreter gets its frames resized ahead instead.
         self.source = open_source(cfg.source, input_size=tuple(self.pre.input_size), loop=cfg.loop,
-                                  size=cfg.capture_size, stop=self.stop,
+                                  size=cfg.capture_size, stop=self.stop, max_pixels=cfg.max_pixels,
                                   prepare=None if self.pool else lambda image: load_for_model(image, self.pre))
         self.sinks: list[Sink] = []
         self.server = None
