@@ -106,3 +106,16 @@ def test_missing_sources_fail_clearly(spec):
     from trashcam.edge.frames import SourceError
     with pytest.raises(SourceError):
         ImageFolderSource(spec)
+
+
+def test_skip_records_are_rate_limited_but_every_skip_is_counted():
+    """D10: a source of nothing but bad frames wrote every skip to the log (9.9 MB in 5 s)."""
+    from trashcam.edge.frames import Frame
+    from trashcam.edge.live import SkipGate
+
+    gate = SkipGate(burst=3, interval=1.0)
+    frames = [Frame(i, 0.0, None, name=f"f{i}", error="bad") for i in range(100)]
+    passed = [f for i, f in enumerate(frames) if gate.let_through(f, now=i * 0.01)]  # 100 skips in one second
+    assert [f.index for f in passed] == [0, 1, 2]
+    late = Frame(100, 0.0, None, name="late", error="bad")
+    assert gate.let_through(late, now=1.5) and "(+97 more skipped" in late.error
