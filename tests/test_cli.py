@@ -109,7 +109,7 @@ def test_edge_run_config_file(tmp_path, capsys):
     assert (cfg.bundle, cfg.window, cfg.stable, cfg.threads) == ("new", 7, 4, 2)  # flags win over the file
     saved.write_text(json.dumps({"config": {"window": -2}}))
     assert main(["b", "--config", str(saved)]) == 2
-    assert "window must be >= 1" in capsys.readouterr().err
+    assert f"--config {saved}: window must be >= 1" in capsys.readouterr().err
 
 
 def test_edge_train_help_shows_each_recipes_values():

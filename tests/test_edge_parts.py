@@ -419,3 +419,24 @@ def test_read_ahead_passes_errors_on_and_stops_promptly():
             break  # the consumer stops; the reader is blocked on a full queue
     src.close()
     assert time.monotonic() - t0 < 2 and not src._thread.is_alive() and inner.closed
+
+
+def test_auto_probe_checks_sha256_before_loading(tiny_tflite_bundle, tmp_path, monkeypatch):
+    """`--variant auto` without a bench result loaded every variant into an interpreter before any checksum."""
+    from trashcam.edge import runtime
+
+    d = tmp_path / "two"
+    shutil.copytree(tiny_tflite_bundle, d)
+    b = Bundle.load(d)
+    shutil.copy(d / "model_fp32.tflite", d / "model_fp16.tflite")
+    b.set_variant("tflite-fp16", "model_fp16.tflite", format="tflite", check={"status": "PASS"})
+    b.variants["tflite-fp32"]["check"] = {"status": "PASS"}
+    with open(d / "model_fp16.tflite", "r+b") as f:  # corrupted after it was recorded
+        f.seek(100)
+        f.write(b"\x00\x01\x02")
+    loaded = []
+    real = runtime.open_engine
+    monkeypatch.setattr(runtime, "open_engine",
+                        lambda bundle, v, threads=None: loaded.append(v) or real(bundle, v, threads))
+    assert choose_variant(b, "auto", threads=1) == "tflite-fp32"
+    assert loaded == ["tflite-fp32"]
