@@ -27,7 +27,7 @@ import numpy as np
 from .bundle import Bundle, BundleError, atomic_write_json
 from .config import RunConfig
 from .frames import Frame
-from .grabber import PrefetchSource
+from .grabber import PrefetchSource, for_display
 from .images import load_for_model
 from .runtime import Classifier, choose_variant, classify_timed, default_threads, open_engine
 from .sinks import ConsoleSink, FrameSaver, JsonlSink, Sink
@@ -57,8 +57,12 @@ class LiveModel:
         pool = None
         if streams > 1:
             engines = [clf.engine] + [open_engine(bundle, variant, per_stream) for _ in range(streams - 1)]
-            pool = StreamPool(engines, lambda eng, f: classify_timed(eng, clf.pre, clf.temperature, f.image,
-                                                                     f.model_input))
+
+            def work(eng, f):
+                result = classify_timed(eng, clf.pre, clf.temperature, f.image, f.model_input)
+                f.image = for_display(f.image)  # classified frames wait for their turn without the full photo
+                return result
+            pool = StreamPool(engines, work)
         model = cls(clf, pool, threads, streams, per_stream)
         model.warm_up(cfg.bundle)
         return model
