@@ -248,10 +248,6 @@ class Bundle:
         self.metadata.setdefault("files", {})[rel] = entry
         return entry
 
-    def remove_file(self, rel: str) -> None:
-        self.metadata.get("files", {}).pop(rel, None)
-        (self.path / rel).unlink(missing_ok=True)
-
     def set_variant(self, name: str, rel: str, **info: Any) -> None:
         """Register a model file as a named variant (its checksum recorded too)."""
         self.add_file(rel, role="model", variant=name)

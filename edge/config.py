@@ -191,6 +191,8 @@ class RunConfig(JsonConfig):
     capture_size: tuple[int, int] | None = setting(None, "camera capture / preview size (default: 640x480)",
                                                    parse=parse_size, metavar="WxH")
     max_fps: float | None = setting(None, "classify at most this many frames per second", above=0)
+    max_pixels: int = setting(40_000_000, "image files above this many pixels are decoded reduced (JPEG) or "
+                                          "skipped: a cap on memory per frame", min=1)
     # items: one decision per item (edge/presence.py, edge/items.py)
     presence: str = setting("auto", "on: a presence gate learns the empty scene and makes one decision per item "
                                     "that arrives and leaves; off: every frame or image is an item; auto: on for "

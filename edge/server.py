@@ -88,10 +88,6 @@ class PreviewServer(Sink):
             self._status = {**self._status, "skipped": self._status.get("skipped", 0) + 1,
                             "last_skip": {"source": frame.name, "error": frame.error}}
 
-    def update_status(self, **kw: Any) -> None:
-        with self._cond:
-            self._status = {**self._status, **kw}
-
     def close(self, summary: dict[str, Any] | None = None) -> None:
         with self._cond:
             self.closing = True
