@@ -34,7 +34,8 @@ examples:
   edge-run runs/trashnet --source data/sample --loop --duration 3600 --quiet     # soak test
   ls *.jpg | edge-run runs/trashnet --source - --smooth none --stable 1 --log-mode frames --log out.jsonl
   edge-run runs/trashnet --config shots/run_config.json --max-frames 100   # a saved run, one flag changed
-  edge-run runs/trashnet --mqtt mqtt://bin:secret@broker.local --serve 0.0.0.0:8080  # items to MQTT + /metrics
+  edge-run runs/trashnet --mqtt mqtt://broker.local --serve 0.0.0.0:8080   # items to MQTT; /metrics on the LAN
+  TRASHCAM_MQTT_PASSWORD=... edge-run runs/trashnet --mqtt mqtts://bin@broker.local --mqtt-topic bins/kitchen
   edge-run runs/trashnet --actuate glass=17 --actuate paper=18:servo=45 --reject 27 --dry-run
   edge-run runs/trashnet --actuate glass=17 --reject 27 --gpio-test      # move each output once, then exit
 
