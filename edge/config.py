@@ -205,7 +205,8 @@ class RunConfig(JsonConfig):
                                choices=("leave", "settled"))
     # MQTT (edge/mqtt.py, the [mqtt] extra)
     mqtt: str | None = setting(None, "publish items to this broker; an unreachable broker is retried while "
-                                     "items queue", metavar="mqtt[s]://[USER:PASS@]HOST[:PORT]")
+                                     "items queue; USER@HOST reads the password from $TRASHCAM_MQTT_PASSWORD",
+                               metavar="mqtt[s]://[USER:PASS@]HOST[:PORT]")
     mqtt_topic: str | None = setting(None, "topic prefix: PREFIX/item, PREFIX/status, PREFIX/stats "
                                            "(default: trashcam/<hostname>)", metavar="PREFIX")
     mqtt_ca: str | None = setting(None, "CA certificate file for mqtts:// (default: the system's)", metavar="PEM")
