@@ -103,3 +103,174 @@ def test_frame_saver_leaves_no_truncated_jpeg_on_a_full_disk(tmp_path, monkeypat
     monkeypatch.undo()
     assert saver.saved == 1 and saver.errors == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["00000000_paper.jpg"]  # no partial, no temp file
+
+
+# -- bundles: confinement (D2), schema (D3), partial verification (D4), locking and merging (D5) ---------------
+
+def _bundle(path):
+    from trashcam.edge.bundle import Bundle, Preprocessing
+    b = Bundle.create(path, ["a", "b"], Preprocessing(input_size=(8, 8)), backbone="none")
+    (path / "m.tflite").write_bytes(b"model-bytes")
+    b.set_variant("tflite-fp32", "m.tflite", format="tflite")
+    b.save()
+    return b
+
+
+def _edit(path, fn):
+    meta = json.loads((path / "metadata.json").read_text())
+    fn(meta)
+    (path / "metadata.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("name", ["../B/evil.sh", "/etc/passwd", "../../etc/passwd", "sub/../../x", "", "C:\\x"])
+def test_file_names_outside_the_bundle_are_refused(tmp_path, name):
+    """D2: `variants.*.file = "../B/evil.sh"` made edge-export write outside its destination."""
+    from trashcam.edge.bundle import Bundle, BundleError
+    a = tmp_path / "A"
+    _bundle(a)
+
+    def evil(meta):
+        meta["variants"]["tflite-fp32"]["file"] = name
+        meta["files"][name] = meta["files"].pop("m.tflite")
+    _edit(a, evil)
+    with pytest.raises(BundleError, match="outside|usable"):
+        Bundle.load(a, verify=False)
+
+
+def test_a_symlink_out_of_the_bundle_is_refused(tmp_path):
+    from trashcam.edge.bundle import Bundle, BundleError, sha256_file
+    from trashcam.edge.export import export_edge_bundle
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"do not read")
+    a = tmp_path / "A"
+    _bundle(a)
+    (a / "m.tflite").unlink()
+    (a / "m.tflite").symlink_to(secret)
+
+    def relink(meta):
+        meta["files"]["m.tflite"].update(sha256=sha256_file(secret), size_bytes=secret.stat().st_size)
+    _edit(a, relink)
+    b = Bundle.load(a, verify=False)
+    for read in (lambda: b.variant_path("tflite-fp32"), lambda: b.verify(), lambda: Bundle.load(a)):
+        with pytest.raises(BundleError, match="outside the bundle"):
+            read()
+    with pytest.raises(BundleError, match="outside the bundle"):
+        export_edge_bundle(a, tmp_path / "slim", "tflite-fp32", check=False)
+    assert not (tmp_path / "slim").exists()
+    # writing through a symlinked folder is refused too
+    (a / "out").symlink_to(tmp_path, target_is_directory=True)
+    with pytest.raises(BundleError, match="outside the bundle"):
+        b.file("out/evil.sh")
+
+
+def test_export_cannot_write_outside_its_destination(tmp_path):
+    from trashcam.edge.bundle import Bundle, BundleError
+    a = tmp_path / "A"
+    b = _bundle(a)
+    b.metadata["variants"]["tflite-fp32"]["file"] = "../B/evil.sh"  # in memory: load would refuse it
+    b.metadata["files"]["../B/evil.sh"] = b.metadata["files"]["m.tflite"]
+    with pytest.raises(BundleError):
+        b.export_slim(tmp_path / "dest" / "slim", "tflite-fp32")
+    assert not (tmp_path / "dest" / "B").exists()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.clear() or m.update({"__list__": True}), "must be a JSON object"),
+    (lambda m: m.update(labels="ab"), "labels must be a JSON array"),
+    (lambda m: m.update(labels=["a"]), "at least 2"),
+    (lambda m: m["variants"].update({"tflite-fp32": "m.tflite"}), r"variants\['tflite-fp32'\] must be"),
+    (lambda m: m["files"]["m.tflite"].pop("size_bytes"), "no size_bytes"),
+    (lambda m: m["files"]["m.tflite"].update(size_bytes="11"), "size_bytes must be a JSON integer"),
+    (lambda m: m.update(preprocessing={"input_size": "big"}), "input_size"),
+    (lambda m: m.update(calibration={"temperature": "hot"}), "calibration.temperature"),
+    (lambda m: m["variants"]["tflite-fp32"].update(file="other.tflite"), "not listed in files"),
+])
+def test_structurally_wrong_metadata_is_one_clear_error(tmp_path, edit, message):
+    """D3: these raised TypeError/AttributeError/KeyError tracebacks from deep inside later stages."""
+    from trashcam.edge.bundle import Bundle, BundleError
+    a = tmp_path / "A"
+    _bundle(a)
+    _edit(a, edit)
+    if "__list__" in json.loads((a / "metadata.json").read_text()):
+        (a / "metadata.json").write_text("[1, 2, 3]")
+    with pytest.raises(BundleError, match=message) as e:
+        Bundle.load(a)
+    assert "\n" not in str(e.value)
+
+
+def test_load_verifies_only_the_files_asked_for(tmp_path):
+    """D4: one corrupt variant blocked every stage, its own repair included."""
+    from trashcam.edge.bundle import Bundle, BundleError
+    a = tmp_path / "A"
+    _bundle(a)
+    (a / "m.tflite").write_bytes(b"corrupt!!!!")
+    with pytest.raises(BundleError, match="sha256"):
+        Bundle.load(a)
+    b = Bundle.load(a, verify=["labels.txt"])
+    with pytest.raises(BundleError, match="sha256"):
+        b.verify(["m.tflite"])
+
+
+def test_a_writer_lock_refuses_a_second_writer(tmp_path):
+    """D5: two edge-convert runs on one bundle both went ahead and left a sha256 mismatch."""
+    import subprocess
+    import sys
+
+    from trashcam.edge.bundle import BundleError, bundle_lock
+    a = tmp_path / "A"
+    _bundle(a)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from trashcam.edge.bundle import bundle_lock\n"
+        f"with bundle_lock({str(a)!r}, holder='edge-convert'):\n"
+        "    print('held', flush=True); time.sleep(30)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        with pytest.raises(BundleError, match=r"being changed by pid \d+ \(edge-convert\)"):
+            with bundle_lock(a, timeout=0.3):
+                pass
+        assert time.monotonic() - t0 >= 0.3
+    finally:
+        holder.kill()
+        holder.wait()
+    with bundle_lock(a, timeout=5):  # released when its holder dies
+        with bundle_lock(a):  # re-entrant within a process
+            pass
+
+
+def test_save_merges_what_another_process_saved(tmp_path):
+    """D5: edge-bench recording during edge-convert was silently overwritten by convert's save."""
+    from trashcam.edge.bundle import Bundle
+    a = tmp_path / "A"
+    _bundle(a)
+    convert = Bundle.load(a)
+    bench = Bundle.load(a)
+    bench.metadata["bench"] = {"p50_ms": {"1": {"tflite-fp32": 3.0}}}
+    bench.variants["tflite-fp32"]["note"] = "bench saw it"
+    bench.save()
+    (a / "m8.tflite").write_bytes(b"int8")
+    convert.set_variant("tflite-int8", "m8.tflite", format="tflite")
+    convert.metadata["convert"] = {"last_status": {"tflite-int8": "PASS"}}
+    convert.save()
+    meta = Bundle.load(a).metadata
+    assert meta["bench"] == {"p50_ms": {"1": {"tflite-fp32": 3.0}}}
+    assert set(meta["variants"]) == {"tflite-fp32", "tflite-int8"}
+    assert meta["variants"]["tflite-fp32"]["note"] == "bench saw it"
+    assert meta["convert"]["last_status"] == {"tflite-int8": "PASS"}
+
+
+def test_edge_convert_repairs_its_own_broken_variant(tiny_tflite_bundle, tmp_path):
+    """D4: `edge-convert B` refused because the variant it was asked to rebuild failed verification."""
+    import shutil
+
+    from trashcam.convert.config import ConvertConfig
+    from trashcam.convert.pipeline import convert_bundle
+    from trashcam.edge.bundle import Bundle, BundleError
+    d = tmp_path / "b"
+    shutil.copytree(tiny_tflite_bundle, d)
+    (d / "model_fp32.tflite").write_bytes(b"garbage")
+    with pytest.raises(BundleError):
+        Bundle.load(d)
+    report = convert_bundle(d, ConvertConfig(variants=("tflite-fp32",), threads=1))
+    assert report["variants"]["tflite-fp32"]["installed"], report
+    Bundle.load(d)  # every checksum good again
