@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -274,3 +275,55 @@ def test_edge_convert_repairs_its_own_broken_variant(tiny_tflite_bundle, tmp_pat
     report = convert_bundle(d, ConvertConfig(variants=("tflite-fp32",), threads=1))
     assert report["variants"]["tflite-fp32"]["installed"], report
     Bundle.load(d)  # every checksum good again
+
+
+# -- training data: odd file names (D6) and classes with nothing readable (D7) ------------------------------
+
+def _copy_dataset(src, dst):
+    import shutil
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_an_unreadable_image_with_a_non_utf8_name_is_reported_not_fatal(tmp_path):
+    """D6: the whole edge-train failed at report time (UnicodeEncodeError), leaving no bundle."""
+    from trashcam.edge.bundle import Preprocessing, atomic_write_bytes, atomic_write_json
+    from trashcam.train.data import decode_images
+    from trashcam.train.evaluate import classification_metrics, report_markdown
+    bad = os.path.join(os.fsencode(tmp_path), b"bad\xff name.jpg")
+    with open(bad, "wb") as f:
+        f.write(b"not a jpeg")
+    d = decode_images([Path(os.fsdecode(bad))], np.array([0]), Preprocessing(input_size=(8, 8)),
+                      str(tmp_path / "cache"), desc="t", progress=False)
+    assert len(d.skipped) == 1
+    y = np.array([0, 1])
+    summary = {"recipe": "quick", "backbone": "tiny", "labels": ["a", "b"], "monitor": "val_loss",
+               "evaluation": {"plain": classification_metrics(y, y, ["a", "b"]), "tta_passes": ["identity"]},
+               "stages": [], "seconds": {"total": 1, "decode": 0, "train": 1, "evaluate": 0}, "skipped": d.skipped}
+    atomic_write_json(tmp_path / "metrics.json", summary)
+    atomic_write_bytes(tmp_path / "report.md", report_markdown(summary).encode())
+    report = (tmp_path / "report.md").read_text()
+    assert "Unreadable images skipped: 1" in report and "bad\\xff name.jpg" in report
+
+
+def test_report_escapes_names_that_are_not_utf8():
+    from trashcam.train.evaluate import printable
+    name = os.fsdecode(b"/data/bad\xff.jpg")
+    assert printable(name) == "/data/bad\\xff.jpg"
+    assert printable(f"cannot identify image file {name!r}").encode()
+    assert printable("caf\u00e9 \ud800") == "caf\u00e9 \\ud800"
+
+
+def test_a_class_with_no_readable_image_is_an_error_naming_it(tiny_backbone, synthetic_dataset, tmp_path):
+    """D7: the class trained silently (a label with 0 images) and the report said 100 %."""
+    from trashcam.edge.dataset import DatasetError
+    from trashcam.train.config import resolve
+    from trashcam.train.pipeline import train
+    data = _copy_dataset(synthetic_dataset, tmp_path / "data")
+    for p in (data / "green").iterdir():
+        p.write_bytes(b"broken")
+    cfg = resolve("quick", data=str(data), out=str(tmp_path / "b"), backbone="tiny", weights="none", image_size=32,
+                  cache_dir=str(tmp_path / "cache"), verbose=0)
+    with pytest.raises(DatasetError, match="'green' have no readable images in the training split"):
+        train(cfg)
+    assert not (tmp_path / "b").exists()
