@@ -82,17 +82,22 @@ class LiveRunner:
             raise
 
     def _open_sinks(self) -> None:
-        cfg, start = self.cfg, {"config": self.resolved.to_dict(), **self.info}
+        config = self.resolved.to_dict()
+        if config.get("serve_token"):
+            config["serve_token"] = "(set)"  # logs and run_config.json are read by more people than the page
+        cfg, start = self.cfg, {"config": config, **self.info}
         if not cfg.quiet:
             self.sinks.append(ConsoleSink(self.err))
         if cfg.log:
-            self.sinks.append(JsonlSink(cfg.log, cfg.log_mode, start))
+            self.sinks.append(JsonlSink(cfg.log, cfg.log_mode, start, max_mb=cfg.log_max_mb))
         if cfg.save_frames:
             self.sinks.append(FrameSaver(cfg.save_frames, cfg.save_mode))
             atomic_write_json(Path(cfg.save_frames) / "run_config.json", start)
         if cfg.serve is not None:
             from .server import PreviewServer
-            self.server = PreviewServer(cfg.serve, self.info)
+            self.server = PreviewServer(cfg.serve, self.info, token=cfg.serve_token,
+                                        allowed_hosts=cfg.serve_allow_host or None,
+                                        max_clients=cfg.serve_max_clients)
             self.sinks.append(self.server)
             print(f"serving {self.server.url} (/stream.mjpg, /status)", file=self.err, flush=True)
 

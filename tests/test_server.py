@@ -134,3 +134,27 @@ def test_extra_routes(server_factory):
     assert _get(srv.url + "echo")[0] == 405
     code, body = _get(srv.url + "nope")
     assert code == 404 and b"/metrics" in body
+
+
+def test_edge_run_wires_token_host_cap_and_log_size(tiny_tflite_bundle, synthetic_dataset, tmp_path):
+    """The edge-run flags reach the server and the log; the token never lands in the log."""
+    from trashcam.edge.config import RunConfig
+    from trashcam.edge.live import LiveRunner
+
+    log = tmp_path / "e.jsonl"
+    cfg = RunConfig(bundle=str(tiny_tflite_bundle), source=str(synthetic_dataset), max_frames=60, quiet=True,
+                    serve="0", serve_token="T0k", serve_allow_host=("cam.local",), serve_max_clients=2,
+                    log=str(log), log_mode="frames", log_max_mb=0.02)
+    runner = LiveRunner(cfg)
+    try:
+        srv = runner.server
+        assert _get(srv.url + "status", {"Host": f"cam.local:{srv.port}"})[0] == 401
+        assert _get(srv.url + "status?token=T0k", {"Host": f"cam.local:{srv.port}"})[0] == 200
+        assert _get(srv.url + "status?token=T0k")[0] == 421  # 127.0.0.1 is not in the allowlist given
+        assert srv.httpd.slots._initial_value == 2
+        summary = runner.run()
+    finally:
+        runner.server.close()
+    assert summary["frames"] == 60
+    text = "".join(p.read_text() for p in tmp_path.glob("e.jsonl*"))
+    assert (tmp_path / "e.jsonl.1").exists() and "T0k" not in text and '"serve_token": "(set)"' in text
