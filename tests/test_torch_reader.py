@@ -102,3 +102,27 @@ def test_damaged_files_are_one_clear_error(tmp_path, data):
     p.write_bytes(data)
     with pytest.raises(TorchFileError):
         load_state_dict(p)
+
+
+def test_edge_train_reports_a_refused_weights_file_as_one_line(synthetic_dataset, tmp_path, monkeypatch):
+    """D16: a pickle asking for os.system surfaced from edge-train --weights as a traceback."""
+    import trashcam.train.model as model
+    from trashcam.train.backbones.efficientnet_lite0 import Lite0WeightsError, converted_weights
+    from trashcam.train.config import resolve
+    from trashcam.train.pipeline import TrainError, train
+
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(b"".join(pickle.dumps(h, protocol=2) for h in (LEGACY_MAGIC, 1001, {}))
+                     + b"\x80\x02cos\nsystem\n" + _s("echo pwned") + b"\x85R.")
+    with pytest.raises(Lite0WeightsError, match="refusing to load global os.system") as e:
+        converted_weights(evil)
+
+    def build(cfg, n):  # what build_classifier does with that file, without building Lite0 first
+        raise e.value
+
+    monkeypatch.setattr(model, "build_classifier", build)
+    cfg = resolve("quick", data=str(synthetic_dataset), out=str(tmp_path / "b"), weights=str(evil), image_size=32,
+                  cache_dir=str(tmp_path / "cache"), verbose=0)
+    with pytest.raises(TrainError, match="refusing to load global os.system") as err:
+        train(cfg)
+    assert "\n" not in str(err.value)
