@@ -158,3 +158,44 @@ def test_edge_run_wires_token_host_cap_and_log_size(tiny_tflite_bundle, syntheti
     assert summary["frames"] == 60
     text = "".join(p.read_text() for p in tmp_path.glob("e.jsonl*"))
     assert (tmp_path / "e.jsonl.1").exists() and "T0k" not in text and '"serve_token": "(set)"' in text
+
+
+def test_idle_sockets_cannot_starve_the_classifier_of_file_descriptors(tiny_tflite_bundle, synthetic_dataset,
+                                                                       tmp_path):
+    """D1 as found: idle connections held a descriptor each until the process hit its limit, and every image
+    the classifier tried to open was skipped ("Too many open files"). Here: a 192-descriptor limit, 300 idle
+    connections, and not one frame skipped."""
+    import os
+    import re
+    import resource
+    import subprocess
+    import sys
+
+    log = tmp_path / "events.jsonl"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trashcam.edge.cli", str(tiny_tflite_bundle), "--source", str(synthetic_dataset),
+         "--loop", "--serve", "0", "--max-fps", "50", "--quiet", "--log", str(log), "--duration", "6"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (192, 192)))
+    idle = []
+    try:
+        port, t_end = None, time.time() + 60
+        while port is None and time.time() < t_end:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, proc.stderr.read()
+            m = re.search(r"serving http://127\.0\.0\.1:(\d+)/", line)
+            port = int(m.group(1)) if m else None
+        for _ in range(300):
+            try:
+                idle.append(socket.create_connection(("127.0.0.1", port), timeout=0.2))
+            except OSError:
+                pass  # the listen queue is full: that is the point
+        assert len(idle) >= 100
+        proc.communicate(timeout=60)
+    finally:
+        for c in idle:
+            c.close()
+        proc.kill()
+    summary = json.loads(log.read_text().splitlines()[-1])
+    assert summary["event"] == "summary" and summary["frames"] > 20 and summary["skipped"] == 0, summary
