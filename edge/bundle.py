@@ -345,7 +345,12 @@ def bundle_lock(path: str | os.PathLike, timeout: float = 0.0, holder: str = "")
         finally:
             _HELD[key] -= 1
         return
-    f = open(Path(path) / LOCK, "a+")
+    if not Path(path).is_dir():
+        raise BundleError(f"no bundle at {path}: not a directory (train one with `edge-train`)")
+    try:
+        f = open(Path(path) / LOCK, "a+")
+    except OSError as e:
+        raise BundleError(f"cannot lock bundle {path} for writing: {e}") from None
     try:
         deadline = time.monotonic() + timeout
         while True:

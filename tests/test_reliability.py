@@ -327,3 +327,10 @@ def test_a_class_with_no_readable_image_is_an_error_naming_it(tiny_backbone, syn
     with pytest.raises(DatasetError, match="'green' have no readable images in the training split"):
         train(cfg)
     assert not (tmp_path / "b").exists()
+
+
+def test_locking_a_missing_bundle_is_the_usual_clear_error(tmp_path):
+    from trashcam.edge.bundle import BundleError, bundle_lock
+    with pytest.raises(BundleError, match="no bundle at"):
+        with bundle_lock(tmp_path / "nope"):
+            pass
