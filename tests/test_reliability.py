@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -212,28 +213,33 @@ def test_load_verifies_only_the_files_asked_for(tmp_path):
         b.verify(["m.tflite"])
 
 
-def test_a_writer_lock_refuses_a_second_writer(tmp_path):
-    """D5: two edge-convert runs on one bundle both went ahead and left a sha256 mismatch."""
+@contextmanager
+def _held_by_another_process(bundle_dir):
     import subprocess
     import sys
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from trashcam.edge.bundle import bundle_lock\n"
+        f"with bundle_lock({str(bundle_dir)!r}, holder='edge-convert'):\n"
+        "    print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
 
+
+def test_a_writer_lock_refuses_a_second_writer(tmp_path):
+    """D5: two edge-convert runs on one bundle both went ahead and left a sha256 mismatch."""
     from trashcam.edge.bundle import BundleError, bundle_lock
     a = tmp_path / "A"
     _bundle(a)
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from trashcam.edge.bundle import bundle_lock\n"
-        f"with bundle_lock({str(a)!r}, holder='edge-convert'):\n"
-        "    print('held', flush=True); time.sleep(30)")], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with _held_by_another_process(a):
         t0 = time.monotonic()
         with pytest.raises(BundleError, match=r"being changed by pid \d+ \(edge-convert\)"):
             with bundle_lock(a, timeout=0.3):
                 pass
         assert time.monotonic() - t0 >= 0.3
-    finally:
-        holder.kill()
-        holder.wait()
     with bundle_lock(a, timeout=5):  # released when its holder dies
         with bundle_lock(a):  # re-entrant within a process
             pass
@@ -272,6 +278,9 @@ def test_edge_convert_repairs_its_own_broken_variant(tiny_tflite_bundle, tmp_pat
     (d / "model_fp32.tflite").write_bytes(b"garbage")
     with pytest.raises(BundleError):
         Bundle.load(d)
+    with _held_by_another_process(d):  # D5 on the real stage: a second edge-convert is refused
+        with pytest.raises(BundleError, match="being changed by"):
+            convert_bundle(d, ConvertConfig(variants=("tflite-fp32",), threads=1))
     report = convert_bundle(d, ConvertConfig(variants=("tflite-fp32",), threads=1))
     assert report["variants"]["tflite-fp32"]["installed"], report
     Bundle.load(d)  # every checksum good again
