@@ -12,8 +12,8 @@ from pathlib import Path
 
 import click
 
-from .clitools import CONTEXT, config_options, error, given, make_config, raw, run
-from .config import RunConfig
+from .clitools import CONTEXT, config_options, error, given, raw, run, usage_error
+from .config import ConfigError, RunConfig
 
 PROG = "edge-run"
 EPILOG = """\
@@ -57,7 +57,15 @@ def load_config_file(path: str) -> dict:
 def config_from_params(params: dict) -> RunConfig:
     """Flags over the --config file over RunConfig's defaults."""
     base = load_config_file(params["config"]) if params.get("config") else {}
-    return make_config(RunConfig.from_dict, {**base, **given(RunConfig, params)})
+    flags = given(RunConfig, params)
+    try:
+        return RunConfig.from_dict({**base, **flags})
+    except ConfigError as e:
+        if e.field in flags or not base:
+            raise usage_error(e) from None
+        raise click.UsageError(f"--config {params['config']}: {e}") from None
+    except ValueError as e:
+        raise usage_error(e) from None
 
 
 @click.command(PROG, context_settings=CONTEXT, epilog=raw(EPILOG),

@@ -1,8 +1,9 @@
 """Click options derived from a stage's frozen config dataclass, so each option is written once.
 
 `config_options(Config)` adds one option per field: the flag (--field-name), the type (int, float, str, bool
-flags as --x/--no-x, `X | None`, tuples as comma lists that may also be repeated), choices, a custom parser and
-the help text all come from the field's `setting(...)` declaration (edge/config.py) or a per-field help dict.
+flags as --x/--no-x, `X | None`, tuples as comma lists that may also be repeated), choices (of any type), a
+custom parser (`str -> value`; on a `tuple[X, ...]` field it parses each repeated flag into one item) and the
+help text all come from the field's `setting(...)` declaration (edge/config.py) or a per-field help dict.
 Every option defaults to None, meaning "not given", so the dataclass default (or a recipe, or a JSON config)
 applies and `given(...)` returns just what the user typed. `make_config` turns the config's own checks
 (ConfigError) into a usage error naming the flag: exit 2. Imports nothing heavy (the --help path stays instant).
@@ -75,6 +76,25 @@ def _default_text(f: Field) -> str | None:
     return f"default: {shown}" if shown is not None else None
 
 
+class Choices(click.Choice):
+    """click.Choice for values of any type (e.g. ints): the flag's text picks the value it spells."""
+
+    def __init__(self, values: Iterable[Any]):
+        self.values = tuple(values)
+        super().__init__([str(v) for v in self.values])
+
+    def convert(self, value, param, ctx):
+        text = str(super().convert(value, param, ctx))
+        return next(v for v in self.values if str(v) == text)
+
+
+def is_list_field(hint: Any) -> bool:
+    """A variadic tuple field (`tuple[X, ...]`): its flag may repeat, each value a comma list or one item."""
+    base, _ = unwrap_optional(hint)
+    args = typing.get_args(base)
+    return typing.get_origin(base) is tuple and len(args) == 2 and args[1] is Ellipsis
+
+
 def _option(f: Field, hint: Any, help_text: str, default_text: str | None) -> Callable:
     m = f.metadata
     base, _ = unwrap_optional(hint)
@@ -82,13 +102,13 @@ def _option(f: Field, hint: Any, help_text: str, default_text: str | None) -> Ca
     kw: dict[str, Any] = {"default": None, "hidden": m.get("cli") == "hidden"}
     if m.get("metavar"):
         kw["metavar"] = m["metavar"]
-    if "parse" in m:
-        kw["type"] = Parsed(m["parse"], f.name)
+    if "parse" in m:  # a variadic tuple with a parser: one item per (repeated) flag, e.g. --pin LABEL=17
+        kw.update(type=Parsed(m["parse"], f.name), multiple=is_list_field(hint))
     elif base is bool:
         if "/" not in decl:
             decl = f"{decl}/--no-{decl[2:]}"
     elif "choices" in m:
-        kw["type"] = click.Choice([str(c) for c in m["choices"]])
+        kw["type"] = Choices(m["choices"])
     elif typing.get_origin(base) is tuple:
         item = typing.get_args(base)[0]
         kw.update(type=CommaList(item if item in (int, float) else str), multiple=True)
@@ -123,14 +143,14 @@ def config_options(cls: type, *, help: dict[str, str] | None = None, skip: Itera
 
 def given(cls: type, params: dict[str, Any]) -> dict[str, Any]:
     """The fields of `cls` the user gave on the command line (repeated comma lists joined into one tuple)."""
-    out = {}
-    names = {f.name for f in fields(cls)}
-    for k, v in params.items():
-        if k not in names or v is None or v == ():
+    out, hints = {}, type_hints(cls)
+    for f in fields(cls):
+        v = params.get(f.name)
+        if v is None or v == ():
             continue
-        if isinstance(v, tuple) and v and isinstance(v[0], tuple):
-            v = tuple(x for part in v for x in part)
-        out[k] = v
+        if "parse" not in f.metadata and typing.get_origin(unwrap_optional(hints.get(f.name))[0]) is tuple:
+            v = tuple(x for part in v for x in part)  # one CommaList tuple per occurrence of the flag
+        out[f.name] = v
     return out
 
 

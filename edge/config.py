@@ -202,6 +202,8 @@ class RunConfig(JsonConfig):
     capture_size: tuple[int, int] | None = setting(None, "camera capture / preview size (default: 640x480)",
                                                    parse=parse_size, metavar="WxH")
     max_fps: float | None = setting(None, "classify at most this many frames per second", above=0)
+    max_pixels: int = setting(40_000_000, "image files above this many pixels are decoded reduced (JPEG) or "
+                                          "skipped: a cap on memory per frame", min=1)
 
     def __post_init__(self) -> None:
         super().__post_init__()

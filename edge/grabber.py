@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .sources import Frame, FrameSource, SourceError
+from .frames import Frame, FrameSource, SourceError
 
 
 class _ThreadedSource(FrameSource):
@@ -117,6 +117,18 @@ class LatestFrameSource(_ThreadedSource):
 
 
 _END = object()
+DISPLAY_PIXELS = 4_000_000  # what a read-ahead frame keeps for --serve / --save-frames once its model input exists
+
+
+def for_display(image: np.ndarray, max_pixels: int = DISPLAY_PIXELS) -> np.ndarray:
+    """`image`, or one reduced by a whole factor to at most `max_pixels`: frames waiting in the read-ahead queue
+    are then never full-size photos (a 40 Mpx one is 120 MB)."""
+    h, w = image.shape[:2]
+    if h * w <= max_pixels:
+        return image
+    from PIL import Image
+    factor = int(np.ceil(np.sqrt(h * w / max_pixels)))
+    return np.asarray(Image.fromarray(image).reduce(factor))
 
 
 class PrefetchSource(_ThreadedSource):
@@ -126,7 +138,8 @@ class PrefetchSource(_ThreadedSource):
     For folders, stdin paths and video files, where the loop is limited by how fast frames are processed, not
     by a camera: JPEG decoding and resizing (1.4 ms for a 240x320 JPEG at 288 px, 2-core EPYC) release the GIL
     and run while the interpreter classifies the previous frame, so per-frame time approaches the invoke time
-    when a core is free for them. Nothing is dropped; the thread blocks while `depth` frames wait.
+    when a core is free for them. Nothing is dropped; the thread blocks while `depth` frames wait. A frame
+    bigger than DISPLAY_PIXELS keeps a reduced image (for the sinks) once its model input is made.
     """
 
     thread_prefix = "prefetch"
@@ -151,6 +164,7 @@ class PrefetchSource(_ThreadedSource):
             for f in self.inner:
                 if f.ok and self.prepare is not None:
                     f.model_input = self.prepare(f.image)
+                    f.image = for_display(f.image)
                 if not self._put(f):
                     return
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there

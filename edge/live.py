@@ -7,6 +7,10 @@ much the Python around the interpreter costs. Reading/decoding the frame and the
 and video files are classified on one single-threaded interpreter per thread at once (streams.StreamPool);
 with one thread they are read ahead in a thread that decodes and resizes (grabber.PrefetchSource), so e2e
 starts at the model-sized frame. Either way `frame_ms`, the time per frame, is what overlapping bought.
+
+The parts, one job each: `LiveModel.load` (bundle -> interpreters, checked), `open_sinks` (console, JSONL,
+saved frames, HTTP view), `RunStats` (counts, latencies, the summary), `SkipGate` (how many skip records reach
+the sinks), and `LiveRunner`, which wires them to a source and runs the loop.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import dataclasses
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,7 +26,8 @@ import numpy as np
 
 from .bundle import Bundle, BundleError, atomic_write_json
 from .config import RunConfig
-from .grabber import PrefetchSource
+from .frames import Frame
+from .grabber import PrefetchSource, for_display
 from .images import load_for_model
 from .runtime import Classifier, choose_variant, classify_timed, default_threads, open_engine
 from .sinks import ConsoleSink, FrameSaver, JsonlSink, Sink
@@ -31,88 +37,195 @@ from .streams import StreamPool, classified, plan_streams
 from .stats import RateMeter, Reservoir, rss_kb
 
 
-class LiveRunner:
-    """Build once (bundle, interpreter, sinks), then `run()` until the source ends or `stop` is set."""
+@dataclass
+class LiveModel:
+    """The classifier side of a run: the chosen variant's interpreter(s), checked against the labels."""
 
-    def __init__(self, cfg: RunConfig, stop: threading.Event | None = None, out=None, err=None):
-        self.cfg, self.stop = cfg, stop or threading.Event()
-        self.out, self.err = out or sys.stdout, err or sys.stderr
+    clf: Classifier
+    pool: StreamPool | None
+    threads: int
+    streams: int
+    per_stream: int
+
+    @classmethod
+    def load(cls, cfg: RunConfig) -> "LiveModel":
         bundle = Bundle.load(cfg.bundle, verify=False)
         threads = cfg.threads or default_threads()
         streams, per_stream = plan_streams(cfg.streams, threads, paced=is_live_source(cfg.source))
         variant = choose_variant(bundle, cfg.variant, threads)  # by what `threads` threads measured
-        self.clf = Classifier(bundle, variant, per_stream, min_confidence=cfg.min_confidence)
-        self.engine, self.pre, self.labels = self.clf.engine, self.clf.pre, self.clf.labels
-        self.pool = None
+        clf = Classifier(bundle, variant, per_stream, min_confidence=cfg.min_confidence)
+        pool = None
         if streams > 1:
-            engines = [self.engine] + [open_engine(bundle, variant, per_stream) for _ in range(streams - 1)]
-            self.pool = StreamPool(engines, lambda eng, f: classify_timed(eng, self.pre, self.clf.temperature,
-                                                                          f.image, f.model_input))
-        self.smoother = Smoother(self.labels, cfg.smooth, cfg.window, cfg.stable, self.clf.min_confidence)
-        self.resolved = dataclasses.replace(cfg, variant=self.clf.variant, threads=threads, streams=streams,
-                                            min_confidence=self.clf.min_confidence)
-        self.info = {"bundle": str(Path(cfg.bundle).resolve()), "variant": self.clf.variant,
-                     "runtime": getattr(self.engine, "runtime", "?"), "threads": threads, "streams": streams,
-                     "threads_per_stream": per_stream, "labels": self.labels, "temperature": self.clf.temperature,
-                     "min_confidence": self.clf.min_confidence, "source": cfg.source}
-        # Warm the interpreters (the first frames' latency is no allocation outlier) and check the model's
-        # outputs match the labels: a bundle mixed up by hand fails here, not with an IndexError later.
-        blank = np.zeros((*self.pre.input_size, 3), np.uint8)
-        for eng in self.pool.engines if self.pool else [self.engine]:
-            out = eng.postprocess(eng.invoke_raw(eng.prepare(blank)))
-        if out.shape[-1] != len(self.labels):
-            raise BundleError(f"{cfg.bundle}: variant {self.clf.variant} outputs {out.shape[-1]} classes but the "
-                              f"bundle has {len(self.labels)} labels; re-export the bundle")
-        how = "auto: edge-bench result or start-up probe" if cfg.variant == "auto" else "as asked"
-        layout = f"{threads} threads" if streams == 1 else f"{streams} streams x {per_stream} thread(s)"
-        print(f"edge-run: {self.info['bundle']} variant {self.clf.variant} ({how}), {self.info['runtime']}, "
-              f"{layout}, source {cfg.source}", file=self.err, flush=True)
-        # Streams resize in their own threads; a single interpreter gets its frames resized ahead instead.
-        self.source = open_source(cfg.source, input_size=tuple(self.pre.input_size), loop=cfg.loop,
-                                  size=cfg.capture_size, stop=self.stop,
-                                  prepare=None if self.pool else lambda image: load_for_model(image, self.pre))
-        self.sinks: list[Sink] = []
-        self.server = None
-        try:
-            self.source.open()
-            self._open_sinks()
-        except BaseException:
-            self._close_sinks({})
-            self.source.close()
-            raise
+            engines = [clf.engine] + [open_engine(bundle, variant, per_stream) for _ in range(streams - 1)]
 
-    def _open_sinks(self) -> None:
-        config = self.resolved.to_dict()
-        if config.get("serve_token"):
-            config["serve_token"] = "(set)"  # logs and run_config.json are read by more people than the page
-        cfg, start = self.cfg, {"config": config, **self.info}
+            def work(eng, f):
+                result = classify_timed(eng, clf.pre, clf.temperature, f.image, f.model_input)
+                f.image = for_display(f.image)  # classified frames wait for their turn without the full photo
+                return result
+            pool = StreamPool(engines, work)
+        model = cls(clf, pool, threads, streams, per_stream)
+        model.warm_up(cfg.bundle)
+        return model
+
+    def warm_up(self, where: str) -> None:
+        """Run every interpreter once (the first frames' latency is no allocation outlier) and check the outputs
+        match the labels: a bundle mixed up by hand fails here, not with an IndexError later."""
+        blank = np.zeros((*self.clf.pre.input_size, 3), np.uint8)
+        for eng in self.pool.engines if self.pool else [self.clf.engine]:
+            out = eng.postprocess(eng.invoke_raw(eng.prepare(blank)))
+            if out.shape[-1] != len(self.clf.labels):
+                raise BundleError(f"{where}: variant {self.clf.variant} outputs {out.shape[-1]} classes but the "
+                                  f"bundle has {len(self.clf.labels)} labels; re-export the bundle")
+
+    def info(self, cfg: RunConfig) -> dict[str, Any]:
+        clf = self.clf
+        return {"bundle": str(Path(cfg.bundle).resolve()), "variant": clf.variant,
+                "runtime": getattr(clf.engine, "runtime", "?"), "threads": self.threads, "streams": self.streams,
+                "threads_per_stream": self.per_stream, "labels": clf.labels, "temperature": clf.temperature,
+                "min_confidence": clf.min_confidence, "source": cfg.source}
+
+
+def open_sinks(cfg: RunConfig, start: dict[str, Any], info: dict[str, Any], err) -> list[Sink]:
+    """The outputs asked for; on a failure the ones already open are closed before the error propagates."""
+    if start.get("config", {}).get("serve_token"):  # logs are read by more people than the page
+        start = {**start, "config": {**start["config"], "serve_token": "(set)"}}
+    sinks: list[Sink] = []
+    try:
         if not cfg.quiet:
-            self.sinks.append(ConsoleSink(self.err))
+            sinks.append(ConsoleSink(err))
         if cfg.log:
-            self.sinks.append(JsonlSink(cfg.log, cfg.log_mode, start, max_mb=cfg.log_max_mb))
+            sinks.append(JsonlSink(cfg.log, cfg.log_mode, start, max_mb=cfg.log_max_mb))
         if cfg.save_frames:
-            self.sinks.append(FrameSaver(cfg.save_frames, cfg.save_mode))
+            sinks.append(FrameSaver(cfg.save_frames, cfg.save_mode))
             atomic_write_json(Path(cfg.save_frames) / "run_config.json", start)
         if cfg.serve is not None:
             from .server import PreviewServer
-            self.server = PreviewServer(cfg.serve, self.info, token=cfg.serve_token,
-                                        allowed_hosts=cfg.serve_allow_host or None,
-                                        max_clients=cfg.serve_max_clients)
-            self.sinks.append(self.server)
-            print(f"serving {self.server.url} (/stream.mjpg, /status)", file=self.err, flush=True)
+            server = PreviewServer(cfg.serve, info, token=cfg.serve_token, allowed_hosts=cfg.serve_allow_host or None,
+                                   max_clients=cfg.serve_max_clients)
+            sinks.append(server)
+            print(f"serving {server.url} (/stream.mjpg, /status)", file=err, flush=True)
+    except BaseException:
+        close_sinks(sinks, {}, err)
+        raise
+    return sinks
 
-    def _close_sinks(self, summary: dict[str, Any]) -> None:
-        for s in self.sinks:
-            try:
-                s.close(summary)
-            except Exception as e:  # noqa: BLE001 - one broken sink must not lose the others' data
-                print(f"closing {type(s).__name__} failed: {e}", file=self.err, flush=True)
+
+def close_sinks(sinks: list[Sink], summary: dict[str, Any], err) -> None:
+    for s in sinks:
+        try:
+            s.close(summary)
+        except Exception as e:  # noqa: BLE001 - one broken sink must not lose the others' data
+            print(f"closing {type(s).__name__} failed: {e}", file=err, flush=True)
+
+
+class SkipGate:
+    """Which skipped frames reach the sinks: the first `burst`, then one per `interval` seconds, each passed one
+    saying how many were held back. A source of nothing but bad frames then writes a few records a second,
+    not thousands; the summary still counts every skip."""
+
+    def __init__(self, burst: int = 20, interval: float = 1.0):
+        self.burst, self.interval = burst, interval
+        self.passed, self.held, self._last = 0, 0, -float("inf")
+
+    def let_through(self, frame: Frame, now: float) -> bool:
+        if self.passed >= self.burst and now - self._last < self.interval:
+            self.held += 1
+            return False
+        if self.held:
+            frame.error = f"{frame.error} (+{self.held} more skipped, not logged one by one)"
+            self.held = 0
+        self.passed += 1
+        self._last = now
+        return True
+
+
+class RunStats:
+    """Counts and latencies of a run, bounded in memory, and the summary made of them."""
+
+    def __init__(self, warmup_frames: int):
+        self.invoke, self.e2e, self.frame_ms, self.rate = Reservoir(), Reservoir(), Reservoir(), RateMeter()
+        self.frames = self.skipped = self.read = self.changes = 0
+        self.warmup_frames = warmup_frames
+        self.rss_start = rss_kb()
+
+    def classified(self, inv_ms: float, e2e_ms: float, changed: bool) -> None:
+        self.frames += 1
+        self.changes += changed
+        self.invoke.add(inv_ms)
+        self.e2e.add(e2e_ms)
+        self.rate.tick()
+        if self.frames == self.warmup_frames:
+            self.rss_start = rss_kb()  # after warm-up allocations (PIL, numpy, JPEG buffers)
+
+    def summary(self, info: dict[str, Any], elapsed: float, source, stopped_by: str,
+                last: dict[str, Any] | None) -> dict[str, Any]:
+        inv_p50, e2e = self.invoke.percentile(50), self.e2e
+        return {
+            **info, "stopped_by": stopped_by, "frames": self.frames, "skipped": self.skipped, "read": self.read,
+            "elapsed_s": round(elapsed, 3), "fps": round(self.frames / elapsed, 2) if elapsed > 0 else 0.0,
+            "invoke_ms": self.invoke.summary(), "e2e_ms": e2e.summary(), "frame_ms": self.frame_ms.summary(),
+            "overhead_ratio_p50": round(e2e.percentile(50) / inv_p50, 3) if inv_p50 else None,
+            "frame_ratio_p50": round(self.frame_ms.percentile(50) / inv_p50, 3) if inv_p50 else None,
+            # per-frame time against one invoke's share of the cores: invoke / streams
+            "frame_ratio_mean": (round(elapsed * 1e3 / self.frames / (inv_p50 / info["streams"]), 3)
+                                 if inv_p50 and self.frames else None),
+            "read_ahead": isinstance(source, PrefetchSource), "streams": info["streams"],
+            "decision_changes": self.changes, "decision": last.get("decision") if last else None,
+            "reopens": getattr(source, "reopens", 0), "dropped": getattr(source, "dropped", 0),
+            "rss_start_kb": self.rss_start, "rss_end_kb": rss_kb(),
+        }
+
+
+class LiveRunner:
+    """Build once (model, source, sinks), then `run()` until the source ends or `stop` is set."""
+
+    def __init__(self, cfg: RunConfig, stop: threading.Event | None = None, out=None, err=None):
+        self.cfg, self.stop = cfg, stop or threading.Event()
+        self.out, self.err = out or sys.stdout, err or sys.stderr
+        self.model = LiveModel.load(cfg)
+        clf = self.clf = self.model.clf
+        self.engine, self.pre, self.labels, self.pool = clf.engine, clf.pre, clf.labels, self.model.pool
+        self.smoother = Smoother(self.labels, cfg.smooth, cfg.window, cfg.stable, clf.min_confidence)
+        self.resolved = dataclasses.replace(cfg, variant=clf.variant, threads=self.model.threads,
+                                            streams=self.model.streams, min_confidence=clf.min_confidence)
+        self.info = self.model.info(cfg)
+        self._announce()
+        # Streams resize in their own threads; a single interpreter gets its frames resized ahead instead.
+        self.source = open_source(cfg.source, input_size=tuple(self.pre.input_size), loop=cfg.loop,
+                                  size=cfg.capture_size, stop=self.stop, max_pixels=cfg.max_pixels,
+                                  prepare=None if self.pool else lambda image: load_for_model(image, self.pre))
+        try:
+            self.source.open()
+            self.sinks = open_sinks(cfg, {"config": self.resolved.to_dict(), **self.info}, self.info, self.err)
+        except BaseException:
+            self.source.close()
+            raise
+        self.server = None
+        if cfg.serve is not None:
+            from .server import PreviewServer
+            self.server = next(s for s in self.sinks if isinstance(s, PreviewServer))
+
+    def _announce(self) -> None:
+        m, cfg = self.model, self.cfg
+        how = "auto: edge-bench result or start-up probe" if cfg.variant == "auto" else "as asked"
+        layout = f"{m.threads} threads" if m.streams == 1 else f"{m.streams} streams x {m.per_stream} thread(s)"
+        print(f"edge-run: {self.info['bundle']} variant {self.clf.variant} ({how}), {self.info['runtime']}, "
+              f"{layout}, source {cfg.source}", file=self.err, flush=True)
+
+    def _record(self, frame: Frame, probs: np.ndarray, dec, inv_ms: float, e2e_ms: float,
+                stats: RunStats) -> dict[str, Any]:
+        i = int(np.argmax(probs))
+        conf = float(probs[i])
+        return {"t": frame.timestamp, "frame": frame.index, "source": frame.name,
+                "label": self.labels[i], "class_index": i, "confidence": round(conf, 6),
+                "uncertain": conf < self.clf.min_confidence,
+                "probs": {k: round(float(p), 6) for k, p in zip(self.labels, probs)},
+                **dec.to_dict(), "invoke_ms": round(inv_ms, 3), "e2e_ms": round(e2e_ms, 3),
+                "fps": round(stats.rate.fps, 2), "frames": stats.frames, "skipped": stats.skipped}
 
     def run(self, on_frame: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         cfg = self.cfg
-        invoke, e2e, frame_ms, rate = Reservoir(), Reservoir(), Reservoir(), RateMeter()
-        frames = skipped = read = changes = 0
-        rss_start = rss_kb()
+        stats, gate = RunStats(min(20, cfg.max_frames or 20)), SkipGate()
         stopped_by, last = "end", None
         timer = threading.Timer(cfg.duration, self.stop.set) if cfg.duration else None
         if timer:
@@ -121,38 +234,26 @@ class LiveRunner:
         t_start = t_prev = time.perf_counter()
         try:
             for frame, result in classified(self.source, self.engine, self.pre, self.clf.temperature, self.pool):
-                read += 1
+                stats.read += 1
                 if frame.ok:
                     t0 = time.perf_counter()
                     probs, inv_ms, e2e_ms = result
                     dec = self.smoother.update(probs)
                     e2e_ms += (time.perf_counter() - t0) * 1e3
-                    frames += 1
-                    changes += dec.changed
-                    invoke.add(inv_ms)
-                    e2e.add(e2e_ms)
-                    rate.tick()
-                    i = int(np.argmax(probs))
-                    conf = float(probs[i])
-                    last = {"t": frame.timestamp, "frame": frame.index, "source": frame.name,
-                            "label": self.labels[i], "class_index": i, "confidence": round(conf, 6),
-                            "uncertain": conf < self.clf.min_confidence,
-                            "probs": {k: round(float(p), 6) for k, p in zip(self.labels, probs)},
-                            **dec.to_dict(), "invoke_ms": round(inv_ms, 3), "e2e_ms": round(e2e_ms, 3),
-                            "fps": round(rate.fps, 2), "frames": frames, "skipped": skipped}
+                    stats.classified(inv_ms, e2e_ms, dec.changed)
+                    last = self._record(frame, probs, dec, inv_ms, e2e_ms, stats)
                     for s in self.sinks:
                         s.frame(frame, last)
                     if on_frame:
                         on_frame(last)
-                    if frames == min(20, cfg.max_frames or 20):
-                        rss_start = rss_kb()  # after warm-up allocations (PIL, numpy, JPEG buffers)
                 else:
-                    skipped += 1
-                    for s in self.sinks:
-                        s.skip(frame)
+                    stats.skipped += 1
+                    if gate.let_through(frame, time.monotonic()):
+                        for s in self.sinks:
+                            s.skip(frame)
                 now = time.perf_counter()
-                frame_ms.add((now - t_prev) * 1e3)
-                if cfg.max_frames and read >= cfg.max_frames:
+                stats.frame_ms.add((now - t_prev) * 1e3)
+                if cfg.max_frames and stats.read >= cfg.max_frames:
                     stopped_by = "max_frames"
                     break
                 if self.stop.is_set():
@@ -168,24 +269,9 @@ class LiveRunner:
                 timer.cancel()
             elapsed = time.perf_counter() - t_start
             self.source.close()
-            inv_p50 = invoke.percentile(50)
-            summary = {
-                **self.info, "stopped_by": stopped_by, "frames": frames, "skipped": skipped, "read": read,
-                "elapsed_s": round(elapsed, 3), "fps": round(frames / elapsed, 2) if elapsed > 0 else 0.0,
-                "invoke_ms": invoke.summary(), "e2e_ms": e2e.summary(), "frame_ms": frame_ms.summary(),
-                "overhead_ratio_p50": round(e2e.percentile(50) / inv_p50, 3) if inv_p50 else None,
-                "frame_ratio_p50": round(frame_ms.percentile(50) / inv_p50, 3) if inv_p50 else None,
-                # per-frame time against one invoke's share of the cores: invoke / streams
-                "frame_ratio_mean": (round(elapsed * 1e3 / frames / (inv_p50 / self.info["streams"]), 3)
-                                     if inv_p50 and frames else None),
-                "read_ahead": isinstance(self.source, PrefetchSource), "streams": self.info["streams"],
-                "decision_changes": changes, "decision": last.get("decision") if last else None,
-                "reopens": getattr(self.source, "reopens", 0), "dropped": getattr(self.source, "dropped", 0),
-                "rss_start_kb": rss_start, "rss_end_kb": rss_kb(),
-            }
-            self._close_sinks(summary)
-            self.summary = summary
-        return summary
+            self.summary = stats.summary(self.info, elapsed, self.source, stopped_by, last)
+            close_sinks(self.sinks, self.summary, self.err)
+        return self.summary
 
     _signalled = False
 
@@ -218,12 +304,4 @@ def format_summary(s: dict[str, Any]) -> str:
     ])
 
 
-def run_live(cfg: RunConfig, stop: threading.Event | None = None, out=None, err=None) -> dict[str, Any]:
-    """Library entry point: build, run to the end (or stop), print the summary, return it as a dict."""
-    runner = LiveRunner(cfg, stop, out, err)
-    summary = runner.run()
-    print(format_summary(summary), file=runner.out, flush=True)
-    return summary
-
-
-__all__ = ["RunConfig", "LiveRunner", "run_live", "format_summary"]
+__all__ = ["LiveRunner", "LiveModel", "RunStats", "SkipGate", "open_sinks", "format_summary"]

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from .sources import Frame, ReopeningSource, SourceError
+from .frames import Frame, ReopeningSource, SourceError
 
 
 def yuv420_to_rgb(yuv: np.ndarray, width: int) -> np.ndarray:

@@ -208,7 +208,8 @@ def probe_variants(bundle: Bundle, variants: list[str], threads: int | None = No
     """Median invoke() ms of each variant on this device: a few runs each within `budget_s`, after a warm-up.
 
     Cached per process (bundle, files, threads) so building several Classifiers does not probe again.
-    A variant that fails to load is left out (it cannot be the fastest).
+    A variant whose file does not match its recorded size and sha256 is left out before it is loaded (a
+    corrupted or swapped model file never reaches the interpreter); so is one that fails to load.
     """
     key = (str(bundle.path.resolve()), threads or default_threads(),
            tuple((v, bundle.metadata.get("files", {}).get(bundle.variants[v]["file"], {}).get("sha256"))
@@ -220,6 +221,10 @@ def probe_variants(bundle: Bundle, variants: list[str], threads: int | None = No
     img = np.broadcast_to(np.linspace(0, 255, w, dtype=np.float32)[None, :, None], (h, w, 3)).astype(np.uint8)
     times: dict[str, float] = {}
     for v in variants:
+        try:
+            bundle.verify([bundle.variants[v]["file"]])
+        except (BundleError, KeyError, OSError):
+            continue
         try:
             eng = open_engine(bundle, v, threads)
             x = eng.prepare(img)

@@ -47,9 +47,6 @@ class Smoother:
         self.label: str | None = None
         self.confidence = 0.0
 
-    def reset(self) -> None:
-        self.__init__(self.labels, self.mode, self.window, self.stable, self.min_confidence)
-
     def combine(self, probs: np.ndarray) -> tuple[int, float]:
         """Add one frame's probabilities; return (class index, confidence) over the window."""
         probs = np.asarray(probs, dtype=np.float64)

@@ -24,6 +24,15 @@ class Toy(JsonConfig):
     size: tuple[int, int] | None = setting(None, "WxH", parse=parse_size, metavar="WxH")
     secret: int = setting(0, "not on the command line", cli=False)
     legacy: int = setting(0, "still accepted", cli="hidden")
+    level: int = setting(1, "an int with choices", choices=(0, 1, 2))
+    pins: tuple[tuple[str, int], ...] = setting((), "LABEL=PIN, repeatable", parse=lambda s: _pin(s))
+
+
+def _pin(text: str) -> tuple[str, int]:
+    label, _, pin = text.partition("=")
+    if not label or not pin.isdigit():
+        raise ValueError(f"{text!r}: expected LABEL=PIN")
+    return label, int(pin)
 
 
 @click.command("toy")
@@ -36,10 +45,12 @@ def toy(**params):
 
 def test_options_are_derived_from_the_dataclass():
     p = parse(toy, ["x", "--name", "n", "--count", "3", "--rate", "0.5", "--loud", "--tags", "a,b", "--tags", "c",
-                    "--sizes", "2,3", "--mode", "b", "--size", "4x5", "--legacy", "7"])
+                    "--sizes", "2,3", "--mode", "b", "--size", "4x5", "--legacy", "7", "--level", "2",
+                    "--pins", "paper=17", "--pins", "glass=27"])
     cfg = Toy(**given(Toy, p))
     assert cfg == Toy(path="x", name="n", count=3, rate=0.5, loud=True, tags=("a", "b", "c"), sizes=(2, 3),
-                      mode="b", size=(4, 5), legacy=7)
+                      mode="b", size=(4, 5), legacy=7, level=2, pins=(("paper", 17), ("glass", 27)))
+    assert Toy.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # nested tuples survive JSON
     assert Toy(**given(Toy, parse(toy, ["x"]))) == Toy(path="x")  # nothing given: the dataclass defaults
     h = help_text(toy, "toy")
     assert "--no-loud" in h and "(default: 1)" in h and "[a|b]" in h and "WxH" in h
@@ -52,6 +63,8 @@ def test_options_are_derived_from_the_dataclass():
     (["--mode", "c"], "'c' is not one of"),
     (["--size", "4"], "expected WIDTHxHEIGHT"),
     (["--sizes", "1,x"], "comma-separated list of int"),
+    (["--level", "3"], "'3' is not one of"),
+    (["--pins", "paper"], "expected LABEL=PIN"),
 ])
 def test_bad_flags_are_usage_errors(capsys, args, message):
     assert run(toy, ["x", *args], "toy") == 2
@@ -109,7 +122,7 @@ def test_edge_run_config_file(tmp_path, capsys):
     assert (cfg.bundle, cfg.window, cfg.stable, cfg.threads) == ("new", 7, 4, 2)  # flags win over the file
     saved.write_text(json.dumps({"config": {"window": -2}}))
     assert main(["b", "--config", str(saved)]) == 2
-    assert "window must be >= 1" in capsys.readouterr().err
+    assert f"--config {saved}: window must be >= 1" in capsys.readouterr().err
 
 
 def test_edge_train_help_shows_each_recipes_values():

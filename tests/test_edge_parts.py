@@ -84,13 +84,19 @@ def test_parse_address_defaults_to_localhost():
         parse_address("host:99999")
 
 
-def test_auto_variant_uses_bench_then_probe(tiny_tflite_bundle, tmp_path):
+def _two_variant_bundle(src, tmp_path) -> tuple:
+    """A copy of `src` whose fp32 model is also registered as a passing tflite-fp16 variant."""
     d = tmp_path / "two"
-    shutil.copytree(tiny_tflite_bundle, d)
+    shutil.copytree(src, d)
     b = Bundle.load(d)
     shutil.copy(d / "model_fp32.tflite", d / "model_fp16.tflite")
     b.set_variant("tflite-fp16", "model_fp16.tflite", format="tflite", check={"status": "PASS"})
     b.variants["tflite-fp32"]["check"] = {"status": "PASS"}
+    return d, b
+
+
+def test_auto_variant_uses_bench_then_probe(tiny_tflite_bundle, tmp_path):
+    d, b = _two_variant_bundle(tiny_tflite_bundle, tmp_path)
     assert choose_variant(b, "auto", threads=1, probe=False) == "tflite-fp16"  # preference order
     b.metadata["bench"] = {"p50_ms": {"1": {"tflite-fp32": 1.0, "tflite-fp16": 2.0}}}
     assert choose_variant(b, "auto", threads=1) == "tflite-fp32"  # the recorded bench wins
@@ -419,3 +425,19 @@ def test_read_ahead_passes_errors_on_and_stops_promptly():
             break  # the consumer stops; the reader is blocked on a full queue
     src.close()
     assert time.monotonic() - t0 < 2 and not src._thread.is_alive() and inner.closed
+
+
+def test_auto_probe_checks_sha256_before_loading(tiny_tflite_bundle, tmp_path, monkeypatch):
+    """`--variant auto` without a bench result loaded every variant into an interpreter before any checksum."""
+    from trashcam.edge import runtime
+
+    d, b = _two_variant_bundle(tiny_tflite_bundle, tmp_path)
+    with open(d / "model_fp16.tflite", "r+b") as f:  # corrupted after it was recorded
+        f.seek(100)
+        f.write(b"\x00\x01\x02")
+    loaded = []
+    real = runtime.open_engine
+    monkeypatch.setattr(runtime, "open_engine",
+                        lambda bundle, v, threads=None: loaded.append(v) or real(bundle, v, threads))
+    assert choose_variant(b, "auto", threads=1) == "tflite-fp32"
+    assert loaded == ["tflite-fp32"]

@@ -161,8 +161,8 @@ def test_edge_train_end_to_end_learns_the_synthetic_task(tiny_backbone, syntheti
     assert b.metadata["metrics"]["test_accuracy"] >= 0.85
     assert "stage1" in (out / "report.md").read_text()
     assert not (tmp_path / "bundle.partial").exists()
-    # a second run refuses to overwrite the good bundle unless asked
-    assert main(args) == 1
+    # a second run refuses to overwrite the good bundle unless asked (a usage error: exit 2)
+    assert main(args) == 2
 
 
 def test_resume_skips_finished_stage(tiny_backbone, synthetic_dataset, tmp_path):

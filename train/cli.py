@@ -31,6 +31,7 @@ recipes:
 Data: DIR/<class>/*.jpg (split 70/15/15 stratified, seed --seed) or DIR/{train,val,test}/<class>/*.jpg.
 The bundle (--out) gets model.keras, labels, split, config, metrics.json, report.md and plots; next:
 `edge-convert BUNDLE --variants tflite-int8`.
+Exit status: 0 ok, 2 bad arguments or data (nothing written at --out), 130 interrupted.
 """
 
 HELP = {
@@ -96,8 +97,8 @@ def command(recipe: str, overwrite: bool, quiet: bool, print_config: bool, **par
         print(f"\n{PROG}: interrupted; the last finished epoch is checkpointed in {cfg.out}.partial/ — "
               "continue with the same command plus --resume", file=sys.stderr)
         return 130
-    except (TrainError, DatasetError, FileNotFoundError, ValueError) as e:
-        return error(PROG, str(e), 1)
+    except (TrainError, DatasetError, FileNotFoundError, ValueError) as e:  # bad data or arguments
+        return error(PROG, str(e))
     return 0
 
 

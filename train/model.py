@@ -112,11 +112,6 @@ def head_model(parts: ClassifierParts):
     return keras.Model(inp, x, name="head")
 
 
-def cosine_lr(base_lr: float, total_steps: int):
-    import keras
-    return keras.optimizers.schedules.CosineDecay(base_lr, decay_steps=max(1, total_steps), alpha=0.0)
-
-
 def compile_for(model, lr, jit: bool | str = "auto") -> None:
     import keras
     model.compile(optimizer=keras.optimizers.Adam(lr), loss=keras.losses.CategoricalCrossentropy(),
