@@ -11,6 +11,7 @@ import urllib.request
 import numpy as np
 import pytest
 
+from conftest import serving_url
 from trashcam.edge.server import PreviewServer
 from trashcam.edge.sources import Frame
 
@@ -166,7 +167,6 @@ def test_idle_sockets_cannot_starve_the_classifier_of_file_descriptors(tiny_tfli
     the classifier tried to open was skipped ("Too many open files"). Here: a 192-descriptor limit, 300 idle
     connections, and not one frame skipped."""
     import os
-    import re
     import resource
     import subprocess
     import sys
@@ -180,12 +180,7 @@ def test_idle_sockets_cannot_starve_the_classifier_of_file_descriptors(tiny_tfli
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (192, 192)))
     idle = []
     try:
-        port, t_end = None, time.time() + 60
-        while port is None and time.time() < t_end:
-            line = proc.stderr.readline()
-            assert line or proc.poll() is None, proc.stderr.read()
-            m = re.search(r"serving http://127\.0\.0\.1:(\d+)/", line)
-            port = int(m.group(1)) if m else None
+        port = int(serving_url(proc).rstrip("/").rsplit(":", 1)[1])
         for _ in range(300):
             try:
                 idle.append(socket.create_connection(("127.0.0.1", port), timeout=0.2))
