@@ -74,6 +74,10 @@ def test_quick_recipe_on_the_sample_resumed_in_stage2(tmp_path, monkeypatch):
     """The issue's test: the real quick recipe (Lite0, cached mode), Ctrl-C after stage 2's first epoch."""
     cfg = resolve("quick", data=str(SAMPLE), cache_dir=str(tmp_path / "cache"), verbose=0)
     straight = _resume_matches_uninterrupted(cfg, tmp_path, monkeypatch)
+    m = json.loads((straight / "metrics.json").read_text())
+    print(json.dumps({"test_accuracy": m["evaluation"]["plain"]["accuracy"],
+                      "stages": [(s["name"], s["epochs_run"], s["best_epoch"], s["best_val_loss"],
+                                  s["info"].get("kept")) for s in m["stages"]]}))
     assert Bundle.load(straight).metadata["metrics"]["test_accuracy"] >= 0.6
 
 
