@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from trashcam.edge.bundle import Bundle, BundleError
+from trashcam.edge.bundle import Bundle, BundleError, bundle_lock
 from trashcam.edge.runtime import variant_format
 
 from . import environment
@@ -104,7 +104,13 @@ def _entry(base: dict, acc: dict | None, ref: dict, threads: int, lat: dict) -> 
 
 
 def record_in_bundle(bundle_dir: str | Path, result: dict) -> dict:
-    """Merge the e2e (and invoke) p50s into metadata["bench"]; earlier numbers survive only from the same CPU."""
+    """Merge the e2e (and invoke) p50s into metadata["bench"]; earlier numbers survive only from the same CPU.
+    Waits (up to 10 minutes) for a running edge-convert/edge-calibrate rather than lose a finished benchmark."""
+    with bundle_lock(bundle_dir, timeout=600, holder="edge-bench --record"):
+        return _record_locked(bundle_dir, result)
+
+
+def _record_locked(bundle_dir: str | Path, result: dict) -> dict:
     b = Bundle.load(bundle_dir, verify=False)  # re-read: another stage may have saved since we started
     cpu = result["environment"]["cpu"].get("model")
     old = b.metadata.get("bench", {})

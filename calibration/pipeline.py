@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from trashcam.edge.bundle import Bundle, BundleError, atomic_write_json, now_iso
+from trashcam.edge.bundle import Bundle, BundleError, atomic_write_json, bundle_lock, now_iso
 from trashcam.edge.images import is_image_file
 from trashcam.edge.runtime import ENGINES, apply_temperature, open_engine, variant_format
 
@@ -59,14 +59,23 @@ def _r(x: float) -> float:
 
 
 def calibrate_bundle(bundle_dir: str | os.PathLike, config: CalibrationConfig = CalibrationConfig()) -> dict[str, Any]:
-    from trashcam.edge.imageset import folder_images, split_images
+    with bundle_lock(bundle_dir, holder="edge-calibrate"):
+        return _calibrate_locked(bundle_dir, config)
 
-    bundle = Bundle.load(bundle_dir)
+
+def _calibrate_locked(bundle_dir: str | os.PathLike, config: CalibrationConfig) -> dict[str, Any]:
+    from trashcam.edge.imageset import SPLIT_FILE, folder_images, split_images
+
+    # Verify what this run reads (labels, the split, the variants it calibrates), not every file: one broken
+    # variant that is not being calibrated must not block the others.
+    bundle = Bundle.load(bundle_dir, verify=False)
+    names = _variants(bundle, config)
+    bundle.verify([f for f in ("labels.txt", SPLIT_FILE) if f in bundle.metadata["files"]]
+                  + [bundle.variants[n]["file"] for n in names])
     images = folder_images(config.data, bundle) if config.data else split_images(bundle, "val", config.data_root)
     if len(images) == 0:
         raise ValueError(f"no readable validation images in {images.source}")
     y = images.y
-    names = _variants(bundle, config)
     base = "keras" if "keras" in names else names[0]
     ood = _ood_images(config.ood_data, bundle) if config.ood_data else None
     results: dict[str, dict[str, Any]] = {}

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trashcam.edge.bundle import Bundle, atomic_write_json, install_file, now_iso
+from trashcam.edge.bundle import Bundle, atomic_write_json, bundle_lock, install_file, now_iso
 from trashcam.edge.runtime import ENGINES
 
 from .check import ERROR, FAIL, PASS, UNCHECKED, run_check
@@ -97,12 +97,22 @@ def install_file_and_register(bundle: Bundle, spec: VariantSpec, tmp: Path, info
 def convert_bundle(bundle_dir: str | os.PathLike, config: ConvertConfig = ConvertConfig()) -> dict[str, Any]:
     """Convert, check and install the requested variants; returns the report (also saved as convert_report.json).
 
-    `report["ok"]` is False when any variant failed its check or could not be converted.
+    `report["ok"]` is False when any variant failed its check or could not be converted. Holds the bundle's
+    writer lock throughout: a second edge-convert (or edge-calibrate) on the same bundle is refused.
     """
+    specs = resolve(config.variants)
+    with bundle_lock(bundle_dir, holder="edge-convert"):
+        return _convert_locked(bundle_dir, config, specs)
+
+
+def _convert_locked(bundle_dir, config: ConvertConfig, specs: list[VariantSpec]) -> dict[str, Any]:
+    from trashcam.edge.imageset import SPLIT_FILE
     from trashcam.train.keras_engine import KerasEngine, load_keras_model
 
-    specs = resolve(config.variants)
-    bundle = Bundle.load(bundle_dir)
+    # Verify only what conversion reads (the Keras model is verified as it loads): the variants being rebuilt
+    # may be the broken files this run is meant to repair.
+    bundle = Bundle.load(bundle_dir, verify=False)
+    bundle.verify([f for f in ("labels.txt", SPLIT_FILE) if f in bundle.metadata["files"]])
     model = load_keras_model(bundle)
     ctx = _Context(bundle, config)
     images = ref_probs = None

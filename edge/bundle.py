@@ -14,17 +14,17 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
+
+from .bundle_schema import BundleError, check_metadata, safe_rel
 
 SCHEMA_VERSION = 1
 METADATA = "metadata.json"
 LABELS = "labels.txt"
-
-
-class BundleError(RuntimeError):
-    """A bundle is missing, incomplete, from an unknown schema, or a file in it does not match its checksum."""
+LOCK = ".lock"
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,10 @@ def current_umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temp file beside `path`, fsync, then rename: readers see the old file or the new one."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> None:
+    """Write to a temp file beside `path`, fsync, then rename: readers see the old file or the new one.
+    `durable=False` skips the fsyncs: still all-or-nothing for readers and on a full disk, but a power cut may
+    lose the newest file; for frequent, expendable files such as saved frames."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -97,9 +99,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        if durable:
+            _fsync_dir(path.parent)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -147,6 +151,8 @@ class Bundle:
 
     path: Path
     metadata: dict[str, Any] = field(default_factory=dict)
+    # metadata as last read or written: `save` merges with what other processes saved since
+    _base: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     # -- construction -------------------------------------------------------------------------------------
     @classmethod
@@ -172,7 +178,9 @@ class Bundle:
         return b
 
     @classmethod
-    def load(cls, path: str | os.PathLike, verify: bool = True) -> "Bundle":
+    def load(cls, path: str | os.PathLike, verify: bool | Iterable[str] = True) -> "Bundle":
+        """Open and validate a bundle. `verify`: True checks every file's size and sha256, False none, a list
+        only those files (what a stage reads: a broken variant it is about to rebuild must not block it)."""
         path = Path(path)
         meta_path = path / METADATA
         if not path.is_dir():
@@ -183,16 +191,13 @@ class Bundle:
             meta = json.loads(meta_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise BundleError(f"{meta_path} is not valid JSON ({e}); the bundle is damaged") from e
-        version = meta.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise BundleError(f"{meta_path}: schema_version {version!r} is not supported "
-                              f"(this trashcam reads {SCHEMA_VERSION})")
-        for key in ("labels", "preprocessing", "files"):
-            if key not in meta:
-                raise BundleError(f"{meta_path}: required key {key!r} is missing")
+        check_metadata(meta, meta_path, SCHEMA_VERSION)
         b = cls(path, meta)
-        if verify:
+        b._base = copy.deepcopy(meta)
+        if verify is True:
             b.verify()
+        elif verify:
+            b.verify(list(verify))
         return b
 
     # -- reading ------------------------------------------------------------------------------------------
@@ -213,21 +218,28 @@ class Bundle:
         return self.metadata.get("calibration", {})
 
     def file(self, rel: str) -> Path:
-        return self.path / rel
+        """`rel` inside the bundle. Names come from metadata a user may have edited (or been sent): an absolute
+        path, `..`, or a symlink whose real path lies outside the bundle is refused, for reading and writing."""
+        p = self.path / safe_rel(rel)
+        root = os.path.realpath(self.path)
+        if os.path.commonpath([root, os.path.realpath(p)]) != root:
+            raise BundleError(f"bundle file {rel!r} resolves to {os.path.realpath(p)}, outside the bundle "
+                              f"{self.path}; refusing to read or write it")
+        return p
 
     def variant_path(self, name: str) -> Path:
         if name not in self.variants:
             have = ", ".join(sorted(self.variants)) or "none"
             raise BundleError(f"bundle {self.path} has no variant {name!r} (it has: {have}); "
                               f"make it with `edge-convert {self.path}`")
-        return self.path / self.variants[name]["file"]
+        return self.file(self.variants[name]["file"])
 
     def verify(self, files: Iterable[str] | None = None) -> None:
         """Check size and sha256 of the listed files (default: all). Raises BundleError on the first mismatch."""
         recorded = self.metadata["files"]
         for rel in (files if files is not None else list(recorded)):
             info = recorded.get(rel)
-            p = self.path / rel
+            p = self.file(rel)
             if info is None:
                 raise BundleError(f"{rel} is not recorded in {self.path / METADATA}")
             if not p.is_file():
@@ -243,7 +255,7 @@ class Bundle:
     # -- writing ------------------------------------------------------------------------------------------
     def add_file(self, rel: str, **info: Any) -> dict[str, Any]:
         """Record size + sha256 of a file already in the bundle directory (call after it is in place)."""
-        p = self.path / rel
+        p = self.file(rel)
         entry = {"sha256": sha256_file(p), "size_bytes": p.stat().st_size, **info}
         self.metadata.setdefault("files", {})[rel] = entry
         return entry
@@ -254,8 +266,23 @@ class Bundle:
         self.variants[name] = {"file": rel, **info}
 
     def save(self) -> None:
+        """Write metadata atomically, first merging what another process saved since this one read it: per
+        top-level key, and per entry of `variants` and `files` (a key this process changed wins)."""
+        meta_path = self.path / METADATA
+        if self._base is not None:
+            try:
+                disk = json.loads(meta_path.read_text())
+            except (OSError, ValueError):
+                disk = None
+            if isinstance(disk, dict) and disk != self._base:
+                self.metadata = merge_metadata(self._base, self.metadata, disk)
         self.metadata["updated"] = now_iso()
-        atomic_write_json(self.path / METADATA, self.metadata)
+        atomic_write_json(meta_path, self.metadata)
+        self._base = copy.deepcopy(self.metadata)
+
+    def lock(self, timeout: float = 0.0, holder: str = ""):
+        """`with bundle.lock(): ...` -- see `bundle_lock`."""
+        return bundle_lock(self.path, timeout, holder)
 
     def export_slim(self, dest: str | os.PathLike, variant: str) -> "Bundle":
         """Copy one model variant + labels + metadata to `dest`: what a device needs, nothing else."""
@@ -268,9 +295,85 @@ class Bundle:
         meta["files"] = {k: v for k, v in meta["files"].items() if k in keep}
         meta["variants"] = {variant: meta["variants"][variant]}
         meta["slim_of"] = str(self.path.resolve())
-        for rel in keep:
-            shutil.copyfile(self.path / rel, dest / rel)
         slim = Bundle(dest, meta)
+        for rel in keep:
+            target = slim.file(rel)  # confined to dest: a crafted name cannot overwrite anything else
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.file(rel), target)
         slim.save()
         slim.verify()
         return slim
+
+
+def merge_metadata(base: dict[str, Any], ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
+    """Three-way merge of metadata: what this process changed since `base` wins, what another process changed
+    (`theirs`, on disk now) is kept. Per top-level key, and per entry of `variants` and `files`."""
+    def merge(b: dict, o: dict, t: dict, nested: tuple[str, ...]) -> dict:
+        out = {}
+        for k in list(t) + [k for k in o if k not in t]:
+            if k in nested and isinstance(o.get(k), dict) and isinstance(t.get(k), dict):
+                out[k] = merge(b.get(k) if isinstance(b.get(k), dict) else {}, o[k], t[k], ())
+            elif k in o and (k not in b or o[k] != b[k]):
+                out[k] = o[k]  # changed (or added) here
+            elif k not in o and k in b:
+                continue  # deleted here
+            elif k in t:
+                out[k] = t[k]
+        return out
+    return merge(base, ours, theirs, ("variants", "files"))
+
+
+_HELD: dict[str, int] = {}  # re-entrant within a process: a stage may call another that locks too
+
+
+@contextmanager
+def bundle_lock(path: str | os.PathLike, timeout: float = 0.0, holder: str = "") -> Iterator[None]:
+    """Advisory lock on BUNDLE/.lock for writers (edge-convert, edge-calibrate, edge-bench --record), so two of
+    them cannot interleave installs and metadata saves. Waits up to `timeout` seconds, then BundleError naming
+    who holds it. Readers need no lock: every write is atomic."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no advisory locks; save()'s merge still keeps both writers' metadata
+        yield
+        return
+    import time
+    key = os.path.realpath(path)
+    if _HELD.get(key):
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    if not Path(path).is_dir():
+        raise BundleError(f"no bundle at {path}: not a directory (train one with `edge-train`)")
+    try:
+        f = open(Path(path) / LOCK, "a+")
+    except OSError as e:
+        raise BundleError(f"cannot lock bundle {path} for writing: {e}") from None
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    f.seek(0)
+                    who = f.read().strip() or "another process"
+                    raise BundleError(f"bundle {path} is being changed by {who}; wait for it to finish "
+                                      "and run this again") from None
+                time.sleep(0.1)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}{' (' + holder + ')' if holder else ''}\n")
+        f.flush()
+        _HELD[key] = 1
+        try:
+            yield
+        finally:
+            _HELD.pop(key, None)
+            f.truncate(0)
+            fcntl.flock(f, fcntl.LOCK_UN)
+    finally:
+        f.close()

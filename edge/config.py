@@ -183,6 +183,17 @@ class RunConfig(JsonConfig):
                              choices=("changes", "frames"))
     serve: str | None = setting(None, "HTTP view: / page, /stream.mjpg, /status JSON; binds 127.0.0.1 unless "
                                       "HOST is given", metavar="[HOST:]PORT")
+    serve_token: str | None = setting(None, "--serve requires this token: 'Authorization: Bearer T' or "
+                                            "?token=T (401 otherwise); set it when serving beyond 127.0.0.1",
+                                      metavar="T")
+    serve_allow_host: tuple[str, ...] = setting((), "Host header values --serve accepts, comma-separated, port "
+                                                    "optional ('*': any); default: localhost, 127.0.0.1, [::1] "
+                                                    "when bound to loopback (DNS-rebinding guard), any otherwise",
+                                                metavar="HOST,...")
+    serve_max_clients: int = setting(32, "--serve connections at once; more get 503 (a stalled or idle one is "
+                                         "dropped after 10 s)", min=1)
+    log_max_mb: float = setting(0.0, "rotate the --log file at this size to FILE.1 (FILE.2, FILE.3 kept); "
+                                     "0: no limit (frames mode writes ~14 GB a day)", min=0.0, metavar="MB")
     quiet: bool = setting(False, "no live console line (the summary is still printed)")
     # run length and capture
     max_frames: int | None = setting(None, "stop after N frames read (skipped included)", min=1)

@@ -104,6 +104,17 @@ def scan_classes(root: str | os.PathLike, classes: list[str] | None = None) -> t
     return list(classes), items
 
 
+def require_every_class(y: np.ndarray, classes: list[str], where: str, unreadable: int = 0) -> None:
+    """A class with no readable image would train silently into a label the model can never predict (and a
+    report that looks fine): name it instead."""
+    counts = np.bincount(np.asarray(y, np.int64), minlength=len(classes))
+    empty = [c for c, n in zip(classes, counts) if n == 0]
+    if empty:
+        raise DatasetError(f"class(es) {', '.join(map(repr, empty))} have no readable images in the {where} "
+                           f"({unreadable} unreadable file(s) skipped there); fix or remove those files, "
+                           "or leave the class out (--exclude-classes)")
+
+
 def is_presplit(root: str | os.PathLike) -> bool:
     root = Path(root)
     return all((root / s).is_dir() for s in ("train", "test")) and \

@@ -88,18 +88,21 @@ class LiveModel:
 
 def open_sinks(cfg: RunConfig, start: dict[str, Any], info: dict[str, Any], err) -> list[Sink]:
     """The outputs asked for; on a failure the ones already open are closed before the error propagates."""
+    if start.get("config", {}).get("serve_token"):  # logs are read by more people than the page
+        start = {**start, "config": {**start["config"], "serve_token": "(set)"}}
     sinks: list[Sink] = []
     try:
         if not cfg.quiet:
             sinks.append(ConsoleSink(err))
         if cfg.log:
-            sinks.append(JsonlSink(cfg.log, cfg.log_mode, start))
+            sinks.append(JsonlSink(cfg.log, cfg.log_mode, start, max_mb=cfg.log_max_mb))
         if cfg.save_frames:
             sinks.append(FrameSaver(cfg.save_frames, cfg.save_mode))
             atomic_write_json(Path(cfg.save_frames) / "run_config.json", start)
         if cfg.serve is not None:
             from .server import PreviewServer
-            server = PreviewServer(cfg.serve, info)
+            server = PreviewServer(cfg.serve, info, token=cfg.serve_token, allowed_hosts=cfg.serve_allow_host or None,
+                                   max_clients=cfg.serve_max_clients)
             sinks.append(server)
             print(f"serving {server.url} (/stream.mjpg, /status)", file=err, flush=True)
     except BaseException:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .bundle import atomic_write_bytes
 from .smoothing import UNCERTAIN
 from .sources import Frame
 
@@ -111,19 +112,57 @@ class ConsoleSink(Sink):
 class JsonlSink(Sink):
     """`--log events.jsonl`: a `start` record (the resolved config), then one record per decision change
     (`mode="changes"`) or per frame (`mode="frames"`), every skipped frame, and a final `summary`.
-    Appends, and flushes each line so a power cut loses at most the line being written."""
+    Appends, and flushes each line so a power cut loses at most the line being written.
 
-    def __init__(self, path: str | os.PathLike, mode: str = "changes", start: dict[str, Any] | None = None):
+    `max_mb`: when the file passes this size it is rotated to FILE.1 (FILE.1 -> FILE.2 ..., `keep` old files),
+    so frames mode (~14 GB a day) cannot fill an unattended device's card. A write error (disk full, a dead
+    card) stops the logging with one warning and is counted in `errors`; classification goes on."""
+
+    def __init__(self, path: str | os.PathLike, mode: str = "changes", start: dict[str, Any] | None = None,
+                 max_mb: float = 0.0, keep: int = 3, warn=None):
         if mode not in ("changes", "frames"):
             raise ValueError(f"log mode {mode!r}: use changes or frames")
+        if max_mb < 0 or keep < 1:
+            raise ValueError(f"log size cap {max_mb} MB / {keep} old files: need max_mb >= 0, keep >= 1")
         self.path, self.mode = Path(path), mode
+        self.max_bytes, self.keep = int(max_mb * 2**20), keep
+        self.errors, self.rotations, self.failed = 0, 0, False
+        self._warn = warn or (lambda msg: print(msg, file=sys.stderr))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.f = open(self.path, "a", encoding="utf-8")
-        self._write({"event": "start", "t": time.time(), **(start or {})})
+        self._size = self.path.stat().st_size
+        self._start = {"event": "start", "t": time.time(), **(start or {})}
+        self._write(self._start)
 
     def _write(self, obj: dict[str, Any]) -> None:
-        self.f.write(json.dumps(obj, default=_plain) + "\n")
-        self.f.flush()
+        if self.failed:
+            self.errors += 1
+            return
+        line = json.dumps(obj, default=_plain) + "\n"  # ASCII: a non-UTF-8 file name cannot break the write
+        try:
+            if self.max_bytes and self._size + len(line) > self.max_bytes and self._size > 0:
+                self._rotate()
+            self.f.write(line)
+            self.f.flush()
+            self._size += len(line)
+        except (OSError, ValueError) as e:  # ENOSPC, EIO, a closed file: lose the log, not the run
+            self.errors += 1
+            self.failed = True
+            self._warn(f"warning: event log {self.path} stopped: {e}; classification goes on")
+
+    def _rotate(self) -> None:
+        self.f.close()
+        for i in range(self.keep - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{i}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        self.f = open(self.path, "a", encoding="utf-8")
+        self.rotations += 1
+        # each file stands alone: a reader of the newest one still knows the run's config
+        head = json.dumps({**self._start, "rotated": self.rotations}, default=_plain) + "\n"
+        self.f.write(head)
+        self._size = len(head)
 
     def frame(self, frame: Frame, rec: dict[str, Any]) -> None:
         if self.mode == "frames" or rec.get("changed"):
@@ -134,10 +173,16 @@ class JsonlSink(Sink):
                      "error": frame.error})
 
     def close(self, summary: dict[str, Any]) -> None:
-        if not self.f.closed:
-            self._write({"event": "summary", "t": time.time(), **summary})
-            os.fsync(self.f.fileno())
+        if self.f.closed:
+            return
+        self._write({"event": "summary", "t": time.time(), **summary, "log_errors": self.errors,
+                     "log_rotations": self.rotations})
+        try:
+            if not self.failed:
+                os.fsync(self.f.fileno())
             self.f.close()
+        except OSError:
+            pass
 
 
 def _plain(o: Any) -> Any:
@@ -148,12 +193,14 @@ def _plain(o: Any) -> Any:
 
 class FrameSaver(Sink):
     """`--save-frames DIR`: annotated JPEGs, on each decision change (`mode="changes"`) or every frame.
-    Written to a temp name and renamed, so a viewer never opens half a file."""
+    Encoded in memory, written to a temp name and renamed, so neither a viewer nor a full disk ever leaves half
+    a file under the final name. A failed write is counted (`errors`), warned about once, and the run goes on."""
 
-    def __init__(self, folder: str | os.PathLike, mode: str = "changes", quality: int = 85):
+    def __init__(self, folder: str | os.PathLike, mode: str = "changes", quality: int = 85, warn=None):
         if mode not in ("changes", "frames"):
             raise ValueError(f"save mode {mode!r}: use changes or frames")
-        self.dir, self.mode, self.quality, self.saved = Path(folder), mode, quality, 0
+        self.dir, self.mode, self.quality, self.saved, self.errors = Path(folder), mode, quality, 0, 0
+        self._warn = warn or (lambda msg: print(msg, file=sys.stderr))
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def frame(self, frame: Frame, rec: dict[str, Any]) -> None:
@@ -162,7 +209,11 @@ class FrameSaver(Sink):
         img = annotate(frame.preview if frame.preview is not None else frame.image, rec)
         label = (rec.get("decision") or rec["label"]).replace("/", "_")
         dst = self.dir / f"{rec['frame']:08d}_{label}.jpg"
-        tmp = dst.with_name("." + dst.name + ".tmp")
-        img.save(tmp, format="JPEG", quality=self.quality)
-        os.replace(tmp, dst)
+        try:
+            atomic_write_bytes(dst, to_jpeg(img, self.quality), durable=False)
+        except OSError as e:
+            if not self.errors:
+                self._warn(f"warning: saving frames to {self.dir} failed: {e}; classification goes on")
+            self.errors += 1
+            return
         self.saved += 1

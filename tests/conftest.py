@@ -127,6 +127,20 @@ def run_cli(*args: str, timeout: float = 600, check: bool = False, **kw) -> subp
     return p
 
 
+def serving_url(proc: subprocess.Popen, timeout: float = 60) -> str:
+    """The base URL an `edge-run --serve 0` child prints on stderr (`serving http://127.0.0.1:PORT/`)."""
+    import re
+    import time
+    t_end = time.time() + timeout
+    while time.time() < t_end:
+        line = proc.stderr.readline()
+        assert line or proc.poll() is None, proc.stderr.read()
+        m = re.search(r"serving (http://127\.0\.0\.1:\d+/)", line)
+        if m:
+            return m.group(1)
+    raise AssertionError("no 'serving' line from edge-run")
+
+
 def build_tiny_backbone(input_shape, weights=None):
     """A 3-block CNN named like EfficientNet's layers (stem_*, block1a_*, block2a_*) so recipe code can cut it."""
     import keras

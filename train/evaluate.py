@@ -106,6 +106,17 @@ def plot_confusion(cm: list[list[int]], labels: list[str], path: Path, title: st
     plt.close(fig)
 
 
+def printable(text: Any) -> str:
+    """A file name (or a message quoting one) as text that encodes anywhere: bytes that are not UTF-8 arrive
+    as surrogate escapes (os.fsdecode) and would fail the report's write; they are shown as \\xNN instead."""
+    s = str(text)
+    try:
+        raw = s.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that no file name produced
+        raw = s.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def report_markdown(summary: dict[str, Any]) -> str:
     ev, labels = summary["evaluation"], summary["labels"]
     best = ev.get("tta", ev["plain"])
@@ -128,6 +139,7 @@ def report_markdown(summary: dict[str, Any]) -> str:
         c = best["per_class"][lab]
         lines.append(f"| {lab} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |")
     skipped = summary.get("skipped", [])
-    lines += ["", f"Unreadable images skipped: {len(skipped)}"] + [f"- `{p}`: {why}" for p, why in skipped[:50]]
+    lines += ["", f"Unreadable images skipped: {len(skipped)}"] + [f"- `{printable(p)}`: {printable(why)}"
+                                                                   for p, why in skipped[:50]]
     lines += ["", "![curves](training_curves.png)", "", "![confusion](confusion_matrix.png)", ""]
     return "\n".join(lines)

@@ -8,16 +8,16 @@
 """
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from . import augment
+from .checkpoint import Checkpoint
 from .config import TrainConfig
 from .model import ClassifierParts, compile_for, head_model, set_stage, stage2_index, trunk_and_top
 
@@ -34,61 +34,62 @@ class StageResult:
                                                                      "val_loss_calibrated": [], "val_accuracy": [],
                                                                      "lr": []})
     info: dict[str, Any] = field(default_factory=dict)
+    images_seen: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "StageResult":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
-class Checkpoint:
-    """Per-epoch weights + a small state file, so `--resume` continues where a run stopped (Ctrl-C included)."""
+def epoch_seed(seed: int, stage: str, epoch: int) -> int:
+    """Every epoch's randomness (augmentation, MixUp, Keras' shuffling) is a function of (seed, stage, epoch)
+    alone, so an epoch run after `--resume` draws exactly what it would have drawn in one go."""
+    return (seed * 1_000_003 + int(stage[-1]) * 10_007 + epoch) % 2**31
 
-    def __init__(self, directory: Path):
-        self.dir = directory
-        self.state_path = directory / "state.json"
 
-    def state(self) -> dict[str, Any]:
-        return json.loads(self.state_path.read_text()) if self.state_path.is_file() else {}
-
-    def save(self, model, state: dict[str, Any]) -> None:
-        from trashcam.edge.bundle import atomic_write_json
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / "last.tmp.weights.h5"
-        model.save_weights(tmp)
-        tmp.replace(self.dir / "last.weights.h5")
-        atomic_write_json(self.state_path, state)
-
-    def restore(self, model) -> bool:
-        p = self.dir / "last.weights.h5"
-        if p.is_file():
-            model.load_weights(p)
-            return True
-        return False
+def epoch_rng(cfg: TrainConfig, stage: str, epoch: int) -> np.random.Generator:
+    return np.random.default_rng(epoch_seed(cfg.seed, stage, epoch))
 
 
 def run_stage(name: str, model, epoch_data: Callable[[int], tuple], val: tuple, epochs: int, patience: int,
-              lr: float, cosine: bool, batch_size: int, ckpt: Checkpoint | None, start_epoch: int = 0,
-              verbose: int = 1, jit: bool | str = False, n_per_epoch: int = 0, full_model=None,
-              monitor: str = "val_loss") -> StageResult:
+              lr: float, cosine: bool, batch_size: int, ckpt: Checkpoint | None, verbose: int = 1,
+              jit: bool | str = False, n_per_epoch: int = 0, full_model=None, monitor: str = "val_loss",
+              seed: int = 0) -> StageResult:
     """Epoch loop: fit one epoch on `epoch_data(epoch)` = (x, targets, weights), validate, early-stop on the
     `monitor`ed validation loss (`best_val_loss` is that value) with the best weights restored. Per-step cosine
     decay from `lr` to 0 over the stage when `cosine`.
-    `full_model` is what the checkpoint saves (the sub-model being trained shares its weights)."""
+    `full_model` is what the checkpoint saves (the sub-model being trained shares its weights). With saved
+    progress for this stage in `ckpt`, continues from it: history, best weights, early-stopping wait, optimizer."""
     import keras
     import tensorflow as tf
     from tqdm.auto import tqdm
 
     drop_remainder = tf.distribute.get_strategy().num_replicas_in_sync > 1
-    res = StageResult(name)
+    full = full_model or model
+    saved = ckpt.stage(name) if ckpt else None
+    res, start, wait, best_weights = StageResult(name), 0, 0, None
+    if saved:
+        res = StageResult.from_dict(saved["result"])
+        start, wait = int(saved["next_epoch"]), int(saved["wait"])
+        best_weights = ckpt.weights(name, "best")
     if epochs <= 0:
         return res
     steps_per_epoch = math.ceil(n_per_epoch / batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, steps_per_epoch * epochs)) \
         if cosine else lr
     compile_for(model, schedule, jit)
-    if start_epoch:  # resumed: put the LR schedule where the interrupted run left it
-        model.optimizer.iterations.assign(steps_per_epoch * start_epoch)
-    best_weights, wait = None, 0
+    if start and not ckpt.restore_optimizer(model.optimizer, model.trainable_variables):
+        # no optimizer state: at least put the LR schedule where the interrupted run left it
+        model.optimizer.iterations.assign(steps_per_epoch * start)
     t_stage = time.perf_counter()
-    seen = 0
-    bar = tqdm(range(start_epoch, epochs), desc=name, unit="epoch", disable=verbose < 1, leave=True)
+    stopped = start > 0 and wait >= patience
+    bar = tqdm(range(start, epochs if not stopped else start), desc=name, unit="epoch", disable=verbose < 1,
+               leave=True)
     for epoch in bar:
+        keras.utils.set_random_seed(epoch_seed(seed, name, epoch))
         x, t, w = epoch_data(epoch)
         if drop_remainder:  # tf.distribute with several replicas fails on a batch it cannot split evenly
             if len(x) < batch_size:
@@ -98,7 +99,7 @@ def run_stage(name: str, model, epoch_data: Callable[[int], tuple], val: tuple, 
             x, t, w = x[keep], t[keep], w[keep]
         t0 = time.perf_counter()
         h = model.fit(x, t, sample_weight=w, batch_size=batch_size, epochs=1, verbose=0, shuffle=True)
-        seen += len(x)
+        res.images_seen += len(x)
         vals = validation_loss(model, val[0], val[1], batch_size)
         cur_lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
         for k, v in (("loss", h.history["loss"][0]), ("accuracy", h.history["accuracy"][0]), *vals.items(),
@@ -108,20 +109,37 @@ def run_stage(name: str, model, epoch_data: Callable[[int], tuple], val: tuple, 
         vl = vals[monitor]
         bar.set_postfix(loss=f"{h.history['loss'][0]:.3f}", val_loss=f"{vl:.3f}",
                         val_acc=f"{vals['val_accuracy']:.3f}", ips=f"{len(x) / (time.perf_counter() - t0):.0f}")
-        if vl < res.best_val_loss - 1e-4:
+        improved = vl < res.best_val_loss - 1e-4
+        if improved:
             res.best_val_loss, res.best_epoch, wait = float(vl), epoch, 0
-            best_weights = model.get_weights()
+            best_weights = full.get_weights()
         else:
             wait += 1
         if ckpt:
-            ckpt.save(full_model or model, {"stage": name, "epoch": epoch + 1, "best_val_loss": res.best_val_loss})
+            res.seconds += time.perf_counter() - t_stage
+            t_stage = time.perf_counter()
+            ckpt.save_epoch(name, full, model.optimizer, {"next_epoch": epoch + 1, "wait": wait,
+                                                          "result": res.to_dict()},
+                            best_weights if improved else None)
         if wait >= patience:
             break
     if best_weights is not None:
-        model.set_weights(best_weights)
-    res.seconds = time.perf_counter() - t_stage
-    res.images_per_s = seen / res.seconds if res.seconds else 0.0
+        full.set_weights(best_weights)
+    res.seconds += time.perf_counter() - t_stage
+    res.images_per_s = res.images_seen / res.seconds if res.seconds else 0.0
     return res
+
+
+def finish(ckpt: Checkpoint | None, parts: ClassifierParts, r: StageResult) -> StageResult:
+    """Record a finished stage (with its `info`), so a resumed run skips it and still knows its result."""
+    if ckpt:
+        ckpt.finish_stage(r.name, parts.model, r.to_dict())
+    return r
+
+
+def finished(ckpt: Checkpoint | None, name: str) -> StageResult | None:
+    saved = ckpt.stage(name) if ckpt else None
+    return StageResult.from_dict(saved["result"]) if saved and saved.get("done") else None
 
 
 def _mixed(x, y, n_classes, sw, cfg: TrainConfig, rng):
@@ -166,34 +184,41 @@ def batched_predict(model, xs: np.ndarray, batch: int, desc: str, verbose: int, 
 
 
 def _full_stage(stage: int, parts: ClassifierParts, train, val: tuple, n_classes: int, sw: np.ndarray,
-                cfg: TrainConfig, ckpt: Checkpoint | None, start: int, rng) -> StageResult:
+                cfg: TrainConfig, ckpt: Checkpoint | None) -> StageResult:
     """One stage on the whole network, fresh augmentation every epoch."""
-    def epoch_data(_epoch):
+    name = f"stage{stage}"
+
+    def epoch_data(epoch):
+        rng = epoch_rng(cfg, name, epoch)
         xa = np.concatenate([augment.augment_batch(train.x[i:i + 256], rng, cfg) for i in range(0, len(train.x), 256)])
         return _mixed(xa, train.y, n_classes, sw[train.y], cfg, rng)
 
     epochs, lr, pat, cosine = ((cfg.stage1_epochs, cfg.stage1_lr, cfg.stage1_patience, True) if stage == 1 else
                                (cfg.stage2_epochs, cfg.stage2_lr, cfg.stage2_patience, cfg.stage2_cosine))
     info = set_stage(parts, stage, cfg)
-    r = run_stage(f"stage{stage}", parts.model, epoch_data, val, epochs, pat, lr, cosine, cfg.batch_size, ckpt,
-                  start, cfg.verbose, _jit(cfg), n_per_epoch=len(train.x), monitor=cfg.monitor)
+    r = run_stage(name, parts.model, epoch_data, val, epochs, pat, lr, cosine, cfg.batch_size, ckpt,
+                  cfg.verbose, _jit(cfg), n_per_epoch=len(train.x), monitor=cfg.monitor, seed=cfg.seed)
     r.info = info
-    return r
+    return finish(ckpt, parts, r)
+
+
+def _stage1_weights(parts: ClassifierParts, ckpt: Checkpoint | None, ran: bool):
+    """Stage 1's final weights: the model's own right after stage 1 ran here; the checkpoint's if stage 1
+    finished before an interruption (so the stage-2-vs-stage-1 guard still works after --resume)."""
+    if ran:
+        return parts.model.get_weights()
+    return ckpt.weights("stage1", "final") if ckpt else None
 
 
 def fit_full(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarray, cfg: TrainConfig,
-             ckpt: Checkpoint | None, resume: dict) -> list[StageResult]:
+             ckpt: Checkpoint | None) -> list[StageResult]:
     """Both stages on the whole network, fresh augmentation every epoch."""
-    rng = np.random.default_rng(cfg.seed)
     v = (val.x.astype(np.float32), augment.one_hot_smooth(val.y, n_classes, 0.0))
-    results, stage1_weights = [], None
-    for stage in (1, 2):
-        start = _start_epoch(resume, f"stage{stage}")
-        if start is None:
-            continue
-        results.append(_full_stage(stage, parts, train, v, n_classes, sw, cfg, ckpt, start, rng))
-        if stage == 1:
-            stage1_weights = parts.model.get_weights()
+    results = []
+    s1 = finished(ckpt, "stage1")
+    results.append(s1 or _full_stage(1, parts, train, v, n_classes, sw, cfg, ckpt))
+    stage1_weights = _stage1_weights(parts, ckpt, s1 is None)
+    results.append(finished(ckpt, "stage2") or _full_stage(2, parts, train, v, n_classes, sw, cfg, ckpt))
     keep_better_stage(parts, stage1_weights, results)
     return results
 
@@ -210,49 +235,51 @@ def _cache_views(model, x: np.ndarray, cfg: TrainConfig, rng, desc: str, dtype=n
 
 
 def _head_stage(parts: ClassifierParts, feats: np.ndarray, train, val_feat: np.ndarray, tv: np.ndarray,
-                n_classes: int, w: np.ndarray, cfg: TrainConfig, ckpt, start: int, rng,
-                cache_s: float) -> StageResult:
+                n_classes: int, w: np.ndarray, cfg: TrainConfig, ckpt, cache_s: float) -> StageResult:
     """Stage 1 on cached pooled features (N, V, D): every view every epoch, it costs milliseconds. `cache_s`:
     what computing the cache took, reported with the stage."""
     head = head_model(parts)
     f_all = feats.reshape(-1, feats.shape[-1])
     y_all, w_all = np.repeat(train.y, cfg.views), np.repeat(w, cfg.views)
-    r = run_stage("stage1", head, lambda e: _mixed(f_all, y_all, n_classes, w_all, cfg, rng), (val_feat, tv),
-                  cfg.stage1_epochs, cfg.stage1_patience, cfg.stage1_lr, True, cfg.batch_size, ckpt, start,
-                  cfg.verbose, _jit(cfg), n_per_epoch=len(f_all), full_model=parts.model, monitor=cfg.monitor)
+    r = run_stage("stage1", head,
+                  lambda e: _mixed(f_all, y_all, n_classes, w_all, cfg, epoch_rng(cfg, "stage1", e)),
+                  (val_feat, tv), cfg.stage1_epochs, cfg.stage1_patience, cfg.stage1_lr, True, cfg.batch_size, ckpt,
+                  cfg.verbose, _jit(cfg), n_per_epoch=len(f_all), full_model=parts.model, monitor=cfg.monitor,
+                  seed=cfg.seed)
     n = feats.shape[0] * feats.shape[1] + len(val_feat)
     r.info = {"cache_seconds": round(cache_s, 1), "cached_views": n, "cache_images_per_s": round(n / cache_s, 1),
               "trainable_weights": int(sum(int(np.prod(v.shape)) for v in head.trainable_weights))}
-    return r
+    return finish(ckpt, parts, r)
 
 
 def fit_hybrid(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarray, cfg: TrainConfig,
-               ckpt: Checkpoint | None, resume: dict) -> list[StageResult]:
+               ckpt: Checkpoint | None) -> list[StageResult]:
     """Stage 1 on pooled features cached for `views` views (the head needs no fresh images to converge);
     stage 2 on the whole network with fresh augmentation every epoch (fine-tuning on a few fixed views overfits
     them: measured, stage 2 on cached views never beat stage 1's validation loss)."""
     import keras
-    rng = np.random.default_rng(cfg.seed)
     tv = augment.one_hot_smooth(val.y, n_classes, 0.0)
-    results, stage1_weights = [], None
-    if (s := _start_epoch(resume, "stage1")) is not None:
+    s1 = finished(ckpt, "stage1")
+    if s1 is None:
         t0 = time.perf_counter()
         set_stage(parts, 1, cfg)
+        rng = np.random.default_rng(cfg.seed)
         to_feat = keras.Model(parts.model.input, parts.model.get_layer("head_pool").output, name="features")
         feats = _cache_views(to_feat, train.x, cfg, rng, "cache")
         val_feat = batched_predict(to_feat, val.x, cfg.batch_size, "cache val", cfg.verbose)
-        results.append(_head_stage(parts, feats, train, val_feat, tv, n_classes, sw[train.y], cfg, ckpt, s, rng,
-                                   time.perf_counter() - t0))
-        stage1_weights = parts.model.get_weights()
-    if (s := _start_epoch(resume, "stage2")) is not None:
-        results.append(_full_stage(2, parts, train, (val.x.astype(np.float32), tv), n_classes, sw, cfg, ckpt, s,
-                                   rng))
+        s1 = _head_stage(parts, feats, train, val_feat, tv, n_classes, sw[train.y], cfg, ckpt,
+                         time.perf_counter() - t0)
+        stage1_weights = _stage1_weights(parts, ckpt, True)
+    else:
+        stage1_weights = _stage1_weights(parts, ckpt, False)
+    results = [s1, finished(ckpt, "stage2")
+               or _full_stage(2, parts, train, (val.x.astype(np.float32), tv), n_classes, sw, cfg, ckpt)]
     keep_better_stage(parts, stage1_weights, results)
     return results
 
 
 def fit_cached(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarray, cfg: TrainConfig,
-               ckpt: Checkpoint | None, resume: dict) -> list[StageResult]:
+               ckpt: Checkpoint | None) -> list[StageResult]:
     """Frozen part once per augmented view; epochs train only the head (stage 1) or the top blocks (stage 2)."""
     rng = np.random.default_rng(cfg.seed)
     t_cache = time.perf_counter()
@@ -267,27 +294,29 @@ def fit_cached(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarra
     cache_s = time.perf_counter() - t_cache
     tv = augment.one_hot_smooth(val.y, n_classes, 0.0)
     w = sw[train.y]
-    results = []
 
-    if (s := _start_epoch(resume, "stage1")) is not None:
-        results.append(_head_stage(parts, feats, train, val_feat, tv, n_classes, w, cfg, ckpt, s, rng, cache_s))
-    stage1_weights = parts.model.get_weights() if results else None
+    s1 = finished(ckpt, "stage1")
+    results = [s1 or _head_stage(parts, feats, train, val_feat, tv, n_classes, w, cfg, ckpt, cache_s)]
+    stage1_weights = _stage1_weights(parts, ckpt, s1 is None)
 
     # Stage 2: unfrozen blocks + head on cached activations, one random view of each image per epoch.
-    if (s := _start_epoch(resume, "stage2")) is not None:
+    s2 = finished(ckpt, "stage2")
+    if s2 is None:
         info = set_stage(parts, 2, cfg)
         idx = np.arange(len(train.x))
 
-        def epoch_data(_epoch):
-            pick = rng.integers(0, cfg.views, len(idx))
-            return _mixed(acts[idx, pick].astype(np.float32), train.y, n_classes, w, cfg, rng)
+        def epoch_data(epoch):
+            erng = epoch_rng(cfg, "stage2", epoch)
+            pick = erng.integers(0, cfg.views, len(idx))
+            return _mixed(acts[idx, pick].astype(np.float32), train.y, n_classes, w, cfg, erng)
 
-        r = run_stage("stage2", top, epoch_data, (val_act.astype(np.float32), tv), cfg.stage2_epochs,
-                      cfg.stage2_patience, cfg.stage2_lr, cfg.stage2_cosine, cfg.batch_size, ckpt, s, cfg.verbose,
-                      _jit(cfg), n_per_epoch=len(idx), full_model=parts.model, monitor=cfg.monitor)
-        r.info = {**info, "cut_at": parts.backbone_layers[start].name, "activation_shape": list(acts.shape[2:]),
-                  "cache_mb": round(acts.nbytes / 2**20, 1)}
-        results.append(r)
+        s2 = run_stage("stage2", top, epoch_data, (val_act.astype(np.float32), tv), cfg.stage2_epochs,
+                       cfg.stage2_patience, cfg.stage2_lr, cfg.stage2_cosine, cfg.batch_size, ckpt, cfg.verbose,
+                       _jit(cfg), n_per_epoch=len(idx), full_model=parts.model, monitor=cfg.monitor, seed=cfg.seed)
+        s2.info = {**info, "cut_at": parts.backbone_layers[start].name, "activation_shape": list(acts.shape[2:]),
+                   "cache_mb": round(acts.nbytes / 2**20, 1)}
+        finish(ckpt, parts, s2)
+    results.append(s2)
     keep_better_stage(parts, stage1_weights, results)
     return results
 
@@ -311,15 +340,3 @@ def _jit(cfg: TrainConfig) -> bool | str:
         return False
     import tensorflow as tf
     return "auto" if tf.config.list_physical_devices("GPU") else False
-
-
-def _start_epoch(resume: dict, stage: str) -> int | None:
-    """Where a stage starts: 0 normally; the saved epoch for the interrupted stage; None if already done."""
-    if not resume:
-        return 0
-    done_stage, epoch = resume.get("stage"), int(resume.get("epoch", 0))
-    if done_stage == stage:
-        return epoch
-    if done_stage == "stage2" and stage == "stage1":
-        return None
-    return 0

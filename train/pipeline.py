@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from trashcam.edge.bundle import Bundle, Preprocessing, atomic_write_bytes, atomic_write_json
-from trashcam.edge.dataset import DatasetError, Split, make_split
+from trashcam.edge.dataset import DatasetError, Split, make_split, require_every_class
 
 from .config import TrainConfig
 from .data import class_weights, decode_images, default_cache_dir
@@ -100,7 +100,10 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
     partial.mkdir(parents=True, exist_ok=True)
 
     from . import evaluate as ev
-    from .fit import Checkpoint, fit_cached, fit_full, fit_hybrid
+    from .backbones.efficientnet_lite0 import Lite0WeightsError
+    from .backbones.torch_legacy import TorchFileError
+    from .checkpoint import Checkpoint
+    from .fit import fit_cached, fit_full, fit_hybrid
     from .model import build_classifier
 
     strategy, compute = setup_compute(cfg)
@@ -118,23 +121,32 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
             raise TrainError(f"no readable images in the {name} split ({len(d.skipped)} unreadable)")
     if skipped and cfg.verbose:
         print(f"skipped {len(skipped)} unreadable image(s); listed in report.md", file=sys.stderr)
+    require_every_class(sets["train"].y, split.classes, "training split", len(sets["train"].skipped))
     n_classes = len(split.classes)
     sw = class_weights(sets["train"].y, n_classes, cfg.class_weight_clip) if cfg.class_weights \
         else np.ones(n_classes, np.float32)
 
-    ckpt = Checkpoint(partial / "checkpoints")
-    resume = ckpt.state() if cfg.resume else {}
+    # A checkpoint is resumed only by a run with the same recipe (how it is run may differ: threads, verbosity)
+    same = {k: v for k, v in cfg.to_dict().items() if k not in ("resume", "verbose", "threads", "cache_dir")}
+    ckpt = Checkpoint(partial / "checkpoints", same)
+    resumed = False
     with strategy.scope():
-        parts = build_classifier(cfg, n_classes)
-        if resume and not ckpt.restore(parts.model):
-            resume = {}
+        try:
+            parts = build_classifier(cfg, n_classes)
+        except (TorchFileError, Lite0WeightsError) as e:
+            raise TrainError(f"weights {cfg.weights!r}: {e}") from None
+        if cfg.resume and ckpt.load():
+            resumed = ckpt.restore(parts.model)
+            if not resumed:
+                ckpt = Checkpoint(partial / "checkpoints", same)  # does not fit this model: start over
     if cfg.resume and cfg.verbose:
-        print(f"resuming from {resume or 'the start (no checkpoint found)'}", file=sys.stderr)
+        print(f"resuming from {ckpt.describe() if resumed else 'the start (no usable checkpoint)'}",
+              file=sys.stderr)
     eff = cfg.replace(batch_size=cfg.batch_size * compute["replicas"])
     t1 = time.perf_counter()
     with strategy.scope():
         fit = {"cached": fit_cached, "hybrid": fit_hybrid, "full": fit_full}[cfg.mode]
-        stages = fit(parts, sets["train"], sets["val"], n_classes, sw, eff, ckpt, resume)
+        stages = fit(parts, sets["train"], sets["val"], n_classes, sw, eff, ckpt)
     train_s = time.perf_counter() - t1
 
     t2 = time.perf_counter()

@@ -13,6 +13,9 @@ Two container formats are understood:
 
 Tensors are rebuilt from (storage, offset, size, stride): saved tensors may be views or non-contiguous
 (the Lite0 file stores its conv kernels channels-last), so the strides are honoured and the result copied.
+The file is untrusted input: every view is checked against its storage before memory is touched (no negative
+strides, no reads past either end, no more elements than the storage holds), and sizes are capped before
+anything is allocated, so a crafted file fails with a TorchFileError instead of a crash or a 2 GB allocation.
 """
 from __future__ import annotations
 
@@ -28,6 +31,9 @@ import numpy as np
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
+# A backbone's weights are tens of MB (Lite0: 18, B0: 21); a file asking for more is damaged or hostile.
+MAX_BYTES = 1 << 30
+MAX_PICKLE_BYTES = 64 << 20
 
 # Typed storage class name -> numpy dtype. BFloat16 has no numpy dtype: it is widened to float32 on read.
 STORAGE_DTYPES = {
@@ -78,13 +84,14 @@ class _PendingTensor:
         if isinstance(storage, tuple):  # legacy view of a larger storage: (root storage, view offset)
             storage, view_offset = storage
             offset += view_offset
+        if not isinstance(storage, _Storage):
+            raise TorchFileError(f"a tensor's storage is {type(storage).__name__}, not a storage")
         base = storage.data
         if base is None:
             raise TorchFileError("a tensor refers to a storage whose data was never read")
-        need = offset + sum((n - 1) * s for n, s in zip(self.size, self.stride)) + 1 if all(self.size) else 0
-        if need > base.size:
-            raise TorchFileError(f"tensor of size {self.size} stride {self.stride} offset {offset} "
-                                 f"overruns its storage of {base.size} elements")
+        check_view(self.size, self.stride, offset, base.size)
+        if 0 in self.size:
+            return np.zeros(self.size, base.dtype)
         item = base.itemsize
         view = np.lib.stride_tricks.as_strided(base[offset:], shape=self.size,
                                                strides=tuple(s * item for s in self.stride), writeable=False)
@@ -92,6 +99,27 @@ class _PendingTensor:
         if storage.dtype == STORAGE_DTYPES["BFloat16Storage"] and base.dtype == np.dtype("<u2"):
             out = (out.astype(np.uint32) << 16).view(np.float32)
         return out
+
+
+def check_view(size: tuple, stride: tuple, offset: int, storage_numel: int) -> None:
+    """Refuse any view that as_strided could not read safely: negative or zero strides (zero only where the size
+    is 1), an offset or extent past the storage, more elements than the storage has (no state_dict tensor does).
+    Python ints throughout, so huge values cannot overflow into something that passes."""
+    what = f"tensor of size {size} stride {stride} offset {offset}"
+    if len(size) != len(stride) or not all(type(v) is int for v in (*size, *stride, offset)):
+        raise TorchFileError(f"{what}: size and stride must be integers of the same length")
+    if offset < 0 or any(n < 0 for n in size):
+        raise TorchFileError(f"{what}: negative size or offset")
+    if any(s < 0 or (s == 0 and n > 1) for n, s in zip(size, stride)):
+        raise TorchFileError(f"{what}: negative or zero strides are not a saved state_dict tensor")
+    numel = 1
+    for n in size:
+        numel *= n
+    if numel == 0:
+        return
+    need = offset + sum((n - 1) * s for n, s in zip(size, stride)) + 1
+    if need > storage_numel or numel > storage_numel:
+        raise TorchFileError(f"{what} overruns its storage of {storage_numel} elements")
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
@@ -163,7 +191,7 @@ def _load_legacy(f) -> tuple[object, dict]:
             raise TorchFileError(f"unsupported persistent id {pid!r}")
         _, storage_type, key, _location, numel, view_meta = (tuple(pid) + (None,))[:6]
         dtype = _storage_dtype(storage_type)
-        root = storages.setdefault(str(key), _Storage(dtype, int(numel)))
+        root = storages.setdefault(str(key), _Storage(dtype, _numel(numel, dtype)))
         if view_meta is not None:
             _view_key, view_offset, _view_size = view_meta
             return (root, int(view_offset))
@@ -171,16 +199,25 @@ def _load_legacy(f) -> tuple[object, dict]:
 
     obj = unpickle(persistent)
     keys = unpickle()
+    if not isinstance(keys, list):
+        raise TorchFileError("the storage key list is missing")
+    left = _remaining(f)
     for key in keys:
         key = str(key)
         if key not in storages:
             raise TorchFileError(f"storage {key} is listed but no tensor uses it")
         st = storages[key]
         head = f.read(8)
+        left -= len(head)
         if len(head) != 8:
             raise TorchFileError(f"file truncated before storage {key}")
         (numel,) = struct.unpack("<q", head)
+        if numel != st.numel:
+            raise TorchFileError(f"storage {key} holds {numel} elements, its tensors said {st.numel}")
         nbytes = numel * st.dtype.itemsize
+        if nbytes > left:
+            raise TorchFileError(f"file truncated inside storage {key} ({left} of {nbytes} bytes left)")
+        left -= nbytes
         raw = f.read(nbytes)
         if len(raw) != nbytes:
             raise TorchFileError(f"file truncated inside storage {key} ({len(raw)} of {nbytes} bytes)")
@@ -195,6 +232,21 @@ def _load_zip(path: Path) -> tuple[object, dict]:
             raise TorchFileError(f"{path}: zip file without a single data.pkl")
         prefix = pkl[0][: -len("data.pkl")]
         storages: dict[str, _Storage] = {}
+        total = [0]
+
+        def member(name: str, expected: int | None, cap: int) -> bytes:
+            # sizes from the zip directory, before decompressing: a 1.5 MB zip can claim a 1.5 GB member
+            try:
+                info = zf.getinfo(name)
+            except KeyError:
+                raise TorchFileError(f"{path}: member {name} is missing") from None
+            if expected is not None and info.file_size != expected:
+                raise TorchFileError(f"{path}: member {name} is {info.file_size} bytes, its tensors need {expected}")
+            total[0] += info.file_size
+            if info.file_size > cap or total[0] > MAX_BYTES:
+                raise TorchFileError(f"{path}: member {name} ({info.file_size} bytes) exceeds the size limit "
+                                     f"for a weights file ({MAX_BYTES >> 20} MB in all)")
+            return zf.read(name)
 
         def persistent(pid):
             # ('storage', storage_type, key, location, numel)
@@ -203,13 +255,29 @@ def _load_zip(path: Path) -> tuple[object, dict]:
             _, storage_type, key, _location, numel = pid[:5]
             key = str(key)
             if key not in storages:
-                st = _Storage(_storage_dtype(storage_type), int(numel))
-                st.data = np.frombuffer(zf.read(f"{prefix}data/{key}"), dtype=st.dtype)
+                dtype = _storage_dtype(storage_type)
+                st = _Storage(dtype, _numel(numel, dtype))
+                st.data = np.frombuffer(member(f"{prefix}data/{key}", st.numel * dtype.itemsize, MAX_BYTES),
+                                        dtype=st.dtype)
                 storages[key] = st
             return storages[key]
 
-        obj = _RestrictedUnpickler(io.BytesIO(zf.read(pkl[0])), persistent).load()
+        obj = _RestrictedUnpickler(io.BytesIO(member(pkl[0], None, MAX_PICKLE_BYTES)), persistent).load()
     return obj, storages
+
+
+def _numel(numel, dtype: np.dtype) -> int:
+    if type(numel) is not int or numel < 0 or numel * dtype.itemsize > MAX_BYTES:
+        raise TorchFileError(f"a storage of {numel!r} elements is not plausible in a weights file "
+                             f"(limit {MAX_BYTES >> 20} MB)")
+    return numel
+
+
+def _remaining(f) -> int:
+    here = f.tell()
+    end = f.seek(0, os.SEEK_END)
+    f.seek(here)
+    return end - here
 
 
 def _resolve(obj):
@@ -229,12 +297,19 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise TorchFileError(f"{path}: no such file")
-    if zipfile.is_zipfile(path):
-        obj, _ = _load_zip(path)
-    else:
-        with open(path, "rb") as f:
-            obj, _ = _load_legacy(f)
-    obj = _resolve(obj)
+    try:
+        if zipfile.is_zipfile(path):
+            obj, _ = _load_zip(path)
+        else:
+            with open(path, "rb") as f:
+                obj, _ = _load_legacy(f)
+        obj = _resolve(obj)
+    except TorchFileError:
+        raise
+    except (pickle.UnpicklingError, EOFError, struct.error, zipfile.BadZipFile, KeyError, IndexError, TypeError,
+            ValueError, AttributeError, OverflowError, MemoryError, RecursionError) as e:
+        # a damaged or crafted file: one clear error, never a traceback from deep inside the unpickler
+        raise TorchFileError(f"{path}: not a readable torch state_dict ({type(e).__name__}: {e})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
