@@ -1,5 +1,5 @@
 """notebooks/kaggle.ipynb runs top to bottom: its parameters cell swapped for CPU values (the `quick` recipe on
-data/sample, fewer epochs, no install: CI already installed this checkout), executed with nbclient. ~1.5 min."""
+data/sample, fewer epochs, no install: CI already installed this checkout), executed with nbclient. ~1.5 min on 2 idle cores."""
 from __future__ import annotations
 
 import zipfile
@@ -18,11 +18,12 @@ def ci_parameters(work) -> str:
         f"DATA = {str(SAMPLE)!r}",
         f"WORK = {str(work)!r}",
         "RECIPE = 'quick'",
-        f"TRAIN_ARGS = ['--quiet', '--cache-dir', {str(work / 'cache')!r}, '--stage1-epochs', '4', "
-        "'--stage2-epochs', '1']",
+        f"TRAIN_ARGS = ['--quiet', '--cache-dir', {str(work / 'cache')!r}, '--image-size', '96', "
+        "'--stage1-epochs', '4', '--stage2-epochs', '1', '--tta-passes', 'identity']",
         "CONVERT_ARGS = ['--int8', '--calib-size', '40', '--max-drop', '25']",  # 20 test images: 1 image = 5 pp
-        "CALIBRATE_ARGS = ['--no-plots']",
-        "BENCH_ARGS = ['--runs', '3', '--warmup', '1', '--threads', '1', '--in-process', '--e2e-images', '4']",
+        "CALIBRATE_ARGS = ['--no-plots', '--variant', 'tflite-int8']",
+        "BENCH_ARGS = ['--variants', 'tflite-int8', '--runs', '3', '--warmup', '1', '--threads', '1', "
+        "'--in-process', '--e2e-images', '4']",
     ])
 
 
