@@ -23,7 +23,7 @@ def ci_parameters(work) -> str:
         "CONVERT_ARGS = ['--int8', '--calib-size', '40', '--max-drop', '25']",  # 20 test images: 1 image = 5 pp
         "CALIBRATE_ARGS = ['--no-plots', '--variant', 'tflite-int8']",
         "BENCH_ARGS = ['--variants', 'tflite-int8', '--runs', '3', '--warmup', '1', '--threads', '1', "
-        "'--in-process', '--e2e-images', '4']",
+        "'--e2e-images', '4']",
     ])
 
 
