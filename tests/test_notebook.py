@@ -1,5 +1,6 @@
 """notebooks/kaggle.ipynb runs top to bottom: its parameters cell swapped for CPU values (the `quick` recipe on
-data/sample, fewer epochs, no install: CI already installed this checkout), executed with nbclient. ~1.5 min on 2 idle cores."""
+data/sample, fewer epochs, no install: CI already installed this checkout), executed with nbclient.
+About 1.5 min of CPU (5.4 min wall here with the 2 cores shared by ~10 busy processes)."""
 from __future__ import annotations
 
 import zipfile
