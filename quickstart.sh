@@ -14,7 +14,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
 fi
-"$VENV/bin/python" -m pip install -q -e ".[train,edge]"
+"$VENV/bin/python" -m pip install -q -e ".[train-cpu,edge]"  # [train] where a GPU tensorflow is installed
 export PATH="$PWD/$VENV/bin:$PATH" TF_CPP_MIN_LOG_LEVEL=2 TF_ENABLE_ONEDNN_OPTS=1
 mkdir -p "$OUT"
 

@@ -9,7 +9,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
 fi
-# Editable, so the tests exercise this checkout; [train] pulls TensorFlow, [dev] pytest and OpenCV.
-"$VENV/bin/python" -m pip install -q -e ".[train,edge,dev]"
+# Editable, so the tests exercise this checkout; [train-cpu] pulls TensorFlow (CPU wheel; TRASHCAM_TRAIN_EXTRA=train
+# on a machine with a GPU tensorflow), [dev] pytest, OpenCV, mediapipe and the notebook runner.
+"$VENV/bin/python" -m pip install -q -e ".[${TRASHCAM_TRAIN_EXTRA:-train-cpu},edge,dev]"
 export TF_CPP_MIN_LOG_LEVEL=2 TF_ENABLE_ONEDNN_OPTS=1 PYTHONUNBUFFERED=1
 exec "$VENV/bin/python" -m pytest -q "$@"

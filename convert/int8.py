@@ -13,16 +13,20 @@ fixed here by a separate, switchable step:
    int8 grid is coarse) and cost little to run in float: `float_front_nodes` keeps them out of quantisation.
 
 This path uses TFLite's calibrate-only mode and `mlir_quantize` (what `TFLiteConverter.convert()` runs inside,
-and what `tf.lite.experimental.QuantizationDebugger` uses for its deny-lists). With every step switched off,
-`tflite.convert_int8` uses the stock converter instead.
+and what `tf.lite.experimental.QuantizationDebugger` uses for its deny-lists): private APIs, all called through
+convert/tf_private.py. With every step switched off, or when `tf_private.probe()` says this TensorFlow lacks one
+of them, `convert_int8` uses the stock converter instead and records why.
 """
 from __future__ import annotations
 
-import contextlib
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from . import tf_private
+from .converter import converter_name, quantizing_converter, run_converter, stock_int8
 
 # TFLite ops that carry weights; "the first N layers kept in float" counts these, in execution order.
 WEIGHT_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "CONV_3D"})
@@ -45,15 +49,13 @@ def _interpreter(model_content: bytes, preserve_all: bool = False):
 
 def calibrate(model, images: np.ndarray) -> bytes:
     """A float TFLite model with min/max statistics recorded per tensor (the converter's calibrate-only mode)."""
-    from .tflite import _convert, quantizing_converter
-
     _, conv = quantizing_converter(model, images)
-    conv._experimental_calibrate_only = True  # noqa: SLF001 - documented by QuantizationDebugger's use of it
-    return _convert(conv)
+    tf_private.calibrate_only(conv)
+    return run_converter(conv)
 
 
 def _op_outputs(it) -> list[tuple[str, list[int]]]:
-    return [(op["op_name"], list(op["outputs"])) for op in it._get_ops_details()]  # noqa: SLF001
+    return tf_private.ops_details(it)
 
 
 def repair_ranges(calibrated: bytes, images: np.ndarray) -> tuple[bytes, dict[str, Any]]:
@@ -61,8 +63,6 @@ def repair_ranges(calibrated: bytes, images: np.ndarray) -> tuple[bytes, dict[st
 
     `experimental_preserve_all_tensors` stops buffer sharing, so every op output is still intact when read.
     """
-    from tensorflow.lite.tools import flatbuffer_utils
-
     it = _interpreter(calibrated, preserve_all=True)
     inp = it.get_input_details()[0]
     outs = sorted({i for _, o in _op_outputs(it) for i in o})
@@ -77,7 +77,7 @@ def repair_ranges(calibrated: bytes, images: np.ndarray) -> tuple[bytes, dict[st
     names = {t["index"]: t["name"] for t in it.get_tensor_details()}
     measured = {names[i]: (lo[i], hi[i]) for i in outs}
     del it
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
+    model = tf_private.read_model(calibrated)
     narrowed = []
     for t in model.subgraphs[0].tensors:
         q, name = t.quantization, t.name.decode()
@@ -94,7 +94,7 @@ def repair_ranges(calibrated: bytes, images: np.ndarray) -> tuple[bytes, dict[st
         return (n["recorded"][1] - n["recorded"][0]) / max(n["measured"][1] - n["measured"][0], 1e-12)
 
     info = {"tensors_narrowed": len(narrowed), "largest": sorted(narrowed, key=ratio, reverse=True)[:3]}
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), info
+    return tf_private.write_model(model), info
 
 
 def float_front_nodes(calibrated: bytes, n_layers: int) -> list[str]:
@@ -112,16 +112,26 @@ def float_front_nodes(calibrated: bytes, n_layers: int) -> list[str]:
     return nodes
 
 
+def pin_input_range(calibrated: bytes, value_range: tuple[float, float]) -> tuple[bytes, list[float] | None]:
+    """Set the model input's calibrated range to the preprocessing's full pixel range (0..255).
+
+    The calibrator records the range the representative images happened to cover (e.g. 0..240 on dim photos):
+    a brighter pixel would then clip, and the uint8 input would not be the raw pixel (scale 240/255), which apps
+    that feed raw pixels (MediaPipe Tasks) assume. Returns the new bytes and the range that was recorded."""
+    model = tf_private.read_model(calibrated)
+    sub = model.subgraphs[0]
+    q = sub.tensors[sub.inputs[0]].quantization
+    if q is None or q.min is None or len(q.min) != 1:
+        return calibrated, None
+    recorded = [float(q.min[0]), float(q.max[0])]
+    q.min, q.max = np.array([value_range[0]], np.float32), np.array([value_range[1]], np.float32)
+    return tf_private.write_model(model), recorded
+
+
 def quantize(calibrated: bytes, io: str, denylisted_nodes: list[str]) -> bytes:
     """Full-integer quantisation of a calibrated model; `denylisted_nodes` stay float (with (de)quantise ops
     around them). I/O as `TFLiteConverter` makes it: uint8 in/out, or float in/out."""
-    import tensorflow as tf
-    from tensorflow.lite.python import convert as tflite_convert
-
-    t = tf.uint8 if io == "uint8" else tf.float32
-    with contextlib.redirect_stdout(sys.stderr):
-        return tflite_convert.mlir_quantize(calibrated, input_data_type=t, output_data_type=t,
-                                            denylisted_nodes=denylisted_nodes or None)
+    return tf_private.mlir_quantize(calibrated, io, denylisted_nodes)
 
 
 def float_compute_ops(model_content: bytes) -> list[str]:
@@ -134,7 +144,7 @@ def float_compute_ops(model_content: bytes) -> list[str]:
 
 
 def int8_recipe(model, images: np.ndarray, io: str, bias_correction: bool, range_repair: bool,
-                float_layers: int) -> tuple[bytes, dict[str, Any]]:
+                float_layers: int, input_range: tuple[float, float] = (0.0, 255.0)) -> tuple[bytes, dict[str, Any]]:
     """Run the recipe; returns the .tflite bytes and what was done (for the bundle's metadata)."""
     from .bias_correction import bias_correct, weight_layers
 
@@ -145,6 +155,7 @@ def int8_recipe(model, images: np.ndarray, io: str, bias_correction: bool, range
     calibrated = calibrate(model, images)
     if range_repair:
         calibrated, info["range_repair"] = repair_ranges(calibrated, images)
+    calibrated, info["input_range_recorded"] = pin_input_range(calibrated, input_range)
     nodes = float_front_nodes(calibrated, float_layers) if float_layers >= 0 else []
     data = quantize(calibrated, io, nodes)
     info["float_ops"] = float_compute_ops(data)
@@ -152,3 +163,38 @@ def int8_recipe(model, images: np.ndarray, io: str, bias_correction: bool, range
         raise ValueError(f"--int8-float-layers -1 asks for a fully integer model, but TFLite left "
                          f"{info['float_ops']} in float (ops without an int8 kernel)")
     return data, info
+
+
+def _recipe_wanted(c) -> bool:
+    return c.int8_bias_correction or c.int8_range_repair or c.int8_float_layers >= 0
+
+
+def convert_int8(model, out: Path, ctx) -> dict[str, Any]:
+    """The INT8 variant: the recipe when asked for and this TensorFlow supports it, else the stock converter."""
+    c = ctx.config
+    images, rep_info = ctx.representative()
+    recipe: dict[str, Any] = {"bias_correction": c.int8_bias_correction, "range_repair": c.int8_range_repair,
+                              "float_layers": c.int8_float_layers}
+    data = None
+    if _recipe_wanted(c):
+        lacking = tf_private.missing(tf_private.INT8_RECIPE_NEEDS)
+        try:
+            if lacking:
+                raise tf_private.PrivateApiError("; ".join(f"{k}: {v}" for k, v in lacking.items()))
+            data, details = int8_recipe(model, images.x, c.int8_io, c.int8_bias_correction,
+                                        c.int8_range_repair, c.int8_float_layers,
+                                        tuple(ctx.bundle.preprocessing.value_range))
+            recipe.update(details)
+        except tf_private.PrivateApiError as e:
+            # A TensorFlow outside the tested range: still a valid INT8 file, from public API only.
+            recipe["fallback"] = {"used": "stock INT8 converter", "reason": str(e),
+                                  "versions": tf_private.versions()}
+            print(f"WARNING: INT8 recipe unavailable on this TensorFlow ({e}); using the stock INT8 converter",
+                  file=sys.stderr)
+    if data is None:
+        data = stock_int8(model, images.x, c.int8_io)
+    Path(out).write_bytes(data)
+    float_ops = recipe.get("float_ops") or []
+    return {"converter": converter_name(), "weights": "int8 per-channel", "io": c.int8_io,
+            "representative": rep_info, "int8_recipe": recipe,
+            "activations": f"int8, float in {', '.join(float_ops)}" if float_ops else "int8"}

@@ -98,7 +98,13 @@ def run_stage(name: str, model, epoch_data: Callable[[int], tuple], val: tuple, 
             keep = np.random.default_rng(epoch).permutation(len(x))[:len(x) - len(x) % batch_size]
             x, t, w = x[keep], t[keep], w[keep]
         t0 = time.perf_counter()
-        h = model.fit(x, t, sample_weight=w, batch_size=batch_size, epochs=1, verbose=0, shuffle=True)
+        if _multiworker():  # Keras' fit fails under MultiWorkerMirroredStrategy: train/distributed.py
+            from .distributed import distributed_epoch
+            loss, acc = distributed_epoch(model, x, t, w, batch_size, seed=epoch)
+            h = keras.callbacks.History()
+            h.history = {"loss": [loss], "accuracy": [acc]}
+        else:
+            h = model.fit(x, t, sample_weight=w, batch_size=batch_size, epochs=1, verbose=0, shuffle=True)
         res.images_seen += len(x)
         vals = validation_loss(model, val[0], val[1], batch_size)
         cur_lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
@@ -151,7 +157,24 @@ def _mixed(x, y, n_classes, sw, cfg: TrainConfig, rng):
 
 def predict(model, x: np.ndarray, batch: int) -> np.ndarray:
     """`model.predict`, not `predict_on_batch`: the latter returns wrong shapes under MirroredStrategy."""
+    if _multiworker():
+        return local_predict(model, x, batch)
     return np.asarray(model.predict(x, batch_size=batch, verbose=0))
+
+
+def _multiworker() -> bool:
+    import tensorflow as tf
+    return isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def local_predict(model, x: np.ndarray, batch: int) -> np.ndarray:
+    """Forward passes in this process only. Keras' predict under MultiWorkerMirroredStrategy fails ("Attempt to
+    convert a value (PerReplica...)", Keras 3.15); every worker holds all the data and the same synchronised
+    weights, so each computes the same predictions locally and takes the same early-stopping decisions."""
+    import keras
+    outs = [keras.ops.convert_to_numpy(model(x[i:i + batch].astype(np.float32), training=False))
+            for i in range(0, len(x), batch)]
+    return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
 
 
 def validation_loss(model, x: np.ndarray, t: np.ndarray, batch: int) -> dict[str, float]:

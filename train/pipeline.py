@@ -91,7 +91,9 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
     t_start = time.perf_counter()
     if not cfg.data:
         raise TrainError("no data folder given (--data DIR with one sub-folder per class)")
-    out = Path(cfg.out)
+    from . import cluster
+    chief = cfg.strategy != "multiworker" or cluster.is_chief()
+    out = Path(cfg.out) if chief else cluster.scratch_out(cfg.out)  # only the chief writes --out
     partial = out.with_name(out.name + ".partial")
     if out.exists() and (out / "metadata.json").exists() and not cfg.resume and not overwrite:
         raise TrainError(f"{out} already holds a bundle; choose another --out or pass --overwrite")
@@ -150,7 +152,9 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
     train_s = time.perf_counter() - t1
 
     t2 = time.perf_counter()
-    evaluation = ev.evaluate(parts.model, sets["test"].x, sets["test"].y, split.classes, cfg.tta_passes, cfg.tta,
+    # Under multiworker, evaluate a local copy: Keras' predict fails on the distributed model (see fit.local_predict).
+    eval_model = _weights_only(parts.model) if cfg.strategy == "multiworker" else parts.model
+    evaluation = ev.evaluate(eval_model, sets["test"].x, sets["test"].y, split.classes, cfg.tta_passes, cfg.tta,
                              cfg.verbose)
     eval_s = time.perf_counter() - t2
 
@@ -201,6 +205,9 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
     else:
         partial.rename(out)
     Bundle.load(out)  # verifies every checksum of what was just written
+    if not chief:
+        cluster.release(out)
+        return Path(cfg.out)
     if cfg.verbose:
         print(json.dumps({"bundle": str(out), **bundle.metadata["metrics"], "seconds": summary["seconds"]}))
     return out
