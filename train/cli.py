@@ -37,7 +37,8 @@ Exit status: 0 ok, 2 bad arguments or data (nothing written at --out), 130 inter
 HELP = {
     "data": "dataset folder (class sub-folders, or train/val/test)",
     "out": "bundle directory to create",
-    "backbone": "backbone from the registry: efficientnet_lite0 | efficientnet_b0",
+    "backbone": "backbone from the registry: efficientnet_lite0 | efficientnet_lite1 | efficientnet_lite2 | "
+                "efficientnet_b0",
     "weights": "'imagenet' (default), 'none' (random init) or a path to a Keras weights file",
     "image_size": "square input size in pixels",
     "mode": "'cached': frozen part computed once per view, both stages on the cache (fastest on CPU); 'hybrid': "
