@@ -46,6 +46,9 @@ HELP = {
     "views": "augmented views per training image cached for stage 1 ('cached', 'hybrid') and stage 2 ('cached')",
     "stage2_from": "first backbone layer that trains in stage 2: an index (60) or a name prefix (block6a); with "
                    "--backbone, that backbone's own start where the recipe used its backbone's",
+    "fold": "k/K: k-fold cross-validation run, e.g. 2/5. The images are dealt into K stratified folds shuffled by "
+            "--seed; fold k is the test split, validation is drawn from the other folds (val share of --split) and "
+            "the rest trains. K runs with one seed test every image once (benchmarks/spread.py runs them)",
     "exclude_classes": "comma-separated classes to leave out (open-set experiments)",
     "tta_passes": "comma-separated TTA passes: identity,hflip,vflip,zoom_in,zoom_in_hflip,rot90",
     "strategy": "auto | none | mirrored (several GPUs) | multiworker (several machines; set TF_CONFIG)",
