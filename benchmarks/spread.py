@@ -112,8 +112,9 @@ def _step(name: str, argv: list[str], env: dict[str, str], log: Path, timeout: i
 
 
 def train_argv(cfg: SpreadConfig, spec: RunSpec, bundle: Path, cache: Path) -> list[str]:
-    argv = [sys.executable, "-m", "trashcam.train.cli", "--data", cfg.data, "--out", str(bundle), "--recipe",
-            cfg.recipe, "--seed", str(spec.seed), "--threads", str(spec.threads), "--cache-dir", str(cache), "--quiet"]
+    argv = [sys.executable, "-m", "trashcam.train.cli", "--data", str(Path(cfg.data).resolve()), "--out", str(bundle),
+            "--recipe", cfg.recipe, "--seed", str(spec.seed), "--threads", str(spec.threads), "--cache-dir", str(cache),
+            "--quiet"]
     if spec.fold:
         argv += ["--fold", spec.fold]
     if bundle.with_name(bundle.name + ".partial").is_dir():
@@ -175,7 +176,8 @@ def run_one(cfg: SpreadConfig, spec: RunSpec, out: Path, cache: Path) -> dict[st
         float=ev["plain"], float_tta=ev.get("tta"), int8=int8,
         int8_drop_pp=round(100 * (ev["plain"]["accuracy"] - int8["accuracy"]), 4),
         train_seconds=metrics.get("seconds"), numerics=metrics.get("numerics"),
-        stages=[{k: s.get(k) for k in ("name", "epochs_run", "best_epoch", "best_val_loss")} for s in metrics["stages"]],
+        stages=[{k: s.get(k) for k in ("name", "epochs_run", "best_epoch", "best_val_loss")}
+                for s in metrics["stages"]],
     )
     return rec
 

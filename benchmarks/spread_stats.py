@@ -1,4 +1,4 @@
-"""Statistics of a spread of training runs (benchmarks/spread.py): mean, spread, 95 % interval, per-class F1, confusions.
+"""Statistics of a spread of training runs (benchmarks/spread.py): mean, 95 % interval, min/max, per-class F1.
 
 Pure NumPy on the per-run records, so a summary can be recomputed from the run JSONs anywhere. The 95 % interval
 is of the mean (t-distribution, n - 1 degrees of freedom): it says how well the runs pin down the recipe's mean,
@@ -160,7 +160,7 @@ def to_markdown(summary: dict, title: str = "Spread of training runs") -> str:
              + (f"; failed: {', '.join(summary['runs_failed'])}" if summary["runs_failed"] else ""), ""]
     if not summary.get("metrics"):
         return "\n".join(lines) + "\n"
-    lines += ["| metric | n | mean | 95 % CI of mean | std | min | max | max - min |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["| metric | n | mean | 95 % CI of mean | std | min | max | max - min |", "|---" * 8 + "|"]
     for name, d in summary["metrics"].items():
         if not d.get("n"):
             continue

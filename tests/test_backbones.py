@@ -250,8 +250,8 @@ def test_lite1_lite2_weights_match_and_classify(variant, blocks, layers, tmp_pat
     # every weighted layer got its tensors from the file (assign_weights checked each shape)
     assert len(lite0.assign_weights(model, converted)) == sum(1 for layer in model.layers if layer.weights)
     assert list(tmp_path.glob(f"{variant.name}-*.npz"))  # converted once, cached under the variant's name
-    photos = [load_sample_image("china.jpg")] + [np.asarray(Image.open(p).convert("RGB"))
-                                                for c in ("glass", "plastic") for p in sorted((SAMPLE / c).iterdir())[:3]]
+    sample = [p for c in ("glass", "plastic") for p in sorted((SAMPLE / c).iterdir())[:3]]
+    photos = [load_sample_image("china.jpg")] + [np.asarray(Image.open(p).convert("RGB")) for p in sample]
     x = np.stack([np.asarray(Image.fromarray(a).resize((size, size), Image.BICUBIC), np.float32) for a in photos])
     top5 = np.argsort(-np.asarray(model(x, training=False)), axis=1)[:, :5]
     assert top5[0, 0] in (442, 449, 663, 698), top5[0]  # bell cote, boathouse, monastery, palace
