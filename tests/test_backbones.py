@@ -223,6 +223,51 @@ def test_lite0_backbone_names_shape_and_stage2():
     for name in ("block5c_add", "block6a_expand_conv", "top_activation"):
         assert name in names_lite
 
+# ------------------------------------------------------------------------------------ Lite1 / Lite2
+
+# ImageNet classes a photo of a bottle or jar lands in (beer/pop/water/wine/pill bottle, whiskey jug, water jug,
+# vase, jar-like containers): what a correct port answers for TrashNet glass and plastic.
+BOTTLE_LIKE = {440, 720, 737, 898, 907, 901, 899, 883, 418, 849, 504, 968, 692}
+
+
+@pytest.mark.parametrize("variant, blocks, layers", [(lite0.LITE1, 21, 201), (lite0.LITE2, 21, 201)])
+def test_lite1_lite2_weights_match_and_classify(variant, blocks, layers, tmp_path, monkeypatch):
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
+    from conftest import SAMPLE
+
+    monkeypatch.setenv("TRASHCAM_CACHE", str(tmp_path))
+    sd = load_state_dict(lite0.imagenet_weights_path(variant))
+    converted = lite0.convert_state_dict(sd, variant)  # raises if any tensor is missing or left over
+    assert sum(len(v) for v in converted.values()) == sum(not k.endswith(".num_batches_tracked") for k in sd)
+    assert len(lite0.block_names(variant)) == blocks
+    spec = get(variant.name)
+    assert spec.input_size == variant.resolution and spec.offline_weights
+    size = variant.resolution
+    model = lite0.build(input_shape=(size, size, 3), weights="imagenet", include_top=True, variant=variant)
+    assert len(model.layers) - 3 == layers  # without avg_pool, top_dropout, predictions
+    # every weighted layer got its tensors from the file (assign_weights checked each shape)
+    assert len(lite0.assign_weights(model, converted)) == sum(1 for layer in model.layers if layer.weights)
+    assert list(tmp_path.glob(f"{variant.name}-*.npz"))  # converted once, cached under the variant's name
+    sample = [p for c in ("glass", "plastic") for p in sorted((SAMPLE / c).iterdir())[:3]]
+    photos = [load_sample_image("china.jpg")] + [np.asarray(Image.open(p).convert("RGB")) for p in sample]
+    x = np.stack([np.asarray(Image.fromarray(a).resize((size, size), Image.BICUBIC), np.float32) for a in photos])
+    top5 = np.argsort(-np.asarray(model(x, training=False)), axis=1)[:, :5]
+    assert top5[0, 0] in (442, 449, 663, 698), top5[0]  # bell cote, boathouse, monastery, palace
+    bottles = sum(bool(BOTTLE_LIKE & set(t.tolist())) for t in top5[1:])
+    assert bottles >= 5, top5[1:]
+
+
+def test_lite_variants_scale_as_the_reference():
+    assert [a[4:] for a in lite0.scaled_blocks_args(lite0.LITE0)] == [a[4:] for a in lite0.BLOCKS_ARGS]
+    lite2 = lite0.scaled_blocks_args(lite0.LITE2)
+    assert [a[0] for a in lite2] == [1, 3, 3, 4, 4, 5, 1]  # first/last stages keep their repeats
+    assert [a[5] for a in lite2] == [16, 24, 48, 88, 120, 208, 352]
+    with pytest.raises(lite0.LiteWeightsError, match="missing"):
+        lite0.convert_state_dict({"_conv_stem.weight": np.zeros((32, 3, 3, 3))}, lite0.LITE1)
+
+
 # ----------------------------------------------------------------------------------- B0 offline
 
 

@@ -37,7 +37,8 @@ Exit status: 0 ok, 2 bad arguments or data (nothing written at --out), 130 inter
 HELP = {
     "data": "dataset folder (class sub-folders, or train/val/test)",
     "out": "bundle directory to create",
-    "backbone": "backbone from the registry: efficientnet_lite0 | efficientnet_b0",
+    "backbone": "backbone from the registry: efficientnet_lite0 | efficientnet_lite1 | efficientnet_lite2 | "
+                "efficientnet_b0",
     "weights": "'imagenet' (default), 'none' (random init) or a path to a Keras weights file",
     "image_size": "square input size in pixels",
     "mode": "'cached': frozen part computed once per view, both stages on the cache (fastest on CPU); 'hybrid': "
@@ -45,6 +46,9 @@ HELP = {
     "views": "augmented views per training image cached for stage 1 ('cached', 'hybrid') and stage 2 ('cached')",
     "stage2_from": "first backbone layer that trains in stage 2: an index (60) or a name prefix (block6a); with "
                    "--backbone, that backbone's own start where the recipe used its backbone's",
+    "fold": "k/K: k-fold cross-validation run, e.g. 2/5. The images are dealt into K stratified folds shuffled by "
+            "--seed; fold k is the test split, validation is drawn from the other folds (val share of --split) and "
+            "the rest trains. K runs with one seed test every image once (benchmarks/spread.py runs them)",
     "exclude_classes": "comma-separated classes to leave out (open-set experiments)",
     "tta_passes": "comma-separated TTA passes: identity,hflip,vflip,zoom_in,zoom_in_hflip,rot90",
     "strategy": "auto | none | mirrored (several GPUs) | multiworker (several machines; set TF_CONFIG)",

@@ -27,6 +27,10 @@ class TrainConfig(JsonConfig):
     seed: int = 42
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     exclude_classes: tuple[str, ...] = ()  # train as if these classes did not exist (open-set experiments)
+    # "k/K": k-fold cross-validation. The images are dealt into K stratified folds (shuffled by `seed`); fold k
+    # (1..K) is the test split, validation is drawn from the other folds at split[1] / (split[0] + split[1]).
+    # Running k = 1..K with one seed tests every image exactly once. "": the plain `split` fractions.
+    fold: str = ""
 
     # head
     dropout: float = 0.35
@@ -91,12 +95,26 @@ class TrainConfig(JsonConfig):
         for name in ("image_size", "views", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, "must be >= 1", getattr(self, name))
+        if self.fold:
+            parse_fold(self.fold)
         for name in ("stage1_epochs", "stage2_epochs", "threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, "must be >= 0", getattr(self, name))
 
     def replace(self, **kw: Any) -> "TrainConfig":
         return dataclasses.replace(self, **kw)
+
+
+def parse_fold(fold: str) -> tuple[int, int]:
+    """"k/K" -> (k, K) with 1 <= k <= K and K >= 2; ConfigError otherwise."""
+    k, sep, n = str(fold).partition("/")
+    try:
+        k, n = int(k), int(n)
+    except ValueError:
+        k = n = 0
+    if not sep or n < 2 or not 1 <= k <= n:
+        raise ConfigError("fold", "must be k/K with 1 <= k <= K and K >= 2, e.g. 1/5", fold)
+    return k, n
 
 
 # The published notebook, number for number: EfficientNetB0, full fine-tuning from layer 60.

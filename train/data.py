@@ -14,7 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from trashcam.edge.bundle import Preprocessing, atomic_write_bytes
+from trashcam.edge.dataset import DatasetError, Split, is_presplit, scan_classes, stratified_split
 from trashcam.edge.images import ImageDecodeError, load_for_model
+
+from .config import parse_fold
 
 
 @dataclass
@@ -106,3 +109,32 @@ def class_weights(y: np.ndarray, n_classes: int, clip: tuple[float, float] = (0.
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
     w = len(y) / (n_classes * np.maximum(counts, 1))
     return np.clip(w, *clip).astype(np.float32)
+
+
+def fold_split(root: str | os.PathLike, fold: str, seed: int = 42, fractions=(0.7, 0.15, 0.15)) -> Split:
+    """The split of k-fold cross-validation run k of K ("k/K"): test = fold k, validation drawn from the rest.
+
+    Per class the images are shuffled with `seed` and dealt round-robin into K folds, the deal continuing from
+    class to class so folds differ by at most one image overall. So one seed gives one partition: runs 1/K..K/K
+    test disjoint folds that together cover every image once. Validation takes fractions[1] / (fractions[0] +
+    fractions[1]) of the other folds, stratified, with the same seed; the rest trains.
+    """
+    k, n_folds = parse_fold(fold)
+    root = Path(root).resolve()
+    if is_presplit(root):
+        raise DatasetError(f"{root} is already split into train/val/test folders; --fold needs DIR/<class>/*.jpg")
+    classes, items = scan_classes(root)
+    rng = np.random.default_rng(seed)
+    test, rest, dealt = [], [], 0
+    for y in range(len(classes)):
+        cls_items = sorted(x for x in items if x[1] == y)
+        if len(cls_items) < n_folds:
+            raise DatasetError(f"class {classes[y]!r} has {len(cls_items)} image(s): too few for {n_folds} folds")
+        for i in rng.permutation(len(cls_items)):
+            (test if (dealt % n_folds) == k - 1 else rest).append(cls_items[i])
+            dealt += 1
+    val_share = fractions[1] / (fractions[0] + fractions[1])
+    parts = stratified_split(rest, (1 - val_share, val_share, 0.0), seed)
+    # stratified_split keeps one image per class in a split even at fraction 0: that one trains
+    files = {"train": sorted(parts["train"] + parts["test"]), "val": parts["val"], "test": sorted(test)}
+    return Split(str(root), classes, files, seed, tuple(fractions))

@@ -20,7 +20,7 @@ from trashcam.edge.bundle import Bundle, Preprocessing, atomic_write_bytes, atom
 from trashcam.edge.dataset import DatasetError, Split, make_split, require_every_class
 
 from .config import TrainConfig
-from .data import class_weights, decode_images, default_cache_dir
+from .data import class_weights, decode_images, default_cache_dir, fold_split
 
 
 class TrainError(RuntimeError):
@@ -57,7 +57,8 @@ def _split(cfg: TrainConfig, partial: Path) -> Split:
     saved = partial / "split.json"
     if cfg.resume and saved.is_file():
         return Split.load(saved)
-    split = make_split(cfg.data, seed=cfg.seed, fractions=cfg.split)
+    split = (fold_split(cfg.data, cfg.fold, cfg.seed, cfg.split) if cfg.fold
+             else make_split(cfg.data, seed=cfg.seed, fractions=cfg.split))
     if cfg.exclude_classes:
         unknown = set(cfg.exclude_classes) - set(split.classes)
         if unknown:
@@ -102,6 +103,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
     partial.mkdir(parents=True, exist_ok=True)
 
     from . import evaluate as ev
+    from . import numerics
     from .backbones.efficientnet_lite0 import Lite0WeightsError
     from .backbones.torch_legacy import TorchFileError
     from .checkpoint import Checkpoint
@@ -171,6 +173,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
                     "total": round(time.perf_counter() - t_start, 1)},
         "skipped": skipped, "class_weights": sw.tolist(), "compute": compute,
         "counts": {k: int(len(v.x)) for k, v in sets.items()},
+        "numerics": numerics.record(cfg),  # seed, threads, oneDNN, TF, CPU: what the float rounding depended on
     }
     atomic_write_json(partial / "metrics.json", summary)
     atomic_write_bytes(partial / "report.md", ev.report_markdown(summary).encode())

