@@ -179,3 +179,24 @@ def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
         i = j + 1
     rb = ranks[len(a):].sum()
     return float((rb - len(b) * (len(b) + 1) / 2) / (len(a) * len(b)))
+
+
+def load_for_variant(bundle, variant: str) -> OodScore | None:
+    """The fitted score of `variant` from `bundle.calibration["ood_by_variant"]`, its arrays file checked against
+    its sha256 and confined to the bundle directory; None when the bundle has none (old bundles: max-prob)."""
+    from .bundle import BundleError
+
+    meta = bundle.calibration.get("ood_by_variant", {}).get(variant)
+    if not meta:
+        return None
+    arrays = None
+    rel = meta.get("file")
+    if rel:
+        root = bundle.path.resolve()
+        path = (root / rel).resolve()
+        if root not in path.parents:
+            raise BundleError(f"uncertainty-score file {rel!r} of {variant} points outside the bundle {root}")
+        bundle.verify([rel])
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    return OodScore.from_meta(meta, arrays)
