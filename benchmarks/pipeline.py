@@ -100,7 +100,7 @@ def _entry(base: dict, acc: dict | None, ref: dict, threads: int, lat: dict) -> 
             "pipelined_over_invoke": lat.get("pipelined_over_invoke"),
             "pipelined_streams": lat.get("pipelined_streams"),
             "peak_rss_mb": lat.get("peak_rss_mb"), "baseline_rss_mb": lat.get("baseline_rss_mb"),
-            "pipelined_peak_rss_mb": lat.get("pipelined_peak_rss_mb")}
+            "pipelined_peak_rss_mb": lat.get("pipelined_peak_rss_mb"), "uncertainty": lat.get("uncertainty")}
 
 
 def record_in_bundle(bundle_dir: str | Path, result: dict) -> dict:

@@ -80,15 +80,19 @@ class LiveRunner:
         self.pool = None
         if streams > 1:
             engines = [self.engine] + [open_engine(bundle, variant, per_stream) for _ in range(streams - 1)]
-            self.pool = StreamPool(engines, lambda eng, f: classify_timed(eng, self.pre, self.clf.temperature,
-                                                                          f.image, f.model_input))
+            # the score reads the features of the engine's last invoke: in the stream's own thread
+            self.pool = StreamPool(engines, lambda eng, f: self._scored(
+                eng, classify_timed(eng, self.pre, self.clf.temperature, f.image, f.model_input)))
         self.smoother = Smoother(self.labels, cfg.smooth, cfg.window, cfg.stable, self.clf.min_confidence)
+        if self.clf.ood is not None:
+            self.smoother.score_threshold = self.clf.ood.threshold
         self.resolved = dataclasses.replace(cfg, variant=self.clf.variant, threads=threads, streams=streams,
                                             min_confidence=self.clf.min_confidence)
         self.info = {"bundle": str(Path(cfg.bundle).resolve()), "variant": self.clf.variant,
                      "runtime": getattr(self.engine, "runtime", "?"), "threads": threads, "streams": streams,
                      "threads_per_stream": per_stream, "labels": self.labels, "temperature": self.clf.temperature,
-                     "min_confidence": self.clf.min_confidence, "source": cfg.source}
+                     "min_confidence": self.clf.min_confidence, "source": cfg.source,
+                     "uncertainty_score": self.clf.ood.to_meta() if self.clf.ood else {"kind": "max-probability"}}
         # Warm the interpreters (the first frames' latency is no allocation outlier) and check the model's
         # outputs match the labels: a bundle mixed up by hand fails here, not with an IndexError later.
         blank = np.zeros((*self.pre.input_size, 3), np.uint8)
@@ -130,6 +134,12 @@ class LiveRunner:
             self.sinks.append(self.server)
             print(f"serving {self.server.url} (/stream.mjpg, /status)", file=self.err, flush=True)
 
+    def _scored(self, engine, result: tuple) -> tuple:
+        """classify_timed's (probs, invoke ms, e2e ms) + the frame's (score, uncertain), timed in e2e."""
+        t0 = time.perf_counter()
+        su = self.clf.frame_score(engine, result[0])
+        return result[0], result[1], result[2] + (time.perf_counter() - t0) * 1e3, su
+
     def _close_sinks(self, summary: dict[str, Any]) -> None:
         for s in self.sinks:
             try:
@@ -153,8 +163,10 @@ class LiveRunner:
                 read += 1
                 if frame.ok:
                     t0 = time.perf_counter()
-                    probs, inv_ms, e2e_ms = result
-                    dec = self.smoother.update(probs)
+                    if len(result) == 3:  # serial: the engine's last invoke is this frame's
+                        result = self._scored(self.engine, result)
+                    probs, inv_ms, e2e_ms, (score, uncertain) = result
+                    dec = self.smoother.update(probs, score)
                     e2e_ms += (time.perf_counter() - t0) * 1e3
                     frames += 1
                     changes += dec.changed
@@ -165,7 +177,7 @@ class LiveRunner:
                     conf = float(probs[i])
                     last = {"t": frame.timestamp, "frame": frame.index, "source": frame.name,
                             "label": self.labels[i], "class_index": i, "confidence": round(conf, 6),
-                            "uncertain": conf < self.clf.min_confidence,
+                            "uncertain": uncertain, "score": round(score, 6),
                             "probs": {k: round(float(p), 6) for k, p in zip(self.labels, probs)},
                             **dec.to_dict(), "invoke_ms": round(inv_ms, 3), "e2e_ms": round(e2e_ms, 3),
                             "fps": round(rate.fps, 2), "frames": frames, "skipped": skipped}

@@ -375,16 +375,20 @@ class Classifier:
         """Calibrated probabilities for one preprocessed (H, W, 3) uint8 image."""
         return calibrated_probs(self.engine, image_u8, self.temperature)
 
+    def frame_score(self, engine, probs: np.ndarray) -> tuple[float, bool]:
+        """(uncertainty score, uncertain?) of the frame `engine` (this classifier's or a stream's) just ran."""
+        if self.ood is not None:
+            score = float(self.ood.score(probs, engine.features())[0])
+            return score, score > self.ood.threshold
+        conf = float(np.max(probs))
+        return 1.0 - conf, conf < self.min_confidence
+
     def classify(self, image: ImageLike) -> Prediction:
         t0 = time.perf_counter()
         x = load_for_model(image, self.pre)
         p = self.probs(x)
         i = int(np.argmax(p))
         conf = float(p[i])
-        if self.ood is not None:
-            score = float(self.ood.score(p, self.engine.features())[0])
-            uncertain = score > self.ood.threshold
-        else:
-            score, uncertain = 1.0 - conf, conf < self.min_confidence
+        score, uncertain = self.frame_score(self.engine, p)
         ms = (time.perf_counter() - t0) * 1e3
         return Prediction(self.labels[i], i, conf, p, ms, uncertain=uncertain, score=score)

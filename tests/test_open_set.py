@@ -143,3 +143,17 @@ def test_ood_file_outside_bundle_is_refused(scored_bundle, tmp_path):
     b.metadata["calibration"]["ood_by_variant"]["tflite-int8"]["file"] = "../b/ood/tflite-int8.npz"
     with pytest.raises(BundleError, match="outside the bundle"):
         load_for_variant(b, "tflite-int8")
+
+
+def test_bench_reports_score_cost_and_quality(scored_bundle, tmp_path):
+    from trashcam.benchmarks.config import BenchConfig
+    from trashcam.benchmarks.pipeline import run_benchmark
+    from trashcam.benchmarks.report import to_markdown
+
+    d, _ = scored_bundle
+    r = run_benchmark(d, BenchConfig(variants=("tflite-int8",), threads=(1,), runs=5, warmup=1, e2e_images=4,
+                                     isolate=False, record=False))
+    u = r["variants"][0]["uncertainty"]
+    assert u["kind"] == "mahalanobis" and u["val_flagged"] is not None and u["ece_after"] is not None
+    assert u["cost"]["ratio_p50"] > 0 and u["cost"]["scored_ms"]["runs"] == 5
+    assert "## Uncertainty score" in to_markdown(r)
