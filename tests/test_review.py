@@ -121,6 +121,7 @@ def test_review_page_in_headless_chromium(served, tmp_path):
     pytest.importorskip("selenium", reason="selenium is not installed")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -134,7 +135,8 @@ def test_review_page_in_headless_chromium(served, tmp_path):
     try:
         drv.set_window_size(900, 700)
         drv.get(srv.url + "review?order=uncertain")
-        wait = WebDriverWait(drv, 20)
+        # the list is re-rendered after each relabel: an element read mid-render is stale, so retry
+        wait = WebDriverWait(drv, 20, ignored_exceptions=(StaleElementReferenceException,))
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".item")) == 3)
         wait.until(lambda d: all(i.get_property("naturalWidth") > 0 for i in d.find_elements(By.CSS_SELECTOR, ".item img")))
         shot = tmp_path / "review.png"
