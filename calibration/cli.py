@@ -1,41 +1,29 @@
 """`edge-calibrate BUNDLE`: temperature scaling and the "uncertain" threshold, fitted on the validation split."""
 from __future__ import annotations
 
-import argparse
 import sys
+
+import click
+
+from trashcam.edge.clitools import CONTEXT, config_options, error, given, make_config, raw, run
+
+from .config import CalibrationConfig
+
+PROG = "edge-calibrate"
 
 EPILOG = """\
 examples:
   edge-calibrate runs/b0                        # every variant; threshold for 95 % precision
   edge-calibrate runs/b0 --target-precision 0.98
   edge-calibrate runs/b0 --target-coverage 0.9  # flag the least confident 10 % as uncertain
-  edge-calibrate runs/b0 --variant tflite-int8 --ood-data photos/not_waste/
+  edge-calibrate runs/b0 --variants tflite-int8 --ood-data photos/not_waste/
 
 Fits one temperature T per variant on the saved validation split (minimum NLL of softmax(log p / T)), reports
 ECE (15 bins) before/after, writes reliability diagrams and the coverage/accuracy curve to BUNDLE/calibration/,
 and stores temperature, temperature_by_variant and threshold in metadata.json["calibration"], which
 edge-run's Classifier applies. --ood-data DIR: images of no known class; reports the share flagged uncertain.
+Exit status: 0 ok, 2 bad bundle/data/arguments.
 """
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge-calibrate", description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("bundle", help="bundle directory (after edge-train; best after edge-convert)")
-    p.add_argument("--variant", dest="variants", action="append", metavar="NAME",
-                   help="calibrate only this variant (repeatable; default: all that did not fail their check)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--target-precision", type=float, default=0.95, metavar="P",
-                   help="threshold: lowest confidence keeping accepted predictions >= P accurate (default 0.95)")
-    g.add_argument("--target-coverage", type=float, default=None, metavar="C",
-                   help="threshold: accept this share of validation images instead (e.g. 0.9)")
-    p.add_argument("--data", metavar="DIR", help="labelled folder DIR/<class>/* instead of the validation split")
-    p.add_argument("--data-root", metavar="DIR", help="where the saved split's images live now, if moved")
-    p.add_argument("--ood-data", metavar="DIR", help="images of no known class: report the share flagged uncertain")
-    p.add_argument("--bins", type=int, default=15, help="ECE / reliability bins (default 15)")
-    p.add_argument("--no-plots", action="store_true", help="skip the PNGs")
-    p.add_argument("--threads", type=int, default=None)
-    return p
 
 
 def format_table(report: dict) -> str:
@@ -55,24 +43,34 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def config_from_params(params: dict) -> CalibrationConfig:
+    over = given(CalibrationConfig, params)
+    if params.get("variant"):  # the old repeatable --variant NAME
+        over["variants"] = tuple(over.get("variants", ())) + tuple(params["variant"])
+    return make_config(CalibrationConfig, **over)
+
+
+@click.command(PROG, context_settings=CONTEXT, epilog=raw(EPILOG),
+               help="Temperature scaling and the 'uncertain' threshold, fitted on the validation split.")
+@click.argument("bundle")
+@config_options(CalibrationConfig)
+@click.option("--variant", multiple=True, hidden=True)
+def command(bundle: str, **params) -> int:
     from trashcam.edge.bundle import BundleError
     from trashcam.edge.dataset import DatasetError
 
+    config = config_from_params(params)
     try:
-        from .config import CalibrationConfig
         from .pipeline import calibrate_bundle
-        config = CalibrationConfig(variants=tuple(args.variants or ()), data=args.data, data_root=args.data_root,
-                                   target_precision=args.target_precision, target_coverage=args.target_coverage,
-                                   bins=args.bins, plots=not args.no_plots, ood_data=args.ood_data,
-                                   threads=args.threads)
-        report = calibrate_bundle(args.bundle, config)
+        report = calibrate_bundle(bundle, config)
     except (BundleError, DatasetError, ValueError, FileNotFoundError) as e:
-        print(f"edge-calibrate: error: {e}", file=sys.stderr)
-        return 2
+        return error(PROG, str(e))
     print(format_table(report))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(command, argv, PROG)
 
 
 if __name__ == "__main__":

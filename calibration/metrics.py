@@ -1,27 +1,15 @@
 """Calibration metrics on softmax outputs: NLL, expected calibration error and its reliability bins.
 
 The models output probabilities, not logits; log p differs from the logits by a per-row constant, so it serves
-as logits for temperature scaling. Probabilities are clipped at EPS exactly as edge.runtime.apply_temperature
-does, so what is fitted here is what a device computes.
+as logits for temperature scaling (trashcam.edge.temperature: the same clip EPS as on a device).
 """
 from __future__ import annotations
 
 import numpy as np
 
-EPS = 1e-7  # the clip of edge.runtime.apply_temperature
+from trashcam.edge.temperature import EPS, nll_at, pseudo_logits  # noqa: F401 - EPS, nll_at: this module's API
+
 N_BINS = 15
-
-
-def pseudo_logits(probs: np.ndarray) -> np.ndarray:
-    return np.log(np.clip(np.asarray(probs, np.float64), EPS, 1.0))
-
-
-def nll_at(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
-    """Mean negative log-likelihood of softmax(logits / T)."""
-    z = logits / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    lse = np.log(np.exp(z).sum(axis=1))
-    return float(np.mean(lse - z[np.arange(len(labels)), labels]))
 
 
 def nll(probs: np.ndarray, labels: np.ndarray) -> float:

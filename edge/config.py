@@ -1,31 +1,137 @@
-"""JSON round-trip for the frozen config dataclasses of every stage (train, convert, calibrate, bench, run).
+"""The frozen config dataclasses' shared base, and `RunConfig` (what `edge-run` was asked to do).
 
 Each CLI builds one config, saves it beside what it produced, and can read it back: tuples are stored as JSON
-lists and come back as tuples, so a loaded config compares equal to the one that was saved.
+lists and come back as tuples, so a loaded config compares equal to the one that was saved. A field declared
+with `setting(...)` carries its help text, choices and bounds; `JsonConfig.__post_init__` checks types, choices
+and bounds, so a config read from JSON is checked exactly like one built from flags, and edge/clitools.py
+derives the click option from the same declaration (each option is written once).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import fields
+import types
+import typing
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+
+class ConfigError(ValueError):
+    """A field holds a value it must not: `field problem, got value` (the CLI names the flag instead)."""
+
+    def __init__(self, field: str, problem: str, value: Any):
+        self.field, self.problem, self.value = field, problem, value
+        super().__init__(f"{field} {problem}, got {value!r}")
+
+
+def setting(default: Any = MISSING, help: str = "", *, choices: tuple | None = None, min: float | None = None,
+            max: float | None = None, above: float | None = None, parse: Callable[[str], Any] | None = None,
+            metavar: str | None = None, flag: str | None = None, cli: bool | str = True) -> Any:
+    """A dataclass field with what its CLI option and its check need.
+
+    choices: allowed values; min/max: inclusive bounds, above: exclusive lower bound (None always passes);
+    parse: str -> value for a flag that is not a plain int/float/str/comma list (raise ValueError if bad);
+    flag: the option's spelling if not --field-name (bools: "--yes/--no"); cli: False (no option),
+    "hidden" (works, not in --help) or "argument" (positional)."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "above": above, "parse": parse,
+            "metavar": metavar, "flag": flag, "cli": cli}
+    return dataclasses.field(default=default, metadata={k: v for k, v in meta.items() if v is not None})
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def type_hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def unwrap_optional(hint: Any) -> tuple[Any, bool]:
+    """`int | None` -> (int, True); `int` -> (int, False)."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return (args[0] if len(args) == 1 else Any), type(None) in typing.get_args(hint)
+    return hint, False
+
+
+def coerce(name: str, hint: Any, value: Any) -> Any:
+    """`value` as the type `hint` names (lists become tuples, ints become floats), or ConfigError."""
+    base, optional = unwrap_optional(hint)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(name, "must be given", value)
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(name, "must be true or false", value)
+    if base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(name, "must be an integer", value)
+    if base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(name, "must be a number", value)
+    if base is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):  # e.g. stage2_from 60 in an old record
+            return str(value)
+        raise ConfigError(name, "must be a string", value)
+    if typing.get_origin(base) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(name, "must be a list", value)
+        args = typing.get_args(base)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(coerce(name, args[0], v) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(name, f"must have {len(args)} items", value)
+        return tuple(coerce(name, a, v) for a, v in zip(args, value))
+    return value
 
 
 class JsonConfig:
-    """Mixin for frozen dataclasses. `strict = False` ignores unknown keys (e.g. records with extra fields)."""
+    """Mixin for frozen dataclasses. `strict = False` ignores unknown keys (e.g. records with extra fields).
+
+    Subclasses with more checks define `__post_init__` and call `super().__post_init__()` first."""
 
     strict = True
+
+    def __post_init__(self) -> None:
+        hints = type_hints(type(self))
+        for f in fields(self):  # type: ignore[arg-type]
+            value = coerce(f.name, hints.get(f.name, Any), getattr(self, f.name))
+            object.__setattr__(self, f.name, value)
+            if value is None:
+                continue
+            m = f.metadata
+            if "choices" in m and value not in m["choices"]:
+                raise ConfigError(f.name, f"must be one of {', '.join(map(str, m['choices']))}", value)
+            if "min" in m and value < m["min"]:
+                raise ConfigError(f.name, f"must be >= {m['min']}", value)
+            if "max" in m and value > m["max"]:
+                raise ConfigError(f.name, f"must be <= {m['max']}", value)
+            if "above" in m and value <= m["above"]:
+                raise ConfigError(f.name, f"must be > {m['above']}", value)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
+        if not isinstance(d, dict):
+            raise ValueError(f"a {cls.__name__} must be a JSON object, got {type(d).__name__}")
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown and cls.strict:
             raise ValueError(f"unknown {cls.__name__} key(s): {unknown}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def replace(self, **kw: Any):
+        return dataclasses.replace(self, **kw)
 
     def save(self, path: str | Path) -> None:
         from .bundle import atomic_write_json
@@ -34,3 +140,78 @@ class JsonConfig:
     @classmethod
     def load(cls, path: str | Path):
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def parse_size(s: str) -> tuple[int, int]:
+    """'640x480' -> (640, 480)."""
+    try:
+        w, h = (int(x) for x in s.lower().split("x"))
+    except ValueError as e:
+        raise ValueError(f"{s!r}: expected WIDTHxHEIGHT, e.g. 640x480") from e
+    if w <= 0 or h <= 0:
+        raise ValueError(f"{s!r}: expected WIDTHxHEIGHT, e.g. 640x480")
+    return w, h
+
+
+@dataclass(frozen=True)
+class RunConfig(JsonConfig):
+    """`edge-run`: one field per option (edge/cli.py derives the flags from these declarations)."""
+
+    strict = False  # a run_config.json record may carry extra keys
+    bundle: str = setting(help="bundle directory (full or slim, see edge-export)", cli="argument")
+    variant: str = setting("auto", "auto (fastest passing variant: edge-bench result, else a short probe) or a "
+                                   "name, e.g. tflite-int8")
+    source: str = setting("auto", "see 'sources' below")
+    threads: int | None = setting(None, "CPU threads in all (default: min(4, cores))", min=1)
+    streams: int | None = setting(None, "interpreters classifying frames at once, --threads shared between them "
+                                        "(default: one single-threaded interpreter per thread for folders, stdin "
+                                        "and video files, where throughput counts; one with every thread for "
+                                        "cameras, where the newest frame counts)", min=1)
+    # decision
+    smooth: str = setting("ema", "combine the last --window frames by EMA of probabilities or majority vote",
+                          choices=("ema", "majority", "none"))
+    window: int = setting(5, "frames combined by --smooth", min=1)
+    stable: int = setting(3, "frames a new decision must hold before it is shown", min=1)
+    min_confidence: float | None = setting(None, "below this the decision is 'uncertain' (default: the bundle's "
+                                                 "calibrated threshold)", min=0.0, max=1.0)
+    # outputs
+    log: str | None = setting(None, "append events (start, decisions or frames, skips, summary)",
+                              metavar="JSONL")
+    log_mode: str = setting("changes", "log each decision change or every frame", choices=("changes", "frames"))
+    save_frames: str | None = setting(None, "save annotated JPEGs here", metavar="DIR")
+    save_mode: str = setting("changes", "save on each decision change or every frame",
+                             choices=("changes", "frames"))
+    serve: str | None = setting(None, "HTTP view: / page, /stream.mjpg, /status JSON; binds 127.0.0.1 unless "
+                                      "HOST is given", metavar="[HOST:]PORT")
+    quiet: bool = setting(False, "no live console line (the summary is still printed)")
+    # run length and capture
+    max_frames: int | None = setting(None, "stop after N frames read (skipped included)", min=1)
+    duration: float | None = setting(None, "stop after this many seconds", above=0)
+    loop: bool = setting(False, "repeat a folder or video file forever")
+    capture_size: tuple[int, int] | None = setting(None, "camera capture / preview size (default: 640x480)",
+                                                   parse=parse_size, metavar="WxH")
+    max_fps: float | None = setting(None, "classify at most this many frames per second", above=0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.bundle:
+            raise ConfigError("bundle", "must be given", self.bundle)
+        if self.capture_size is not None and min(self.capture_size) < 1:
+            raise ConfigError("capture_size", "must be positive", self.capture_size)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunConfig":
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass(frozen=True)
+class ExportConfig(JsonConfig):
+    """`edge-export`: which variant goes into the slim bundle."""
+
+    bundle: str = setting(help="the full bundle directory", cli="argument")
+    dest: str = setting(help="where to write the slim bundle", cli="argument")
+    variant: str = setting("tflite-int8", "variant to keep, or auto (what `edge-run --variant auto` would pick)")
+    force: bool = setting(False, "replace a non-empty DEST, and allow a variant that failed its check")

@@ -1,9 +1,14 @@
 """`edge-export`: write a slim edge bundle (one variant + metadata + labels) to copy to a device."""
 from __future__ import annotations
 
-import argparse
 import sys
 
+import click
+
+from .clitools import CONTEXT, config_options, error, given, make_config, raw, run
+from .config import ExportConfig
+
+PROG = "edge-export"
 EPILOG = """\
 examples:
   edge-export runs/trashnet slim/ --variant tflite-int8       # ~3 MB instead of the whole training bundle
@@ -12,34 +17,29 @@ examples:
 
 The variant must have passed its accuracy check (see metadata.json "variants"), unless --force.
 The slim bundle keeps the whole metadata (preprocessing, calibration, bench) so edge-run behaves the same.
+DEST is created; it must be empty unless --force. Exit status: 0 ok, 2 bad bundle/variant/destination.
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge-export", description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("bundle", help="the full bundle directory")
-    p.add_argument("dest", help="where to write the slim bundle (created; must be empty unless --force)")
-    p.add_argument("--variant", default="tflite-int8",
-                   help="variant to keep, or auto (default: %(default)s)")
-    p.add_argument("--force", action="store_true",
-                   help="replace a non-empty DEST, and allow a variant that failed its check")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+@click.command(PROG, context_settings=CONTEXT, epilog=raw(EPILOG),
+               help="Write a slim edge bundle (one variant + metadata + labels) to copy to a device.")
+@config_options(ExportConfig)
+def command(**params) -> int:
     from .bundle import BundleError
     from .export import bundle_size, export_edge_bundle
 
+    cfg = make_config(ExportConfig, **given(ExportConfig, params))
     try:
-        slim = export_edge_bundle(args.bundle, args.dest, args.variant, force=args.force)
+        slim = export_edge_bundle(cfg.bundle, cfg.dest, cfg.variant, force=cfg.force)
     except (BundleError, OSError, ValueError, ImportError) as e:
-        print(f"edge-export: error: {e}", file=sys.stderr)
-        return 2
+        return error(PROG, str(e))
     (variant,) = slim.variants
     print(f"wrote {slim.path}: {variant} + metadata + labels, {bundle_size(slim.path) / 1e6:.2f} MB")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(command, argv, PROG)
 
 
 if __name__ == "__main__":

@@ -11,18 +11,16 @@ starts at the model-sized frame. Either way `frame_ms`, the time per frame, is w
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from .bundle import Bundle, BundleError, atomic_write_json
-from .config import JsonConfig
+from .config import RunConfig
 from .grabber import PrefetchSource
 from .images import load_for_model
 from .runtime import Classifier, choose_variant, classify_timed, default_threads, open_engine
@@ -31,38 +29,6 @@ from .smoothing import Smoother
 from .sources import is_live_source, open_source
 from .streams import StreamPool, classified, plan_streams
 from .stats import RateMeter, Reservoir, rss_kb
-
-
-@dataclass(frozen=True)
-class RunConfig(JsonConfig):
-    strict = False  # a run_config.json record may carry extra keys
-    bundle: str
-    variant: str = "auto"
-    source: str = "auto"
-    threads: int | None = None
-    streams: int | None = None  # interpreters classifying frames at once; None: one per thread unless a camera
-    smooth: str = "ema"  # ema | majority | none
-    window: int = 5  # frames combined by the smoother
-    stable: int = 3  # frames a new decision must hold before it is shown
-    min_confidence: float | None = None  # None: the bundle's calibrated threshold
-    log: str | None = None
-    log_mode: str = "changes"  # changes | frames
-    save_frames: str | None = None
-    save_mode: str = "changes"  # changes | frames
-    serve: str | None = None  # [HOST:]PORT; host defaults to 127.0.0.1
-    max_frames: int | None = None  # frames read, skipped ones included
-    duration: float | None = None  # seconds
-    loop: bool = False  # repeat a folder or video forever (soak tests)
-    capture_size: tuple[int, int] | None = None  # camera (width, height); None: 640x480
-    max_fps: float | None = None  # cap the rate to save power / heat
-    quiet: bool = False  # no live console line
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> "RunConfig":
-        return cls.from_dict(json.loads(text))
 
 
 class LiveRunner:

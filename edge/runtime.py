@@ -18,6 +18,7 @@ import numpy as np
 from .bundle import Bundle, BundleError, Preprocessing
 from .images import ImageLike, keep_frame_memory, load_for_model
 from .ood import OodScore, load_for_variant
+from .temperature import apply_temperature
 
 
 # Where a TFLite Interpreter can come from, in order of preference: LiteRT (the maintained runtime), the legacy
@@ -212,20 +213,6 @@ def open_engine(bundle: Bundle, variant: str, threads: int | None = None):
                           f"use one of: {', '.join(v for v in bundle.variants if variant_format(bundle, v) in ENGINES)}")
     keep_frame_memory()  # the engine will run frame after frame: reuse their buffers (see images.py)
     return ENGINES[fmt](bundle.variant_path(variant), threads)
-
-
-def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """Re-scale softmax outputs as if their logits were divided by T (log p differs from logits by a constant)."""
-    if temperature == 1.0:
-        return probs
-    # The same float32 operations as log(clip(p)) / T, softmax, in place: np.clip and the temporaries cost more
-    # than the arithmetic on 5 numbers, once per frame.
-    z = np.log(np.minimum(np.maximum(probs, 1e-7), 1.0))
-    z /= temperature
-    z -= z.max(axis=-1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=-1, keepdims=True)
-    return z
 
 
 def calibrated_probs(engine, image_u8: np.ndarray, temperature: float) -> np.ndarray:

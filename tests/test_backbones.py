@@ -23,7 +23,7 @@ from trashcam.train.backbones.torch_legacy import LEGACY_MAGIC, TorchFileError, 
 def test_registry_names_and_lookup():
     assert {"efficientnet_b0", "efficientnet_lite0"} <= set(names())
     spec = get("EfficientNet-Lite0")
-    assert spec.name == "efficientnet_lite0" and spec.input_size == 224 and spec.feature_dim == 1280
+    assert spec.name == "efficientnet_lite0" and spec.input_size == 224
     assert spec.offline_weights and get("efficientnet_b0").stage2_from == "60"
 
 

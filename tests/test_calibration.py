@@ -141,7 +141,7 @@ def test_cli(calibrated, tmp_path):
     ood.mkdir()
     for i in range(4):  # no class the model knows: mid-grey
         Image.new("RGB", (40, 48), (128, 128, 128)).save(ood / f"g{i}.png")
-    p = run_cli("-m", "trashcam.calibration.cli", str(d), "--variant", "tflite-int8", "--target-coverage", "0.5",
+    p = run_cli("-m", "trashcam.calibration.cli", str(d), "--variants", "tflite-int8", "--target-coverage", "0.5",
                 "--no-plots", "--ood-data", str(ood), "--threads", "1")
     assert p.returncode == 0, p.stderr
     row = [ln for ln in p.stdout.splitlines() if ln.startswith("tflite-int8")][0]
@@ -152,8 +152,25 @@ def test_cli(calibrated, tmp_path):
 
 
 def test_help_is_instant_and_bad_targets_are_rejected():
-    code = ("import sys; from trashcam.calibration.cli import build_parser; h = build_parser().format_help(); "
+    code = ("import sys; from trashcam.calibration.cli import command; "
+            "from trashcam.edge.clitools import help_text; h = help_text(command, 'edge-calibrate'); "
             "assert 'examples' in h; print('tensorflow' in sys.modules or 'matplotlib' in sys.modules)")
     assert run_cli("-c", code, check=True).stdout.strip() == "False"
     p = run_cli("-m", "trashcam.calibration.cli", "/nonexistent", "--target-precision", "1.5")
-    assert p.returncode == 2 and "target_precision" in p.stderr
+    assert p.returncode == 2 and "--target-precision must be <= 1.0" in p.stderr
+
+
+def test_train_does_not_import_calibration_and_the_fit_uses_the_device_clip():
+    import ast
+    from pathlib import Path
+
+    from trashcam.edge import temperature
+
+    root = Path(__file__).parents[1] / "train"
+    for f in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith("trashcam.calibration"), f
+    p = np.array([[0.0, 0.3, 0.7]], np.float32)
+    assert np.allclose(temperature.pseudo_logits(p)[0, 0], np.log(temperature.EPS))
+    assert fit_temperature is temperature.fit_temperature  # calibration re-exports the one fit

@@ -113,7 +113,7 @@ def test_broken_calibration_fails_int8_and_keeps_the_previous_file(converted, tm
     black.mkdir()
     for i in range(8):  # all-black calibration: every activation range collapses, the model goes blind
         Image.new("RGB", (40, 48), (0, 0, 0)).save(black / f"b{i}.png")
-    p = run_cli("-m", "trashcam.convert.cli", str(d), "--int8", "--calib-data", str(black), "--threads", "1")
+    p = run_cli("-m", "trashcam.convert.cli", str(d), "--variants", "tflite-int8", "--calib-data", str(black), "--threads", "1")
     assert p.returncode == 1, p.stderr
     row = [ln for ln in p.stdout.splitlines() if ln.startswith("tflite-int8")][0]
     assert "FAIL" in row and "previous file kept" in row
@@ -211,7 +211,8 @@ def test_keras_engine_matches_the_engine_interface(tiny_keras_bundle):
 
 
 def test_help_is_instant_and_teaches():
-    code = ("import sys; from trashcam.convert.cli import build_parser; h = build_parser().format_help(); "
+    code = ("import sys; from trashcam.convert.cli import command; from trashcam.edge.clitools import help_text; "
+            "h = help_text(command, 'edge-convert'); "
             "assert 'examples' in h and '--int8-io' in h; print('tensorflow' in sys.modules)")
     p = run_cli("-c", code, check=True)
     assert p.stdout.strip() == "False"
@@ -356,13 +357,20 @@ def test_float_layers_keep_the_front_in_float_and_minus_one_is_fully_integer(tin
 
 
 def test_int8_recipe_flags_reach_the_config():
-    from trashcam.convert.cli import build_parser, config_from_args
+    from trashcam.convert.cli import command, config_from_params
+    from trashcam.edge.clitools import parse
 
-    args = ["b", "--int8", "--no-int8-bias-correction", "--no-int8-range-repair", "--int8-float-layers", "-1"]
-    c = config_from_args(build_parser().parse_args(args))
+    args = ["b", "--variants", "int8", "--no-int8-bias-correction", "--no-int8-range-repair",
+            "--int8-float-layers", "-1"]
+    c = config_from_params(parse(command, args))
     assert (c.int8_bias_correction, c.int8_range_repair, c.int8_float_layers) == (False, False, -1)
-    d = config_from_args(build_parser().parse_args(["b"]))
+    assert c.variants == ("int8",)
+    d = config_from_params(parse(command, ["b"]))
     assert (d.int8_bias_correction, d.int8_range_repair, d.int8_float_layers) == (True, True, 2)
+    assert d.variants == () and d.check
+    # the old one-flag-per-variant spelling still works (hidden), and joins --variants
+    e = config_from_params(parse(command, ["b", "--int8", "--variants", "tflite-fp16", "--no-check"]))
+    assert e.variants == ("tflite-fp16", "int8") and not e.check
     from trashcam.convert.config import ConvertConfig
     with pytest.raises(ValueError, match="int8_float_layers"):
         ConvertConfig(int8_float_layers=-2)

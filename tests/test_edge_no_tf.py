@@ -17,7 +17,8 @@ PROBE = textwrap.dedent("""
     for n in names:
         importlib.import_module(n)
     from trashcam.edge.runtime import Classifier, load_tflite_interpreter_class
-    from trashcam.edge.live import LiveRunner, RunConfig
+    from trashcam.edge.config import RunConfig
+    from trashcam.edge.live import LiveRunner
     from trashcam.edge.export import export_edge_bundle
     bundle, folder, out = sys.argv[1], sys.argv[2], sys.argv[3]
     pred = Classifier(bundle, "auto", threads=1).classify(sorted(__import__("glob").glob(folder + "/*/*.jpg"))[0])

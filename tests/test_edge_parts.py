@@ -184,7 +184,8 @@ def test_picamera2_source_with_a_fake_camera_reopens_and_classifies(tiny_tflite_
     pytest.importorskip("cv2")
     import types
     from trashcam.edge import picamera, sources
-    from trashcam.edge.live import LiveRunner, RunConfig
+    from trashcam.edge.config import RunConfig
+    from trashcam.edge.live import LiveRunner
     scene = np.kron(synth_image(0, np.random.default_rng(1), (24, 32)), np.ones((20, 20, 1), np.uint8))  # red
     FakePicamera2.scene, FakePicamera2.opens, FakePicamera2.captures = scene, 0, 0
     monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=FakePicamera2))
@@ -372,7 +373,8 @@ def test_read_ahead_keeps_every_frame_in_order_with_its_model_input(synthetic_da
 def test_edge_run_reads_a_folder_ahead_and_classifies_as_the_api_does(tiny_tflite_bundle, synthetic_dataset, clf):
     import io
     from trashcam.edge.grabber import PrefetchSource
-    from trashcam.edge.live import LiveRunner, RunConfig
+    from trashcam.edge.config import RunConfig
+    from trashcam.edge.live import LiveRunner
 
     seen: list[dict] = []
     runner = LiveRunner(RunConfig(bundle=str(tiny_tflite_bundle), variant="tflite-fp32", source=str(synthetic_dataset),

@@ -77,7 +77,8 @@ def test_pool_raises_a_workers_error_and_stops_when_the_consumer_does():
 
 
 def test_streamed_edge_run_gives_the_serial_answers_in_order(tiny_tflite_bundle, synthetic_dataset, clf):
-    from trashcam.edge.live import LiveRunner, RunConfig, format_summary
+    from trashcam.edge.config import RunConfig
+    from trashcam.edge.live import LiveRunner, format_summary
 
     files = sorted(str(p) for p in synthetic_dataset.rglob("*.*"))
     seen: list[dict] = []

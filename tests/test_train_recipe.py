@@ -279,3 +279,32 @@ def test_calibrated_validation_loss_ignores_confidence_scale_but_not_ranking():
     worse = validation_loss(Fixed(logits + rng.normal(scale=2, size=logits.shape)), None, t, 32)
     assert worse["val_loss_calibrated"] > soft["val_loss_calibrated"] + 0.05
     assert soft["val_accuracy"] == sharp["val_accuracy"] == pytest.approx(0.9)
+
+
+def test_a_picked_backbone_brings_its_own_stage2_start_and_input_size():
+    from trashcam.train.backbones import get
+
+    lite = resolve("seed", backbone="efficientnet_lite0")
+    assert lite.stage2_from == get("efficientnet_lite0").stage2_from == "block3b"  # not B0's layer index 60
+    assert lite.image_size == get("efficientnet_lite0").input_size
+    assert resolve("seed", backbone="efficientnet_lite0", stage2_from="40").stage2_from == "40"  # a flag wins
+    assert resolve("seed").stage2_from == "60"
+    # a value the recipe chose for itself (not its backbone's default) stays with the recipe
+    b0 = resolve("default", backbone="efficientnet_b0")
+    assert (b0.stage2_from, b0.image_size) == (DEFAULT.stage2_from, DEFAULT.image_size)
+    with pytest.raises(ValueError, match="unknown backbone"):
+        resolve("seed", backbone="resnet9000")
+
+
+def test_overwrite_is_a_parameter_not_an_environment_switch(monkeypatch, tmp_path):
+    import os
+
+    import trashcam.train.pipeline as pipeline
+    from trashcam.train.cli import main
+
+    seen = []
+    monkeypatch.setattr(pipeline, "train", lambda cfg, overwrite=False: seen.append(overwrite))
+    monkeypatch.delenv("TRASHCAM_OVERWRITE", raising=False)
+    args = ["--data", str(tmp_path), "--out", str(tmp_path / "b"), "--quiet"]
+    assert main(args + ["--overwrite"]) == 0 and main(args) == 0
+    assert seen == [True, False] and "TRASHCAM_OVERWRITE" not in os.environ

@@ -1,12 +1,20 @@
-"""`edge-train`: parse flags into a TrainConfig (recipe preset + overrides) and call `pipeline.train`."""
+"""`edge-train`: flags -> a TrainConfig (recipe preset + overrides) -> `pipeline.train`.
+
+The options are TrainConfig's fields; --help shows each recipe's value where the recipes differ.
+"""
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from dataclasses import fields
+from dataclasses import Field
+
+import click
+
+from trashcam.edge.clitools import CONTEXT, config_options, error, given, make_config, raw, run
 
 from .config import RECIPES, TrainConfig, resolve
+
+PROG = "edge-train"
 
 EPILOG = """examples:
   edge-train --data data/sample --out runs/sample --recipe quick        # ~1-2 min on a laptop CPU
@@ -22,7 +30,7 @@ recipes:
 
 Data: DIR/<class>/*.jpg (split 70/15/15 stratified, seed --seed) or DIR/{train,val,test}/<class>/*.jpg.
 The bundle (--out) gets model.keras, labels, split, config, metrics.json, report.md and plots; next:
-`edge-convert BUNDLE --int8`.
+`edge-convert BUNDLE --variants tflite-int8`.
 """
 
 HELP = {
@@ -34,7 +42,8 @@ HELP = {
     "mode": "'cached': frozen part computed once per view, both stages on the cache (fastest on CPU); 'hybrid': "
             "stage 1 on cached features, stage 2 on freshly augmented images; 'full': both stages fresh (the seed's way)",
     "views": "augmented views per training image cached for stage 1 ('cached', 'hybrid') and stage 2 ('cached')",
-    "stage2_from": "first backbone layer that trains in stage 2: an index (60) or a name prefix (block6a)",
+    "stage2_from": "first backbone layer that trains in stage 2: an index (60) or a name prefix (block6a); with "
+                   "--backbone, that backbone's own start where the recipe used its backbone's",
     "exclude_classes": "comma-separated classes to leave out (open-set experiments)",
     "tta_passes": "comma-separated TTA passes: identity,hflip,vflip,zoom_in,zoom_in_hflip,rot90",
     "strategy": "auto | none | mirrored (several GPUs) | multiworker (several machines; set TF_CONFIG)",
@@ -44,76 +53,56 @@ HELP = {
 }
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def recipe_values(f: Field) -> str | None:
+    """What --help shows as a field's default: the recipes' values, e.g. "default recipe: 30; quick: 15; seed: 8"."""
+    def show(v):
+        return ",".join(map(str, v)) if isinstance(v, tuple) else ("on" if v is True else "off" if v is False else
+                                                                    repr(v) if v == "" else str(v))
+    values = {name: show(getattr(cfg, f.name)) for name, cfg in RECIPES.items()}
+    if len(set(values.values())) == 1:
+        return None if values["default"] == "''" else f"default: {values['default']}"
+    first = values.pop("default")
+    return f"default recipe: {first}; " + "; ".join(f"{k}: {v}" for k, v in sorted(values.items()))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge-train", description="Train a waste classifier and write a model bundle.",
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipe", default="default", choices=sorted(RECIPES), help="preset; other flags override it")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out (only on success)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
-    skip = {"recipe", "verbose"}
-    for f in fields(TrainConfig):
-        if f.name in skip:
-            continue
-        default = f.default
-        kw = {"default": None, "help": HELP.get(f.name, f"(recipe default: {default})")}
-        if isinstance(default, bool):
-            kw["action"] = argparse.BooleanOptionalAction
-        elif isinstance(default, tuple):
-            kw["type"] = str
-            kw["metavar"] = "A,B,..."
-        else:
-            kw["type"] = type(default)
-        p.add_argument(_flag(f.name), **kw)
-    return p
+def config_from_params(params: dict) -> TrainConfig:
+    over = {k: v for k, v in given(TrainConfig, params).items() if k != "recipe"}
+    over["verbose"] = 0 if params.get("quiet") else 1
+    return make_config(resolve, params.get("recipe") or "default", **over)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    over = {}
-    for f in fields(TrainConfig):
-        v = getattr(args, f.name, None)
-        if v is None or f.name in ("recipe", "verbose"):
-            continue
-        if isinstance(f.default, tuple):
-            items = [s for s in str(v).split(",") if s]
-            v = tuple(type(f.default[0])(s) for s in items) if f.default else tuple(items)
-        over[f.name] = v
-    over["verbose"] = 0 if args.quiet else 1
-    return resolve(args.recipe, **over)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-    except ValueError as e:
-        print(f"edge-train: {e}", file=sys.stderr)
-        return 2
-    if args.print_config:
+@click.command(PROG, context_settings=CONTEXT, epilog=raw(EPILOG),
+               help="Train a waste classifier and write a model bundle.")
+@click.option("--recipe", type=click.Choice(sorted(RECIPES)), default="default", show_default=True,
+              help="preset; other flags override it")
+@click.option("--overwrite", is_flag=True, help="replace an existing bundle at --out (only on success)")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+@click.option("--print-config", is_flag=True, help="print the resolved config as JSON and exit")
+@config_options(TrainConfig, help=HELP, skip=("recipe", "verbose"), default_text=recipe_values)
+def command(recipe: str, overwrite: bool, quiet: bool, print_config: bool, **params) -> int:
+    cfg = config_from_params({"recipe": recipe, "quiet": quiet, **params})
+    if print_config:
         import json
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    if args.overwrite:
-        os.environ["TRASHCAM_OVERWRITE"] = "1"
     if not sys.stderr.isatty():  # CI logs and nohup: a progress line every 30 s, not every batch
         os.environ.setdefault("TQDM_MININTERVAL", "30")
     from trashcam.edge.dataset import DatasetError
 
     from .pipeline import TrainError, train
     try:
-        train(cfg)
+        train(cfg, overwrite=overwrite)
     except KeyboardInterrupt:
-        print(f"\nedge-train: interrupted; the last finished epoch is checkpointed in {cfg.out}.partial/ — "
+        print(f"\n{PROG}: interrupted; the last finished epoch is checkpointed in {cfg.out}.partial/ — "
               "continue with the same command plus --resume", file=sys.stderr)
         return 130
     except (TrainError, DatasetError, FileNotFoundError, ValueError) as e:
-        print(f"edge-train: {e}", file=sys.stderr)
-        return 1
+        return error(PROG, str(e), 1)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(command, argv, PROG)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from trashcam.edge.config import JsonConfig
+from trashcam.edge.config import ConfigError, JsonConfig, setting
+
+MODES = ("full", "cached", "hybrid")
+MONITORS = ("val_loss", "val_loss_calibrated")
 
 
 @dataclass(frozen=True)
@@ -44,13 +47,13 @@ class TrainConfig(JsonConfig):
     freeze_bn: bool = True
     # early stopping and the stage-2-or-stage-1 choice: "val_loss" (the seed's) or "val_loss_calibrated" (NLL at
     # the best temperature: compares how well models rank classes, not how confident MixUp left them)
-    monitor: str = "val_loss"
+    monitor: str = setting("val_loss", choices=MONITORS)
     # "full": each epoch runs the whole network on freshly augmented images (the seed notebook's way, GPU-friendly).
     # "cached": the frozen part runs once per augmented view and is cached; epochs train only what learns
     # (stage 1: the head on pooled features; stage 2: the unfrozen blocks on cached activations). Same recipe,
     # with `views` fixed augmentations per image instead of fresh ones every epoch: ~10x less CPU.
     # "hybrid": stage 1 as in "cached", stage 2 as in "full".
-    mode: str = "full"
+    mode: str = setting("full", choices=MODES)
     views: int = 5
     batch_size: int = 32
 
@@ -81,6 +84,17 @@ class TrainConfig(JsonConfig):
     resume: bool = False
     verbose: int = 1
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if abs(sum(self.split) - 1) > 1e-6:
+            raise ConfigError("split", "fractions must sum to 1", self.split)
+        for name in ("image_size", "views", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "must be >= 1", getattr(self, name))
+        for name in ("stage1_epochs", "stage2_epochs", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, "must be >= 0", getattr(self, name))
+
     def replace(self, **kw: Any) -> "TrainConfig":
         return dataclasses.replace(self, **kw)
 
@@ -108,20 +122,38 @@ DEFAULT = TrainConfig(
 QUICK = DEFAULT.replace(recipe="quick", image_size=160, views=2, stage1_epochs=15, stage2_epochs=2,
                         stage2_from="block7a", stage2_lr=1e-4, tta_passes=("identity", "hflip"))
 
-MODES = ("full", "cached", "hybrid")
 RECIPES: dict[str, TrainConfig] = {c.recipe: c for c in (SEED, DEFAULT, QUICK)}
 
 
+# Recipe fields whose value belongs to the backbone (its BackboneSpec attribute): a layer index such as the seed's
+# "60" names a different block in another backbone.
+BACKBONE_DEFAULTS = {"stage2_from": "stage2_from", "image_size": "input_size"}
+
+
+def backbone_defaults(preset: TrainConfig, backbone: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The picked backbone's own values for the recipe fields that were the recipe backbone's own values.
+
+    `--recipe seed --backbone efficientnet_lite0` unfreezes Lite0 from its spec's block3b, not layer 60 (B0's
+    block3b); a recipe value chosen for the recipe (the default's "block5a", its 288 px) and a flag stay."""
+    from . import backbones
+    try:
+        old, new = backbones.get(preset.backbone), backbones.get(backbone)
+    except KeyError as e:
+        raise ValueError(str(e)) from None
+    out = {}
+    for field, attr in BACKBONE_DEFAULTS.items():
+        if field in overrides or not hasattr(new, attr) or getattr(preset, field) != getattr(old, attr, None):
+            continue
+        out[field] = getattr(new, attr)
+    return out
+
+
 def resolve(recipe: str, **overrides: Any) -> TrainConfig:
-    """Preset + overrides (None means "not given"), validated."""
+    """Preset + overrides (None means "not given"), validated by TrainConfig.__post_init__."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
-    cfg = RECIPES[recipe].replace(**{k: v for k, v in overrides.items() if v is not None})
-    if cfg.mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {cfg.mode!r}")
-    if cfg.monitor not in ("val_loss", "val_loss_calibrated"):
-        raise ValueError(f"monitor must be 'val_loss' or 'val_loss_calibrated', got {cfg.monitor!r}")
-    if abs(sum(cfg.split) - 1) > 1e-6:
-        raise ValueError(f"split fractions must sum to 1, got {cfg.split}")
-    return cfg
-
+    preset = RECIPES[recipe]
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if overrides.get("backbone", preset.backbone) != preset.backbone:
+        overrides = {**backbone_defaults(preset, overrides["backbone"], overrides), **overrides}
+    return preset.replace(**overrides)

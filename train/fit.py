@@ -144,8 +144,7 @@ def validation_loss(model, x: np.ndarray, t: np.ndarray, batch: int) -> dict[str
     smoothing make stage 1 under-confident, fine-tuning makes it sharper, and raw cross-entropy punishes the
     latter even when it ranks classes better. `edge-calibrate` fits the same temperature afterwards anyway.
     """
-    from trashcam.calibration.metrics import nll_at, pseudo_logits
-    from trashcam.calibration.temperature import fit_temperature
+    from trashcam.edge.temperature import fit_temperature, nll_at, pseudo_logits
 
     p = predict(model, x, batch)
     y = t.argmax(1)

@@ -87,14 +87,13 @@ def _weights_only(model):
     return clone
 
 
-def train(cfg: TrainConfig) -> Path:
+def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
     t_start = time.perf_counter()
     if not cfg.data:
         raise TrainError("no data folder given (--data DIR with one sub-folder per class)")
     out = Path(cfg.out)
     partial = out.with_name(out.name + ".partial")
-    if out.exists() and (out / "metadata.json").exists() and not cfg.resume and os.environ.get(
-            "TRASHCAM_OVERWRITE") != "1":
+    if out.exists() and (out / "metadata.json").exists() and not cfg.resume and not overwrite:
         raise TrainError(f"{out} already holds a bundle; choose another --out or pass --overwrite")
     if not cfg.resume and partial.exists():
         shutil.rmtree(partial)

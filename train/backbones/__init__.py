@@ -20,8 +20,10 @@ class BackboneSpec:
     """A registered backbone.
 
     build(input_shape=(H, W, 3), weights="imagenet" | None | path) -> keras.Model, 0..255 input -> feature map.
-    stage2_from: where the recipe's stage 2 starts unfreezing, as `trashcam.train.model.stage2_index` reads it
-    (a backbone layer index as a string, or a layer-name prefix).
+    input_size, stage2_from: the defaults a recipe takes when this backbone is picked instead of the recipe's
+    own (train.config.backbone_defaults); stage2_from is where stage 2 starts unfreezing, as
+    `trashcam.train.model.stage2_index` reads it (a backbone layer index as a string, or a layer-name prefix).
+    The feature width is not declared: the head reads it from the built backbone.
     """
 
     name: str
@@ -29,7 +31,6 @@ class BackboneSpec:
     input_size: int = 224
     default_weights: str = "imagenet"
     stage2_from: str = "60"
-    feature_dim: int = 1280
     offline_weights: bool = False  # ImageNet weights available without network access
     notes: str = ""
 
