@@ -151,6 +151,9 @@ class CaptureSink:
             print(f"capture: writing to {self.root} failed ({e.strerror or e}); capture stopped, classification "
                   "goes on", file=self.err, flush=True)
             return None
+        except Exception:  # noqa: BLE001 - e.g. an odd frame PIL cannot encode: count it, keep going
+            self.counts["failed"] += 1
+            return None
 
     def _write(self, image: np.ndarray, record: dict[str, Any], now: float) -> Path:
         from PIL import Image

@@ -94,11 +94,22 @@ class LiveRunner:
         if cfg.save_frames:
             self.sinks.append(FrameSaver(cfg.save_frames, cfg.save_mode))
             atomic_write_json(Path(cfg.save_frames) / "run_config.json", start)
+        if cfg.capture:
+            from .capture import CaptureSink
+            model_file = self.clf.bundle.variants[self.clf.variant]["file"]
+            self.sinks.append(CaptureSink(cfg.capture, cfg.capture_when, cfg.capture_quota_mb, cfg.capture_rate,
+                                          bundle_sha256=self.clf.bundle.metadata["files"][model_file]["sha256"],
+                                          variant=self.clf.variant, err=self.err))
         if cfg.serve is not None:
             from .server import PreviewServer
             self.server = PreviewServer(cfg.serve, self.info)
             self.sinks.append(self.server)
-            print(f"serving {self.server.url} (/stream.mjpg, /status)", file=self.err, flush=True)
+            pages = "/stream.mjpg, /status"
+            if cfg.capture:
+                from .review import CaptureFolder, ReviewPage
+                ReviewPage(CaptureFolder(cfg.capture, self.labels)).register(self.server)
+                pages += ", /review"
+            print(f"serving {self.server.url} ({pages})", file=self.err, flush=True)
 
     def _scored(self, engine, result: tuple) -> tuple:
         """classify_timed's (probs, invoke ms, e2e ms) + the frame's (score, uncertain), timed in e2e."""

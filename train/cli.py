@@ -45,6 +45,9 @@ HELP = {
     "stage2_from": "first backbone layer that trains in stage 2: an index (60) or a name prefix (block6a); with "
                    "--backbone, that backbone's own start where the recipe used its backbone's",
     "exclude_classes": "comma-separated classes to leave out (open-set experiments)",
+    "add_data": "also train on reviewed field images: DIR/<class>/ (from edge-run --capture, relabelled on "
+                "/review) split like --data with a separate field test split; DIR/_foreign/ become negatives "
+                "for edge-calibrate's uncertainty score",
     "tta_passes": "comma-separated TTA passes: identity,hflip,vflip,zoom_in,zoom_in_hflip,rot90",
     "strategy": "auto | none | mirrored (several GPUs) | multiworker (several machines; set TF_CONFIG)",
     "precision": "auto (mixed_float16 on GPU, float32 on CPU) | float32 | mixed_float16 | mixed_bfloat16",

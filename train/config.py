@@ -27,6 +27,7 @@ class TrainConfig(JsonConfig):
     seed: int = 42
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     exclude_classes: tuple[str, ...] = ()  # train as if these classes did not exist (open-set experiments)
+    add_data: str = ""  # reviewed field images (edge-run --capture DIR, /review): DIR/<class>/, DIR/_foreign/
 
     # head
     dropout: float = 0.35
