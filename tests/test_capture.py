@@ -113,3 +113,15 @@ def test_labels_become_safe_folder_names(tmp_path):
     cap = CaptureSink(tmp_path / "cap", "all", clock=Clock())
     p = cap.capture(img(), rec(label="../evil"))
     assert p.parent.parent == (tmp_path / "cap").resolve()
+
+
+def test_edge_run_refuses_an_unwritable_capture_folder_at_start(tiny_tflite_bundle, tmp_path, capsys):
+    from trashcam.edge.cli import main
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    from PIL import Image
+    Image.fromarray(img()).save(frames / "a.jpg")
+    (tmp_path / "file").write_text("x")
+    rc = main([str(tiny_tflite_bundle), "--source", str(frames), "--capture", str(tmp_path / "file" / "cap"),
+               "--quiet"])
+    assert rc == 2 and "not writable" in capsys.readouterr().err
