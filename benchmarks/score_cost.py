@@ -65,9 +65,32 @@ def quality(bundle: Bundle, variant: str) -> dict | None:
     return out
 
 
+def test_metrics(bundle: Bundle, variant: str, engine, images) -> dict | None:
+    """On the benchmark's labelled (test) images, through the variant's own calibration: ECE after temperature
+    and the share the bundle's "uncertain" rule flags (its score, else max-probability under the threshold)."""
+    from trashcam.calibration.metrics import ece
+    from trashcam.edge.runtime import bundle_temperature
+
+    if not hasattr(engine, "features") or not len(images):
+        return None
+    t = bundle_temperature(bundle, variant)
+    ood = ood_for_engine(bundle, variant, engine)
+    probs, flagged = [], []
+    for im in images.x:
+        p = apply_temperature(engine.postprocess(engine.invoke_raw(engine.prepare(im)))[0], t)
+        probs.append(p)
+        if ood is not None:
+            flagged.append(bool(ood.score(p, engine.features() if ood.needs_features else None)[0] > ood.threshold))
+        else:
+            flagged.append(float(p.max()) < float(bundle.calibration.get("threshold", 0.0)))
+    probs = np.stack(probs)
+    return {"ece_after": round(ece(probs, images.y), 6), "flagged": round(float(np.mean(flagged)), 6),
+            "rule": ood.kind if ood is not None else "max-probability", "temperature": t, "images": len(images)}
+
+
 def markdown_rows(result: dict) -> list[str]:
     """Lines for report.md: one row per (variant, threads) that has a score."""
-    rows = [e for e in result.get("variants", []) if e.get("uncertainty")]
+    rows = [e for e in result.get("variants", []) if e.get("uncertainty") or e.get("uncertainty_test")]
     if not rows:
         return []
 
@@ -75,12 +98,16 @@ def markdown_rows(result: dict) -> list[str]:
         return "-" if v is None else f"{v * 100:.1f} %"
 
     md = ["", "## Uncertainty score", "",
-          "| variant | threads | score | flagged: validation | flagged: foreign | ECE after T | "
-          "per-frame cost p50 (scored / probs) |", "|---|---:|---|---:|---:|---:|---:|"]
+          "flagged = share called uncertain at the bundle's threshold; validation and foreign (`edge-calibrate "
+          "--ood-data`, split.json's foreign list) as edge-calibrate measured them, test here.", "",
+          "| variant | threads | score | flagged: validation | flagged: test | flagged: foreign | ECE after T: "
+          "validation | test | per-frame cost p50 (scored / probs) |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for e in rows:
-        u, c = e["uncertainty"], e["uncertainty"].get("cost") or {}
-        md.append(f"| {e['name']} | {e['threads']} | {u.get('kind')} | {pct(u.get('val_flagged'))} | "
-                  f"{pct(u.get('foreign_flagged'))} | {pct(u.get('ece_after'))} | "
+        u, c = e.get("uncertainty") or {}, (e.get("uncertainty") or {}).get("cost") or {}
+        ut = e.get("uncertainty_test") or {}
+        md.append(f"| {e['name']} | {e['threads']} | {u.get('kind') or ut.get('rule')} | "
+                  f"{pct(u.get('val_flagged'))} | {pct(ut.get('flagged'))} | "
+                  f"{pct(u.get('foreign_flagged'))} | {pct(u.get('ece_after'))} | {pct(ut.get('ece_after'))} | "
                   + (f"x{c['ratio_p50']:.3f} ({c['scored_ms']['p50']:.2f} / {c['probs_ms']['p50']:.2f} ms) |"
                      if c else "- |"))
     return md

@@ -156,4 +156,6 @@ def test_bench_reports_score_cost_and_quality(scored_bundle, tmp_path):
     u = r["variants"][0]["uncertainty"]
     assert u["kind"] == "mahalanobis" and u["val_flagged"] is not None and u["ece_after"] is not None
     assert u["cost"]["ratio_p50"] > 0 and u["cost"]["scored_ms"]["runs"] == 5
+    ut = r["variants"][0]["uncertainty_test"]
+    assert ut["rule"] == "mahalanobis" and 0 <= ut["flagged"] <= 1 and 0 <= ut["ece_after"] <= 1
     assert "## Uncertainty score" in to_markdown(r)
