@@ -25,7 +25,8 @@ import numpy as np
 from trashcam.edge.ood import (Mahalanobis, auroc, energy_score, knn_cosine_score, msp_score,
                                threshold_for_rate)
 
-SCORES = ("msp", "energy", "maha_pooled", "maha_penult", "knn_cosine", "combined")
+SCORES = ("msp", "energy", "maha_pooled", "maha_penult", "rel_maha", "knn_cosine", "knn10_cosine", "combined",
+          "combined_knn")
 
 
 def extract_features(data: str, image_size: int, views: int, seed: int, cache_dir: Path) -> dict:
@@ -124,6 +125,7 @@ def fold_scores(f: dict, k: int, seed: int, knn_k: int = 1) -> dict:
     temp = fit_temperature(_softmax(logits["val"]), yv)
     probs = {s: _softmax(z / temp) for s, z in logits.items()}
     maha_p = Mahalanobis.fit(xtr[:, 0], ytr)
+    maha_bg = Mahalanobis.fit(xtr[:, 0], np.zeros(len(ytr), int))  # one Gaussian for all: relative Mahalanobis
     tr_hid = np.asarray(penult.predict(xtr[:, 0], batch_size=256, verbose=0))
     maha_h = Mahalanobis.fit(tr_hid, ytr)
     out = {s: {} for s in SCORES}
@@ -132,12 +134,16 @@ def fold_scores(f: dict, k: int, seed: int, knn_k: int = 1) -> dict:
         out["energy"][s] = energy_score(logits[s], temp)
         out["maha_pooled"][s] = maha_p.score(sets[s])
         out["maha_penult"][s] = maha_h.score(hid[s])
+        out["rel_maha"][s] = out["maha_pooled"][s] - maha_bg.score(sets[s])
         out["knn_cosine"][s] = knn_cosine_score(sets[s], xtr[:, 0], knn_k)
-    # combined: each part standardised on in-distribution validation, then summed (what edge.ood deploys)
-    mm, ms = out["maha_pooled"]["val"].mean(), out["maha_pooled"]["val"].std() + 1e-12
-    pm, ps = out["msp"]["val"].mean(), out["msp"]["val"].std() + 1e-12
+        out["knn10_cosine"][s] = knn_cosine_score(sets[s], xtr[:, 0], 10)
+
+    def z(name, s):  # standardised on in-distribution validation (what edge.ood deploys for "combined")
+        v = out[name]["val"]
+        return (out[name][s] - v.mean()) / (v.std() + 1e-12)
     for s in sets:
-        out["combined"][s] = (out["maha_pooled"][s] - mm) / ms + (out["msp"][s] - pm) / ps
+        out["combined"][s] = z("maha_pooled", s) + z("msp", s)
+        out["combined_knn"][s] = z("knn_cosine", s) + z("msp", s)
     acc = float(np.mean(probs["test"].argmax(1) == yte))
     return {"scores": out, "test_accuracy": acc, "temperature": temp, "shrinkage": maha_p.shrinkage,
             "n": {s: int(len(v)) for s, v in sets.items()}}

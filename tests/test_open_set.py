@@ -8,6 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
+from trashcam.calibration.ood import DEFAULT_KIND
+
 
 def test_mahalanobis_flags_far_points_and_matches_direct_formula():
     from trashcam.edge.ood import Mahalanobis, auroc, ledoit_wolf, threshold_for_rate
@@ -99,8 +101,8 @@ def test_calibrate_stores_a_feature_score_per_variant(scored_bundle):
     ood = b.calibration["ood_by_variant"]
     assert set(ood) >= {"keras", "tflite-fp32", "tflite-int8"}
     for v in ("tflite-fp32", "tflite-int8"):
-        assert ood[v]["kind"] == "mahalanobis" and ood[v]["file"] == f"ood/{v}.npz"
-        assert report["variants"][v]["uncertainty"]["candidates"]["mahalanobis"]["val_flagged"] <= 0.1
+        assert ood[v]["kind"] == DEFAULT_KIND and ood[v]["file"] == f"ood/{v}.npz"
+        assert report["variants"][v]["uncertainty"]["candidates"][DEFAULT_KIND]["val_flagged"] <= 0.1
     # INT8 has its own statistics, not a copy of float's
     a, c = np.load(d / "ood/tflite-fp32.npz"), np.load(d / "ood/tflite-int8.npz")
     assert not np.array_equal(a["p_means"], c["p_means"])
@@ -113,7 +115,7 @@ def test_classifier_uses_score_and_old_bundles_fall_back(scored_bundle, tmp_path
     d, _ = scored_bundle
     img = np.random.default_rng(2).integers(0, 255, (40, 48, 3), dtype=np.uint8)
     clf = Classifier(d, "tflite-int8", threads=1)
-    assert clf.ood is not None and clf.ood.kind == "mahalanobis"
+    assert clf.ood is not None and clf.ood.kind == DEFAULT_KIND
     p = clf.classify(img)
     assert np.isfinite(p.score) and p.uncertain == (p.score > clf.ood.threshold)
     assert "score" in p.to_dict()
@@ -154,8 +156,8 @@ def test_bench_reports_score_cost_and_quality(scored_bundle, tmp_path):
     r = run_benchmark(d, BenchConfig(variants=("tflite-int8",), threads=(1,), runs=5, warmup=1, e2e_images=4,
                                      isolate=False, record=False))
     u = r["variants"][0]["uncertainty"]
-    assert u["kind"] == "mahalanobis" and u["val_flagged"] is not None and u["ece_after"] is not None
+    assert u["kind"] == DEFAULT_KIND and u["val_flagged"] is not None and u["ece_after"] is not None
     assert u["cost"]["ratio_p50"] > 0 and u["cost"]["scored_ms"]["runs"] == 5
     ut = r["variants"][0]["uncertainty_test"]
-    assert ut["rule"] == "mahalanobis" and 0 <= ut["flagged"] <= 1 and 0 <= ut["ece_after"] <= 1
+    assert ut["rule"] == DEFAULT_KIND and 0 <= ut["flagged"] <= 1 and 0 <= ut["ece_after"] <= 1
     assert "## Uncertainty score" in to_markdown(r)
