@@ -161,3 +161,14 @@ def test_bench_reports_score_cost_and_quality(scored_bundle, tmp_path):
     ut = r["variants"][0]["uncertainty_test"]
     assert ut["rule"] == DEFAULT_KIND and 0 <= ut["flagged"] <= 1 and 0 <= ut["ece_after"] <= 1
     assert "## Uncertainty score" in to_markdown(r)
+
+
+def test_slim_export_keeps_the_score(scored_bundle, tmp_path):
+    from trashcam.edge.bundle import Bundle
+    from trashcam.edge.runtime import Classifier
+
+    d, _ = scored_bundle
+    slim = Bundle.load(d).export_slim(tmp_path / "slim", "tflite-int8")
+    assert "ood/tflite-int8.npz" in slim.metadata["files"]
+    clf = Classifier(tmp_path / "slim", "tflite-int8", threads=1)
+    assert clf.ood is not None and clf.ood.kind == DEFAULT_KIND
