@@ -98,9 +98,14 @@ def measure_variant(bundle_dir: str | Path, variant: str, threads: int, paths: S
     if not np.all(np.isfinite(probs)):
         raise RuntimeError(f"{variant} produced non-finite outputs")
     temperature = bundle_temperature(bundle, variant)
+    from .score_cost import cost_summary, quality, timed_calls
     ms = time_interleaved({"invoke": lambda: engine.invoke_raw(x),
                            "e2e": per_frame(engine, paths, pre, temperature),
-                           "frame": per_frame(engine, frames, pre, temperature)}, runs, warmup)
+                           "frame": per_frame(engine, frames, pre, temperature),
+                           **timed_calls(bundle, variant, engine, image, temperature)}, runs, warmup)
+    uncertainty = quality(bundle, variant)
+    if uncertainty is not None:
+        uncertainty["cost"] = cost_summary(ms, summarize)
     if on_timed:
         on_timed()
     return {
@@ -112,6 +117,7 @@ def measure_variant(bundle_dir: str | Path, variant: str, threads: int, paths: S
         "frame_latency_ms": summarize(ms["frame"]),
         "frame_size": [int(d) for d in np.median([f.shape[:2] for f in frames], axis=0)],  # (h, w) of the frames
         "temperature": temperature,
+        "uncertainty": uncertainty,
         **_pipelined(engine, paths, pre, temperature, runs, warmup,
                      make_engine=(lambda t: open_engine(bundle, variant, t)) if fmt != "keras" else None),
     }

@@ -20,6 +20,7 @@ from .config import BenchConfig
 from .engines import VariantUnavailable, measure_variant, open_bench_engine
 from .latency import evenly_spaced
 from .memory import run_isolated
+from .score_cost import test_metrics
 
 SCHEMA = "trashcam.bench/1"
 ORDER = ("keras", "tflite-fp32", "tflite-fp16", "tflite-int8", "onnx")
@@ -50,6 +51,7 @@ def _accuracies(bundle: Bundle, variants: list[str], images, threads: int, skipp
         try:
             engine = open_bench_engine(bundle, v, threads)
             out[v] = evaluate(engine, images, len(bundle.labels))
+            out[v]["uncertainty_test"] = test_metrics(bundle, v, engine, images)
             del engine
         except VariantUnavailable as e:
             skipped[v] = str(e)
@@ -100,7 +102,8 @@ def _entry(base: dict, acc: dict | None, ref: dict, threads: int, lat: dict) -> 
             "pipelined_over_invoke": lat.get("pipelined_over_invoke"),
             "pipelined_streams": lat.get("pipelined_streams"),
             "peak_rss_mb": lat.get("peak_rss_mb"), "baseline_rss_mb": lat.get("baseline_rss_mb"),
-            "pipelined_peak_rss_mb": lat.get("pipelined_peak_rss_mb")}
+            "pipelined_peak_rss_mb": lat.get("pipelined_peak_rss_mb"), "uncertainty": lat.get("uncertainty"),
+            "uncertainty_test": a.get("uncertainty_test")}
 
 
 def record_in_bundle(bundle_dir: str | Path, result: dict) -> dict:

@@ -114,6 +114,8 @@ def to_markdown(result: dict) -> str:
         md += ["", _pick_line(result)]
     for s in result.get("skipped", []):
         md.append(f"\nSkipped **{s['name']}**: {s['reason']}")
+    from .score_cost import markdown_rows
+    md += markdown_rows(result)
     return "\n".join(md) + "\n"
 
 

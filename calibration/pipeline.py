@@ -78,12 +78,16 @@ def _calibrate_locked(bundle_dir: str | os.PathLike, config: CalibrationConfig) 
     y = images.y
     base = "keras" if "keras" in names else names[0]
     ood = _ood_images(config.ood_data, bundle) if config.ood_data else None
+    from .ood import foreign_images, predict_with_features, save_ood, score_variant, train_images
+    ood = foreign_images(bundle, ood, config)
+    fit_set = train_images(bundle, config)
     results: dict[str, dict[str, Any]] = {}
+    ood_meta: dict[str, dict[str, Any]] = {}
     plots: list[str] = []
     for name in names:
         print(f"[edge-calibrate] {name} ...", file=sys.stderr, flush=True)
         engine = _engine(bundle, name, config.threads)
-        probs = engine.predict(images.x)
+        probs, feats = predict_with_features(engine, images.x)
         t = fit_temperature(probs, y)
         after = apply_temperature(probs, t)
         chosen = choose_threshold(after, y, config.target_precision, config.target_coverage)
@@ -92,9 +96,14 @@ def _calibrate_locked(bundle_dir: str | os.PathLike, config: CalibrationConfig) 
                "after": {k: _r(v) for k, v in summary(after, y, config.bins).items()},
                "threshold": chosen}
         if ood is not None:
-            ood_probs = apply_temperature(engine.predict(ood.x), t)
+            ood_probs, ood_feats = predict_with_features(engine, ood.x)
+            ood_probs = apply_temperature(ood_probs, t)
             res["ood"] = {"source": ood.source, "n_images": len(ood),
                           "flagged_uncertain": _r(flagged_fraction(ood_probs, chosen["threshold"]))}
+        score, res["uncertainty"] = score_variant(engine, after, feats, fit_set, config,
+                                                  (ood_probs, ood_feats) if ood is not None else None)
+        ood_meta[name] = save_ood(bundle, name, score, {"flag_rate": config.flag_rate,
+                                                        "fitted_on": res["uncertainty"]["fitted_on"]})
         if config.plots:
             from .plots import coverage_plot, reliability_diagram
             rel = f"{PLOT_DIR}/reliability_{name}.png"
@@ -130,6 +139,7 @@ def _calibrate_locked(bundle_dir: str | os.PathLike, config: CalibrationConfig) 
             "ece_before": b["before"]["ece"], "ece_after": b["after"]["ece"],
             "nll_before": b["before"]["nll"], "nll_after": b["after"]["nll"],
         })
+    cal["ood_by_variant"] = {**cal.get("ood_by_variant", {}), **ood_meta}
     cal.update({"bins": config.bins, "updated": report["created"], "report": REPORT})
     bundle.metadata["calibration"] = cal
     atomic_write_json(bundle.file(REPORT), report)

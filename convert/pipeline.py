@@ -128,10 +128,14 @@ def _convert_locked(bundle_dir, config: ConvertConfig, specs: list[VariantSpec])
     else:
         print("WARNING: --no-check: variants are installed WITHOUT the accuracy check and marked UNCHECKED",
               file=sys.stderr)
+    # The variants also output the pooled features the uncertainty score needs (train/features.py); the
+    # accuracy reference above stays the probabilities-only model.
+    from trashcam.train.features import with_features
+    deployed = with_features(model)
     rows = []
     for spec in specs:
         print(f"[edge-convert] {spec.name} ...", file=sys.stderr, flush=True)
-        rows.append(_one_variant(spec, bundle, model, ctx, images, ref_probs))
+        rows.append(_one_variant(spec, bundle, deployed, ctx, images, ref_probs))
     report = {
         "created": now_iso(),
         "bundle": str(bundle.path.resolve()),

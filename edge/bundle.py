@@ -292,6 +292,11 @@ class Bundle:
         dest.mkdir(parents=True, exist_ok=True)
         meta = copy.deepcopy(self.metadata)
         keep = {self.variants[variant]["file"], LABELS}
+        ood = self.calibration.get("ood_by_variant", {}).get(variant, {}).get("file")
+        if ood:  # the variant's uncertainty-score arrays (edge/ood.py) travel with it
+            keep.add(ood)
+            self.verify([ood])
+            (dest / ood).parent.mkdir(parents=True, exist_ok=True)
         meta["files"] = {k: v for k, v in meta["files"].items() if k in keep}
         meta["variants"] = {variant: meta["variants"][variant]}
         meta["slim_of"] = str(self.path.resolve())

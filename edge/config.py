@@ -233,11 +233,22 @@ class RunConfig(JsonConfig):
                               metavar="S")
     dry_run: bool = setting(False, "log what the outputs would do; touch no pin")
     gpio_test: bool = setting(False, "move every output once, then exit (no camera needed)")
+    # field capture (edge/capture.py) and its review page (edge/review.py, /review with --serve)
+    capture: str | None = setting(None, "save the raw frame + a JSON sidecar (probs, score) of chosen decisions "
+                                        "into DIR/<predicted>/; with --serve, /review relabels them", metavar="DIR")
+    capture_when: str = setting("uncertain", "which decisions --capture keeps: flagged uncertain, top-2 margin "
+                                             "under 0.2, a label change, or all",
+                                choices=("uncertain", "low-margin", "flip", "all"))
+    capture_quota_mb: float = setting(500.0, "disk quota of --capture; the oldest unreviewed captures go first",
+                                      above=0, metavar="MB")
+    capture_rate: float = setting(30.0, "at most this many captures a minute", above=0, metavar="N")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.bundle:
             raise ConfigError("bundle", "must be given", self.bundle)
+        if self.capture is not None and not str(self.capture).strip():
+            raise ConfigError("capture", "must be a folder", self.capture)
         if self.capture_size is not None and min(self.capture_size) < 1:
             raise ConfigError("capture_size", "must be positive", self.capture_size)
         self._check_field_outputs()

@@ -101,6 +101,9 @@ class FieldStage:
                   f"frame(s){flag}", file=self.log, flush=True)
         for name, out in self.outputs:
             self._guard(name, out.item, d)
+        for s in self.sinks:
+            if hasattr(s, "capture"):  # edge-run --capture: the item's best raw frame + its decision
+                self._guard("capture", s.capture, item.thumbnail, d)
         if self.view is not None:
             self._guard("page", self.view.add, d, item.thumbnail)
         if self.mqtt is not None:

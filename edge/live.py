@@ -60,7 +60,8 @@ class LiveModel:
             engines = [clf.engine] + [open_engine(bundle, variant, per_stream) for _ in range(streams - 1)]
 
             def work(eng, f):
-                result = classify_timed(eng, clf.pre, clf.temperature, f.image, f.model_input)
+                # the score reads the features of the engine's last invoke: in the stream's own thread
+                result = scored(clf, eng, classify_timed(eng, clf.pre, clf.temperature, f.image, f.model_input))
                 f.image = for_display(f.image)  # classified frames wait for their turn without the full photo
                 return result
             pool = StreamPool(engines, work)
@@ -83,7 +84,15 @@ class LiveModel:
         return {"bundle": str(Path(cfg.bundle).resolve()), "variant": clf.variant,
                 "runtime": getattr(clf.engine, "runtime", "?"), "threads": self.threads, "streams": self.streams,
                 "threads_per_stream": self.per_stream, "labels": clf.labels, "temperature": clf.temperature,
-                "min_confidence": clf.min_confidence, "source": cfg.source}
+                "min_confidence": clf.min_confidence, "source": cfg.source,
+                "uncertainty_score": clf.ood.to_meta() if clf.ood else {"kind": "max-probability"}}
+
+
+def scored(clf: Classifier, engine, result: tuple) -> tuple:
+    """classify_timed's (probs, invoke ms, e2e ms) + the frame's (score, uncertain), timed in e2e."""
+    t0 = time.perf_counter()
+    su = clf.frame_score(engine, result[0])
+    return result[0], result[1], result[2] + (time.perf_counter() - t0) * 1e3, su
 
 
 def open_sinks(cfg: RunConfig, start: dict[str, Any], info: dict[str, Any], err) -> list[Sink]:
@@ -99,12 +108,21 @@ def open_sinks(cfg: RunConfig, start: dict[str, Any], info: dict[str, Any], err)
         if cfg.save_frames:
             sinks.append(FrameSaver(cfg.save_frames, cfg.save_mode))
             atomic_write_json(Path(cfg.save_frames) / "run_config.json", start)
+        if cfg.capture:  # fed one decision per item by the item stage (edge/field.py)
+            from .capture import CaptureSink
+            sinks.append(CaptureSink(cfg.capture, cfg.capture_when, cfg.capture_quota_mb, cfg.capture_rate,
+                                     bundle_sha256=info.get("bundle_sha256", ""), variant=info["variant"], err=err))
         if cfg.serve is not None:
             from .server import PreviewServer
             server = PreviewServer(cfg.serve, info, token=cfg.serve_token, allowed_hosts=cfg.serve_allow_host or None,
                                    max_clients=cfg.serve_max_clients)
             sinks.append(server)
-            print(f"serving {server.url} (/stream.mjpg, /status)", file=err, flush=True)
+            pages = "/stream.mjpg, /status, /metrics"
+            if cfg.capture:
+                from .review import CaptureFolder, ReviewPage
+                ReviewPage(CaptureFolder(cfg.capture, info["labels"])).register(server)
+                pages += ", /review"
+            print(f"serving {server.url} ({pages})", file=err, flush=True)
     except BaseException:
         close_sinks(sinks, {}, err)
         raise
@@ -187,6 +205,8 @@ class LiveRunner:
         clf = self.clf = self.model.clf
         self.engine, self.pre, self.labels, self.pool = clf.engine, clf.pre, clf.labels, self.model.pool
         self.smoother = Smoother(self.labels, cfg.smooth, cfg.window, cfg.stable, clf.min_confidence)
+        if clf.ood is not None:
+            self.smoother.score_threshold = clf.ood.threshold
         self.resolved = dataclasses.replace(cfg, variant=clf.variant, threads=self.model.threads,
                                             streams=self.model.streams, min_confidence=clf.min_confidence)
         self.info = self.model.info(cfg)
@@ -225,13 +245,13 @@ class LiveRunner:
         print(f"edge-run: {self.info['bundle']} variant {self.clf.variant} ({how}), {self.info['runtime']}, "
               f"{layout}, source {cfg.source}", file=self.err, flush=True)
 
-    def _record(self, frame: Frame, probs: np.ndarray, dec, inv_ms: float, e2e_ms: float,
-                stats: RunStats) -> dict[str, Any]:
+    def _record(self, frame: Frame, probs: np.ndarray, score: float, uncertain: bool, dec, inv_ms: float,
+                e2e_ms: float, stats: RunStats) -> dict[str, Any]:
         i = int(np.argmax(probs))
         conf = float(probs[i])
         return {"t": frame.timestamp, "frame": frame.index, "source": frame.name,
                 "label": self.labels[i], "class_index": i, "confidence": round(conf, 6),
-                "uncertain": conf < self.clf.min_confidence,
+                "uncertain": uncertain, "score": round(score, 6),
                 "probs": {k: round(float(p), 6) for k, p in zip(self.labels, probs)},
                 **dec.to_dict(), "invoke_ms": round(inv_ms, 3), "e2e_ms": round(e2e_ms, 3),
                 "fps": round(stats.rate.fps, 2), "frames": stats.frames, "skipped": stats.skipped}
@@ -250,11 +270,13 @@ class LiveRunner:
                 stats.read += 1
                 if frame.ok:
                     t0 = time.perf_counter()
-                    probs, inv_ms, e2e_ms = result
-                    dec = self.smoother.update(probs)
+                    if len(result) == 3:  # serial: the engine's last invoke is this frame's
+                        result = scored(self.clf, self.engine, result)
+                    probs, inv_ms, e2e_ms, (score, uncertain) = result
+                    dec = self.smoother.update(probs, score)
                     e2e_ms += (time.perf_counter() - t0) * 1e3
                     stats.classified(inv_ms, e2e_ms, dec.changed)
-                    last = self._record(frame, probs, dec, inv_ms, e2e_ms, stats)
+                    last = self._record(frame, probs, score, uncertain, dec, inv_ms, e2e_ms, stats)
                     for s in self.sinks:
                         s.frame(frame, last)
                     self.field.frame(frame, last, probs)

@@ -17,6 +17,7 @@ import numpy as np
 
 from .bundle import Bundle, BundleError, Preprocessing
 from .images import ImageLike, keep_frame_memory, load_for_model
+from .ood import OodScore, load_for_variant
 from .temperature import apply_temperature
 
 
@@ -53,6 +54,34 @@ def _quantize(x: np.ndarray, dtype: np.dtype, scale: float, zero_point: int) -> 
     return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
 
 
+FEATURES_OUTPUT = "features"  # the name train/features.py gives the pooled-feature output
+
+
+def dequantize(raw: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    return (raw.astype(np.float32) - zero_point) * scale if scale else raw.astype(np.float32)
+
+
+def probs_and_features(interpreter) -> tuple[dict, dict | None]:
+    """(probabilities output, features output or None) of a TFLite model.
+
+    A converted model does not keep Keras' output order (the flatbuffer listed [features, probabilities] in a
+    test), so the order comes from the signature (output_0 = probabilities, output_1 = features); without one,
+    from the tensor names' ":k" suffix, else the narrower output is the probabilities."""
+    outs = interpreter.get_output_details()
+    if len(outs) == 1:
+        return outs[0], None
+    by_index = {d["index"]: d for d in outs}
+    try:
+        sig = next(iter(interpreter._get_full_signature_list().values()))["outputs"]  # noqa: SLF001
+        ordered = [by_index[sig[k]] for k in sorted(sig, key=lambda k: int(k.rsplit("_", 1)[-1]))]
+    except (AttributeError, StopIteration, KeyError, ValueError):
+        def key(d):
+            tail = str(d["name"]).rsplit(":", 1)[-1]
+            return (0, int(tail)) if tail.isdigit() else (1, int(d["shape"][-1]))
+        ordered = sorted(outs, key=key)
+    return ordered[0], ordered[1]
+
+
 class TFLiteEngine:
     """One LiteRT interpreter, batch 1, built once. `invoke_raw` is what the latency benchmark times."""
 
@@ -65,7 +94,7 @@ class TFLiteEngine:
         self.interpreter = Interpreter(model_path=str(self.path), num_threads=self.threads)
         self.interpreter.allocate_tensors()
         self._in = self.interpreter.get_input_details()[0]
-        self._out = self.interpreter.get_output_details()[0]
+        self._out, self._feat = probs_and_features(self.interpreter)
         self.input_dtype = np.dtype(self._in["dtype"])
         self.input_quant = tuple(self._in["quantization"])  # (scale, zero_point); (0.0, 0) when float
         self.output_quant = tuple(self._out["quantization"])
@@ -107,6 +136,16 @@ class TFLiteEngine:
             out = (out - zp) * scale
         return out
 
+    @property
+    def has_features(self) -> bool:
+        return self._feat is not None
+
+    def features(self) -> np.ndarray | None:
+        """The pooled features of the last invoke (1, D) float32, de-quantised; None for a probs-only model."""
+        if self._feat is None:
+            return None
+        return dequantize(self.interpreter.get_tensor(self._feat["index"]), *self._feat["quantization"])
+
     def predict(self, batch_u8: np.ndarray) -> np.ndarray:
         return np.concatenate([self.postprocess(self.invoke_raw(self.prepare(im))) for im in batch_u8])
 
@@ -128,6 +167,10 @@ class OnnxEngine:
         opts.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
         self._in = self.session.get_inputs()[0].name
+        names = [o.name for o in self.session.get_outputs()]
+        self._feat = next((i for i, n in enumerate(names) if FEATURES_OUTPUT in n), None) if len(names) > 1 else None
+        self._probs = next(i for i in range(len(names)) if i != self._feat)
+        self._last: list = []
         self.runtime = f"onnxruntime {ort.__version__}"
         self.input_dtype = np.dtype(np.float32)
 
@@ -135,7 +178,15 @@ class OnnxEngine:
         return image_u8[None].astype(np.float32)
 
     def invoke_raw(self, prepared: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self._in: prepared})[0]
+        self._last = self.session.run(None, {self._in: prepared})
+        return self._last[self._probs]
+
+    @property
+    def has_features(self) -> bool:
+        return self._feat is not None
+
+    def features(self) -> np.ndarray | None:
+        return None if self._feat is None else np.asarray(self._last[self._feat], np.float32)
 
     def postprocess(self, raw: np.ndarray) -> np.ndarray:
         return raw.astype(np.float32)
@@ -188,6 +239,15 @@ def bundle_temperature(bundle: Bundle, variant: str) -> float:
     """The calibrated temperature for `variant` (its own, else the bundle's, else 1.0: uncalibrated)."""
     cal = bundle.calibration
     return float(cal.get("temperature_by_variant", {}).get(variant) or cal.get("temperature") or 1.0)
+
+
+def ood_for_engine(bundle: Bundle, variant: str, engine) -> OodScore | None:
+    """The variant's fitted uncertainty score if this engine can feed it (a feature score needs the features
+    output), else None: the caller falls back to max-probability."""
+    ood = load_for_variant(bundle, variant)
+    if ood is not None and ood.needs_features and not getattr(engine, "has_features", False):
+        return None
+    return ood
 
 
 # Preferred order when nothing measured says otherwise: smallest first among those that passed the check.
@@ -268,10 +328,13 @@ class Prediction:
     probs: np.ndarray = field(repr=False)
     latency_ms: float = 0.0
     uncertain: bool = False
+    score: float = float("nan")  # the bundle's uncertainty score (edge/ood.py), higher = more foreign
 
     def to_dict(self, labels: list[str] | None = None) -> dict[str, Any]:
         d = {"label": self.label, "index": self.index, "confidence": round(self.confidence, 4),
              "latency_ms": round(self.latency_ms, 3), "uncertain": self.uncertain}
+        if self.score == self.score:  # not NaN: JSON has no NaN
+            d["score"] = round(self.score, 4)
         if labels:
             d["probs"] = {k: round(float(p), 4) for k, p in zip(labels, self.probs)}
         return d
@@ -280,8 +343,10 @@ class Prediction:
 class Classifier:
     """`Classifier(bundle, variant, threads).classify(image) -> Prediction`.
 
-    Preprocessing comes from the bundle's metadata, the temperature and the "uncertain" threshold from its
-    calibration. `latency_ms` covers decode + resize + invoke + postprocess for that image.
+    Preprocessing comes from the bundle's metadata, the temperature and the "uncertain" rule from its
+    calibration: the variant's fitted uncertainty score (edge/ood.py) when the bundle has one and the model
+    outputs its features, else max-probability below `threshold` (also when `min_confidence` is given).
+    `latency_ms` covers decode + resize + invoke + postprocess (+ the score) for that image.
     """
 
     def __init__(self, bundle: Bundle | str | os.PathLike, variant: str = "auto", threads: int | None = None,
@@ -296,16 +361,26 @@ class Classifier:
         self.temperature = float(temperature or bundle_temperature(self.bundle, self.variant))
         cal = self.bundle.calibration
         self.min_confidence = float(min_confidence if min_confidence is not None else cal.get("threshold", 0.0))
+        self.ood = None if min_confidence is not None else ood_for_engine(self.bundle, self.variant, self.engine)
 
     def probs(self, image_u8: np.ndarray) -> np.ndarray:
         """Calibrated probabilities for one preprocessed (H, W, 3) uint8 image."""
         return calibrated_probs(self.engine, image_u8, self.temperature)
+
+    def frame_score(self, engine, probs: np.ndarray) -> tuple[float, bool]:
+        """(uncertainty score, uncertain?) of the frame `engine` (this classifier's or a stream's) just ran."""
+        if self.ood is not None:
+            score = float(self.ood.score(probs, engine.features())[0])
+            return score, score > self.ood.threshold
+        conf = float(np.max(probs))
+        return 1.0 - conf, conf < self.min_confidence
 
     def classify(self, image: ImageLike) -> Prediction:
         t0 = time.perf_counter()
         x = load_for_model(image, self.pre)
         p = self.probs(x)
         i = int(np.argmax(p))
-        ms = (time.perf_counter() - t0) * 1e3
         conf = float(p[i])
-        return Prediction(self.labels[i], i, conf, p, ms, uncertain=conf < self.min_confidence)
+        score, uncertain = self.frame_score(self.engine, p)
+        ms = (time.perf_counter() - t0) * 1e3
+        return Prediction(self.labels[i], i, conf, p, ms, uncertain=uncertain, score=score)

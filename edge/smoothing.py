@@ -3,6 +3,8 @@
 Two steps. First the last N frames are combined (`ema` of probabilities, `majority` vote, or `none`). Then the
 combined top class becomes the *candidate* ("uncertain" when its confidence is under the calibrated threshold),
 and the shown decision only switches to a candidate that has held for `stable` consecutive frames.
+With a bundle's uncertainty score (edge/ood.py), `score_threshold` is set and the candidate is "uncertain" when
+the score, smoothed like the probabilities, is above it instead.
 """
 from __future__ import annotations
 
@@ -46,6 +48,17 @@ class Smoother:
         self._streak = 0
         self.label: str | None = None
         self.confidence = 0.0
+        self.score_threshold: float | None = None
+        self._score: deque[float] = deque(maxlen=1 if mode == "none" else window)
+        self._score_ema: float | None = None
+
+    def _smoothed_score(self, score: float) -> float:
+        if self.mode == "ema":
+            e = self._score_ema
+            self._score_ema = score if e is None else self.alpha * score + (1 - self.alpha) * e
+            return self._score_ema
+        self._score.append(score)
+        return float(np.mean(self._score))
 
     def combine(self, probs: np.ndarray) -> tuple[int, float]:
         """Add one frame's probabilities; return (class index, confidence) over the window."""
@@ -65,9 +78,13 @@ class Smoother:
         i = max((c for c, n in votes.items() if n == top), key=lambda c: mean[c])
         return i, float(mean[i])
 
-    def update(self, probs: np.ndarray) -> Decision:
+    def update(self, probs: np.ndarray, score: float | None = None) -> Decision:
         i, conf = self.combine(probs)
-        cand = self.labels[i] if conf >= self.min_confidence else UNCERTAIN
+        if self.score_threshold is not None and score is not None:
+            uncertain = self._smoothed_score(score) > self.score_threshold
+        else:
+            uncertain = conf < self.min_confidence
+        cand = UNCERTAIN if uncertain else self.labels[i]
         self._streak = self._streak + 1 if cand == self._candidate else 1
         self._candidate = cand
         changed = False

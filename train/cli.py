@@ -50,6 +50,9 @@ HELP = {
             "--seed; fold k is the test split, validation is drawn from the other folds (val share of --split) and "
             "the rest trains. K runs with one seed test every image once (benchmarks/spread.py runs them)",
     "exclude_classes": "comma-separated classes to leave out (open-set experiments)",
+    "add_data": "also train on reviewed field images: DIR/<class>/ (from edge-run --capture, relabelled on "
+                "/review) split like --data with a separate field test split; DIR/_foreign/ become negatives "
+                "for edge-calibrate's uncertainty score",
     "tta_passes": "comma-separated TTA passes: identity,hflip,vflip,zoom_in,zoom_in_hflip,rot90",
     "strategy": "auto | none | mirrored (several GPUs) | multiworker (several machines; set TF_CONFIG)",
     "precision": "auto (mixed_float16 on GPU, float32 on CPU) | float32 | mixed_float16 | mixed_bfloat16",

@@ -31,6 +31,7 @@ class TrainConfig(JsonConfig):
     # (1..K) is the test split, validation is drawn from the other folds at split[1] / (split[0] + split[1]).
     # Running k = 1..K with one seed tests every image exactly once. "": the plain `split` fractions.
     fold: str = ""
+    add_data: str = ""  # reviewed field images (edge-run --capture DIR, /review): DIR/<class>/, DIR/_foreign/
 
     # head
     dropout: float = 0.35

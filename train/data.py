@@ -138,3 +138,70 @@ def fold_split(root: str | os.PathLike, fold: str, seed: int = 42, fractions=(0.
     # stratified_split keeps one image per class in a split even at fraction 0: that one trains
     files = {"train": sorted(parts["train"] + parts["test"]), "val": parts["val"], "test": sorted(test)}
     return Split(str(root), classes, files, seed, tuple(fractions))
+
+
+# -- field images (edge-run --capture, reviewed on /review) -------------------------------------------------------
+FOREIGN = "_foreign"  # edge/capture.py's folder of reviewed "none of our classes" images
+FIELD_TEST = "field_test"  # split.json key: field images held out from training, scored apart from "test"
+FOREIGN_KEY = "foreign"  # split.json key: reviewed foreign images, negatives for edge-calibrate's score
+
+
+@dataclass
+class FieldData:
+    files: dict[str, list[tuple[str, int]]]  # train / val / field_test / foreign: (absolute path, label)
+    counts: dict[str, int] = field(default_factory=dict)  # what was skipped and why, for the report
+
+
+def _reviewed(img: Path) -> bool | None:
+    """True/False from the capture sidecar; None when the image has none (put there by hand: counts as sorted)."""
+    side = img.with_suffix(".json")
+    if not side.is_file():
+        return None
+    try:
+        meta = json.loads(side.read_text())
+        return bool(meta.get("reviewed")) if isinstance(meta, dict) else False
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+
+
+def field_split(root: str | os.PathLike, classes: list[str], seed: int = 42,
+                fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> FieldData:
+    """Reviewed field images of `root`: DIR/<class>/ (a class of `classes`) split train/val/field_test like the
+    shared data; DIR/_foreign/ become foreign negatives. Captures nobody reviewed (a sidecar without
+    `reviewed`) are the model's own guesses and are left out, as are folders of no known class and anything
+    whose real path leaves `root` (symlinks); each is counted."""
+    from trashcam.edge.dataset import DatasetError, stratified_split
+    from trashcam.edge.images import is_image_file
+
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise DatasetError(f"--add-data {root}: not a folder")
+    counts = {"unreviewed": 0, "unknown_class_folder": 0, "outside_folder": 0}
+    items: list[tuple[str, int]] = []
+    foreign: list[tuple[str, int]] = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if d.name != FOREIGN and d.name not in classes:
+            counts["unknown_class_folder"] += sum(1 for f in d.iterdir() if is_image_file(f))
+            continue
+        for f in sorted(p for p in d.iterdir() if is_image_file(p)):
+            real = f.resolve()
+            if root not in real.parents:
+                counts["outside_folder"] += 1
+                continue
+            if _reviewed(f) is False:
+                counts["unreviewed"] += 1
+                continue
+            (foreign if d.name == FOREIGN else items).append((str(real), -1 if d.name == FOREIGN else
+                                                             classes.index(d.name)))
+    files: dict[str, list[tuple[str, int]]] = {"train": [], "val": [], FIELD_TEST: [], FOREIGN_KEY: foreign}
+    if items:
+        # classes with too few field images for three splits go to train (held out, they would teach nothing)
+        per = {y: [it for it in items if it[1] == y] for y in {y for _, y in items}}
+        small = [it for y, v in per.items() if len(v) < 3 for it in v]
+        big = [it for y, v in per.items() if len(v) >= 3 for it in v]
+        if big:
+            parts = stratified_split(big, fractions, seed)
+            files["train"], files["val"], files[FIELD_TEST] = parts["train"], parts["val"], parts["test"]
+        files["train"] = sorted(files["train"] + small)
+    counts.update({k: len(v) for k, v in files.items()})
+    return FieldData(files, counts)

@@ -69,7 +69,35 @@ def _split(cfg: TrainConfig, partial: Path) -> Split:
         remap = {split.classes.index(c): i for i, c in enumerate(keep)}
         split.files = {k: [(r, remap[y]) for r, y in v if y in remap] for k, v in split.files.items()}
         split.classes = keep
+    if cfg.add_data:
+        add_field_data(split, cfg)
     return split
+
+
+def add_field_data(split: Split, cfg: TrainConfig) -> dict[str, int]:
+    """Reviewed field images join train and val; their own test split and the foreign negatives get their own
+    keys in split.json (absolute paths: they live outside --data)."""
+    from .data import FIELD_TEST, FOREIGN_KEY, field_split
+    fd = field_split(cfg.add_data, split.classes, cfg.seed, cfg.split)
+    split.files["train"] = split.files["train"] + fd.files["train"]
+    split.files["val"] = split.files["val"] + fd.files["val"]
+    split.files[FIELD_TEST], split.files[FOREIGN_KEY] = fd.files[FIELD_TEST], fd.files[FOREIGN_KEY]
+    if cfg.verbose:
+        print(f"--add-data {cfg.add_data}: {fd.counts}", file=sys.stderr)
+    return fd.counts
+
+
+def evaluate_field(model, split: Split, pre: Preprocessing, cfg: TrainConfig, summary: dict) -> None:
+    """Accuracy on the field-only test split, reported apart from the shared test split's."""
+    from . import evaluate as ev
+    from .data import FIELD_TEST
+    if not split.files.get(FIELD_TEST):
+        return
+    d = decode_images(split.paths(FIELD_TEST), split.labels(FIELD_TEST), pre, None, desc="decode field test",
+                      progress=False)
+    if len(d.x):
+        summary["field_evaluation"] = ev.evaluate(model, d.x, d.y, split.classes, cfg.tta_passes, cfg.tta, 0)
+        summary["counts"][FIELD_TEST] = int(len(d.x))
 
 
 def _versions() -> dict[str, str]:
@@ -159,6 +187,8 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
     evaluation = ev.evaluate(eval_model, sets["test"].x, sets["test"].y, split.classes, cfg.tta_passes, cfg.tta,
                              cfg.verbose)
     eval_s = time.perf_counter() - t2
+    field_summary: dict[str, Any] = {"counts": {}}
+    evaluate_field(parts.model, split, pre, cfg, field_summary)
 
     tmp_model = partial / ".model.tmp.keras"
     _weights_only(parts.model).save(tmp_model)
@@ -175,8 +205,19 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
         "counts": {k: int(len(v.x)) for k, v in sets.items()},
         "numerics": numerics.record(cfg),  # seed, threads, oneDNN, TF, CPU: what the float rounding depended on
     }
+    if "field_evaluation" in field_summary:
+        summary["field_evaluation"] = field_summary["field_evaluation"]
+        summary["counts"].update(field_summary["counts"])
     atomic_write_json(partial / "metrics.json", summary)
-    atomic_write_bytes(partial / "report.md", ev.report_markdown(summary).encode())
+    report = ev.report_markdown(summary)
+    if "field_evaluation" in summary:
+        fe = summary["field_evaluation"]
+        fb = fe.get("tta", fe["plain"])
+        report += (f"\n## Field test split (--add-data, {summary['counts']['field_test']} images, apart from the "
+                   f"test split above)\n\naccuracy plain {fe['plain']['accuracy']:.4f}"
+                   + (f", TTA {fe['tta']['accuracy']:.4f}" if "tta" in fe else "") +
+                   f"; weighted F1 {fb['weighted_f1']:.4f}\n")
+    atomic_write_bytes(partial / "report.md", report.encode())
     best = evaluation.get("tta", evaluation["plain"])
     ev.plot_history(stages, partial / "training_curves.png")
     ev.plot_confusion(best["confusion_matrix"], split.classes, partial / "confusion_matrix.png",
@@ -196,6 +237,8 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
     bundle.metadata["metrics"] = {"test_accuracy": evaluation["plain"]["accuracy"],
                                   "test_accuracy_tta": evaluation.get("tta", {}).get("accuracy"),
                                   "weighted_f1": best["weighted_f1"], "macro_f1": best["macro_f1"]}
+    if "field_evaluation" in summary:
+        bundle.metadata["metrics"]["field_test_accuracy"] = summary["field_evaluation"]["plain"]["accuracy"]
     bundle.save()
     shutil.rmtree(partial / "checkpoints", ignore_errors=True)
 

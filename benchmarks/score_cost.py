@@ -1,0 +1,113 @@
+"""What the uncertainty score costs per frame, and what it achieves, for edge-bench's JSON and report.md.
+
+Cost: two per-frame calls timed interleaved with the other latencies (latency.time_interleaved), on the same
+model-sized image: "probs" = prepare -> invoke -> de-quantise -> temperature (what a frame cost before the
+score), "scored" = the same + reading the features output + the score (Classifier.frame_score). Their ratio is
+the per-frame cost of the score; a shared machine moves both alike, so the ratio is steadier than either.
+Quality: what edge-calibrate recorded for the variant (flagged share of validation and of foreign images at the
+bundle's threshold, ECE after temperature), read from the bundle and its calibration report.
+"""
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+import numpy as np
+
+from trashcam.edge.bundle import Bundle
+from trashcam.edge.runtime import apply_temperature, ood_for_engine
+
+
+def timed_calls(bundle: Bundle, variant: str, engine, image_u8: np.ndarray, temperature: float
+                ) -> dict[str, Callable[[], object]]:
+    """{"probs": ..., "scored": ...} for time_interleaved; empty when the variant has no fitted feature score
+    (or the engine cannot run one: keras)."""
+    if not hasattr(engine, "features"):
+        return {}
+    ood = ood_for_engine(bundle, variant, engine)
+    if ood is None:
+        return {}
+
+    def probs():
+        return apply_temperature(engine.postprocess(engine.invoke_raw(engine.prepare(image_u8)))[0], temperature)
+
+    def scored():
+        p = probs()
+        feats = engine.features() if ood.needs_features else None
+        return ood.score(p, feats)[0] > ood.threshold
+
+    return {"probs": probs, "scored": scored}
+
+
+def cost_summary(ms: dict[str, list[float]], summarize) -> dict | None:
+    if "scored" not in ms:
+        return None
+    p, s = np.asarray(ms["probs"]), np.asarray(ms["scored"])
+    return {"probs_ms": summarize(p), "scored_ms": summarize(s),
+            "ratio_p50": round(float(np.median(s) / np.median(p)), 4),
+            "ratio_mean": round(float(s.mean() / p.mean()), 4)}
+
+
+def quality(bundle: Bundle, variant: str) -> dict | None:
+    """The variant's fitted score and what edge-calibrate measured with it."""
+    meta = bundle.calibration.get("ood_by_variant", {}).get(variant)
+    if not meta:
+        return None
+    out = {"kind": meta.get("kind"), "threshold": meta.get("threshold"), "flag_rate": meta.get("flag_rate")}
+    rel = bundle.calibration.get("report")
+    try:
+        rep = json.loads(bundle.file(rel).read_text())["variants"][variant] if rel else {}
+    except (OSError, ValueError, KeyError):
+        rep = {}
+    unc = rep.get("uncertainty", {}).get("candidates", {}).get(meta.get("kind"), {})
+    out.update({"val_flagged": unc.get("val_flagged"), "foreign_flagged": unc.get("foreign_flagged"),
+                "ece_after": rep.get("after", {}).get("ece"), "ece_before": rep.get("before", {}).get("ece")})
+    return out
+
+
+def test_metrics(bundle: Bundle, variant: str, engine, images) -> dict | None:
+    """On the benchmark's labelled (test) images, through the variant's own calibration: ECE after temperature
+    and the share the bundle's "uncertain" rule flags (its score, else max-probability under the threshold)."""
+    from trashcam.calibration.metrics import ece
+    from trashcam.edge.runtime import bundle_temperature
+
+    if not hasattr(engine, "features") or not len(images):
+        return None
+    t = bundle_temperature(bundle, variant)
+    ood = ood_for_engine(bundle, variant, engine)
+    probs, flagged = [], []
+    for im in images.x:
+        p = apply_temperature(engine.postprocess(engine.invoke_raw(engine.prepare(im)))[0], t)
+        probs.append(p)
+        if ood is not None:
+            flagged.append(bool(ood.score(p, engine.features() if ood.needs_features else None)[0] > ood.threshold))
+        else:
+            flagged.append(float(p.max()) < float(bundle.calibration.get("threshold", 0.0)))
+    probs = np.stack(probs)
+    return {"ece_after": round(ece(probs, images.y), 6), "flagged": round(float(np.mean(flagged)), 6),
+            "rule": ood.kind if ood is not None else "max-probability", "temperature": t, "images": len(images)}
+
+
+def markdown_rows(result: dict) -> list[str]:
+    """Lines for report.md: one row per (variant, threads) that has a score."""
+    rows = [e for e in result.get("variants", []) if e.get("uncertainty") or e.get("uncertainty_test")]
+    if not rows:
+        return []
+
+    def pct(v):
+        return "-" if v is None else f"{v * 100:.1f} %"
+
+    md = ["", "## Uncertainty score", "",
+          "flagged = share called uncertain at the bundle's threshold; validation and foreign (`edge-calibrate "
+          "--ood-data`, split.json's foreign list) as edge-calibrate measured them, test here.", "",
+          "| variant | threads | score | flagged: validation | flagged: test | flagged: foreign | ECE after T: "
+          "validation | test | per-frame cost p50 (scored / probs) |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for e in rows:
+        u, c = e.get("uncertainty") or {}, (e.get("uncertainty") or {}).get("cost") or {}
+        ut = e.get("uncertainty_test") or {}
+        md.append(f"| {e['name']} | {e['threads']} | {u.get('kind') or ut.get('rule')} | "
+                  f"{pct(u.get('val_flagged'))} | {pct(ut.get('flagged'))} | "
+                  f"{pct(u.get('foreign_flagged'))} | {pct(u.get('ece_after'))} | {pct(ut.get('ece_after'))} | "
+                  + (f"x{c['ratio_p50']:.3f} ({c['scored_ms']['p50']:.2f} / {c['probs_ms']['p50']:.2f} ms) |"
+                     if c else "- |"))
+    return md

@@ -1,0 +1,176 @@
+"""The uncertainty score: its math (edge/ood.py), the features output of converted variants, its fit in
+edge-calibrate, and Classifier using it with no flag (old bundles falling back to max-probability)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from trashcam.calibration.ood import DEFAULT_KIND
+
+
+def test_mahalanobis_flags_far_points_and_matches_direct_formula():
+    from trashcam.edge.ood import Mahalanobis, auroc, ledoit_wolf, threshold_for_rate
+
+    rng = np.random.default_rng(0)
+    means = np.array([[0.0] * 6, [4.0] + [0.0] * 5])
+    y = np.repeat([0, 1], 200)
+    x = means[y] + rng.normal(size=(400, 6))
+    m = Mahalanobis.fit(x, y)
+    emp = np.stack([x[y == 0].mean(0), x[y == 1].mean(0)])
+    cov, shrink = ledoit_wolf(x - emp[y])
+    sk = pytest.importorskip("sklearn.covariance")
+    sk_cov, sk_shrink = sk.ledoit_wolf(x - emp[y], assume_centered=True)
+    np.testing.assert_allclose(cov, sk_cov, rtol=1e-6, atol=1e-9)
+    assert shrink == pytest.approx(sk_shrink)
+    q = rng.normal(size=(5, 6)) * 3
+    prec = np.linalg.inv(cov)
+    direct = np.min([[float((v - c) @ prec @ (v - c)) for c in emp] for v in q], axis=1)
+    np.testing.assert_allclose(m.score(q), direct, rtol=1e-3, atol=1e-3)
+    single = [m.score(q[i:i + 1])[0] for i in range(len(q))]  # the per-frame path (einsum, not BLAS)
+    np.testing.assert_allclose(single, direct, rtol=1e-3, atol=1e-3)
+    far = rng.normal(size=(50, 6)) + 10.0
+    assert auroc(m.score(x), m.score(far)) > 0.99
+    t = threshold_for_rate(m.score(x), 0.05)
+    assert abs(np.mean(m.score(x) > t) - 0.05) <= 0.01
+
+
+def test_auroc_ties_and_threshold_edges():
+    from trashcam.edge.ood import auroc, threshold_for_rate
+    assert auroc(np.array([0.0, 0.0]), np.array([0.0])) == pytest.approx(0.5)
+    assert auroc(np.array([0.0, 1.0]), np.array([2.0])) == 1.0
+    s = np.arange(10.0)
+    assert np.mean(s > threshold_for_rate(s, 0.2)) == pytest.approx(0.2)
+    assert np.mean(s > threshold_for_rate(s, 0.0)) == 0.0
+
+
+def test_score_meta_round_trip_and_unknown_kind():
+    from trashcam.edge.ood import Mahalanobis, OodScore
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(60, 4)), np.repeat([0, 1, 2], 20)
+    s = OodScore("combined", 0.5, Mahalanobis.fit(x, y), {"mahalanobis": (3.0, 1.0), "msp": (0.1, 0.05)})
+    back = OodScore.from_meta(json.loads(json.dumps(s.to_meta())), s.maha.arrays())
+    probs = np.full((60, 3), 1 / 3)
+    np.testing.assert_allclose(back.score(probs, x), s.score(probs, x), rtol=1e-6)
+    with pytest.raises(ValueError, match="unknown uncertainty score"):
+        OodScore.from_meta({"kind": "vibes"})
+
+
+@pytest.fixture(scope="module")
+def scored_bundle(tmp_path_factory, tiny_keras_bundle):
+    """The tiny bundle converted (fp32 + int8, both with the features output) and calibrated."""
+    from trashcam.calibration.config import CalibrationConfig
+    from trashcam.calibration.pipeline import calibrate_bundle
+    from trashcam.convert.config import ConvertConfig
+    from trashcam.convert.pipeline import convert_bundle
+
+    d = tmp_path_factory.mktemp("ood") / "b"
+    shutil.copytree(tiny_keras_bundle, d)
+    convert_bundle(d, ConvertConfig(variants=("tflite-fp32", "tflite-int8"), calib_size=30, check=False,
+                                    threads=1))
+    report = calibrate_bundle(d, CalibrationConfig(plots=False, threads=1))
+    return d, report
+
+
+def test_converted_variants_output_features(scored_bundle):
+    from trashcam.edge.bundle import Bundle
+    from trashcam.edge.runtime import open_engine
+    from trashcam.train.keras_engine import load_keras_model
+
+    d, _ = scored_bundle
+    b = Bundle.load(d)
+    img = np.random.default_rng(0).integers(0, 255, (*b.preprocessing.input_size, 3), dtype=np.uint8)
+    model = load_keras_model(b)
+    from trashcam.calibration.ood import keras_features
+    ref = keras_features(model, img[None])
+    for v in ("tflite-fp32", "tflite-int8"):
+        eng = open_engine(b, v, 1)
+        assert eng.has_features
+        p = eng.postprocess(eng.invoke_raw(eng.prepare(img)))
+        assert p.shape == (1, len(b.labels)) and abs(p.sum() - 1) < 0.05  # the probabilities, not the features
+        f = eng.features()
+        assert f.shape == ref.shape
+        if v == "tflite-fp32":
+            np.testing.assert_allclose(f, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_calibrate_stores_a_feature_score_per_variant(scored_bundle):
+    from trashcam.edge.bundle import Bundle
+    d, report = scored_bundle
+    b = Bundle.load(d)  # verifies every listed file, the .npz included
+    ood = b.calibration["ood_by_variant"]
+    assert set(ood) >= {"keras", "tflite-fp32", "tflite-int8"}
+    for v in ("tflite-fp32", "tflite-int8"):
+        assert ood[v]["kind"] == DEFAULT_KIND and ood[v]["file"] == f"ood/{v}.npz"
+        assert report["variants"][v]["uncertainty"]["candidates"][DEFAULT_KIND]["val_flagged"] <= 0.1
+    # INT8 has its own statistics, not a copy of float's
+    a, c = np.load(d / "ood/tflite-fp32.npz"), np.load(d / "ood/tflite-int8.npz")
+    assert not np.array_equal(a["p_means"], c["p_means"])
+
+
+def test_classifier_uses_score_and_old_bundles_fall_back(scored_bundle, tmp_path):
+    from trashcam.edge.bundle import Bundle
+    from trashcam.edge.runtime import Classifier
+
+    d, _ = scored_bundle
+    img = np.random.default_rng(2).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    clf = Classifier(d, "tflite-int8", threads=1)
+    assert clf.ood is not None and clf.ood.kind == DEFAULT_KIND
+    p = clf.classify(img)
+    assert np.isfinite(p.score) and p.uncertain == (p.score > clf.ood.threshold)
+    assert "score" in p.to_dict()
+    # an explicit --min-confidence keeps the max-probability rule
+    p2 = Classifier(d, "tflite-int8", threads=1, min_confidence=0.99).classify(img)
+    assert p2.score == pytest.approx(1 - p2.confidence)
+    # an old bundle (no ood entry) still works: max-probability
+    old = tmp_path / "old"
+    shutil.copytree(d, old)
+    b = Bundle.load(old)
+    b.metadata["calibration"].pop("ood_by_variant")
+    b.save()
+    clf_old = Classifier(old, "tflite-int8", threads=1)
+    assert clf_old.ood is None
+    p3 = clf_old.classify(img)
+    assert p3.score == pytest.approx(1 - p3.confidence)
+
+
+def test_ood_file_outside_bundle_is_refused(scored_bundle, tmp_path):
+    from trashcam.edge.bundle import Bundle, BundleError
+    from trashcam.edge.ood import load_for_variant
+
+    d, _ = scored_bundle
+    bad = tmp_path / "bad"
+    shutil.copytree(d, bad)
+    b = Bundle.load(bad)
+    b.metadata["calibration"]["ood_by_variant"]["tflite-int8"]["file"] = "../b/ood/tflite-int8.npz"
+    with pytest.raises(BundleError, match="outside the bundle"):
+        load_for_variant(b, "tflite-int8")
+
+
+def test_bench_reports_score_cost_and_quality(scored_bundle, tmp_path):
+    from trashcam.benchmarks.config import BenchConfig
+    from trashcam.benchmarks.pipeline import run_benchmark
+    from trashcam.benchmarks.report import to_markdown
+
+    d, _ = scored_bundle
+    r = run_benchmark(d, BenchConfig(variants=("tflite-int8",), threads=(1,), runs=5, warmup=1, e2e_images=4,
+                                     isolate=False, record=False))
+    u = r["variants"][0]["uncertainty"]
+    assert u["kind"] == DEFAULT_KIND and u["val_flagged"] is not None and u["ece_after"] is not None
+    assert u["cost"]["ratio_p50"] > 0 and u["cost"]["scored_ms"]["runs"] == 5
+    ut = r["variants"][0]["uncertainty_test"]
+    assert ut["rule"] == DEFAULT_KIND and 0 <= ut["flagged"] <= 1 and 0 <= ut["ece_after"] <= 1
+    assert "## Uncertainty score" in to_markdown(r)
+
+
+def test_slim_export_keeps_the_score(scored_bundle, tmp_path):
+    from trashcam.edge.bundle import Bundle
+    from trashcam.edge.runtime import Classifier
+
+    d, _ = scored_bundle
+    slim = Bundle.load(d).export_slim(tmp_path / "slim", "tflite-int8")
+    assert "ood/tflite-int8.npz" in slim.metadata["files"]
+    clf = Classifier(tmp_path / "slim", "tflite-int8", threads=1)
+    assert clf.ood is not None and clf.ood.kind == DEFAULT_KIND
