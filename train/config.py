@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trashcam.edge.config import JsonConfig
+from trashcam.edge.images import RESIZE_METHODS
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,9 @@ class TrainConfig(JsonConfig):
     seed: int = 42
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     exclude_classes: tuple[str, ...] = ()  # train as if these classes did not exist (open-set experiments)
+    # how images reach image_size, recorded in the bundle's preprocessing: "linear" (OpenCV's INTER_LINEAR, 0.1 ms
+    # a frame) or "bilinear" (PIL's antialiased filter, 0.8 ms; bundles made before "linear" existed)
+    resize: str = "linear"
 
     # head
     dropout: float = 0.35
@@ -121,6 +125,8 @@ def resolve(recipe: str, **overrides: Any) -> TrainConfig:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {cfg.mode!r}")
     if cfg.monitor not in ("val_loss", "val_loss_calibrated"):
         raise ValueError(f"monitor must be 'val_loss' or 'val_loss_calibrated', got {cfg.monitor!r}")
+    if cfg.resize not in RESIZE_METHODS:
+        raise ValueError(f"resize must be one of {', '.join(RESIZE_METHODS)}; got {cfg.resize!r}")
     if abs(sum(cfg.split) - 1) > 1e-6:
         raise ValueError(f"split fractions must sum to 1, got {cfg.split}")
     return cfg
