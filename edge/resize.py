@@ -1,13 +1,13 @@
 """The "linear" resize of the preprocessing contract: OpenCV's INTER_LINEAR, pixel for pixel, with or without OpenCV.
 
 Half-pixel centres, two taps per axis, no antialiasing, OpenCV's fixed-point rounding. PIL's "bilinear" (what
-bundles before this one used) widens its filter when it shrinks an image: 0.65-0.8 ms for a 320x240 frame to
-288x288 on a 2-core EPYC, 40 % of an INT8 invoke; cv2.resize takes 0.09-0.14 ms for the same frame.
+bundles before this one used) widens its filter when it shrinks an image: 0.65-0.85 ms for a 320x240 frame to
+288x288 on a 2-core EPYC, 40 % of a 2 ms INT8 invoke; cv2.resize takes 0.09-0.15 ms for the same frame.
 
 The [edge] extra stays free of OpenCV: `resize_linear` uses cv2 when it imports (the [video] extra, apt's
 python3-opencv) and otherwise `resize_linear_numpy`, which computes the same integers with tables cached per
 (source, target) shape. tests/test_resize.py holds the two equal on many shapes. The NumPy path keeps the pixels,
-not the speed: 1.3 ms for that frame (1.7x PIL's time: a dozen whole-array integer passes), so a device that
+not the speed: 1.3-1.5 ms for that frame (1.7x PIL's time: a dozen whole-array integer passes), so a device that
 resizes on the CPU (image folders, USB cameras, video) should have OpenCV; the Pi camera's ISP resizes for free.
 """
 from __future__ import annotations
