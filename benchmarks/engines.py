@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from trashcam.edge.bundle import Bundle
+from trashcam.edge import resize
 from trashcam.edge.images import keep_frame_memory, load_for_model, open_image
 from trashcam.edge.runtime import bundle_temperature, open_engine, variant_format
 
@@ -116,11 +117,17 @@ def measure_variant(bundle_dir: str | Path, variant: str, threads: int, paths: S
         "e2e_latency_ms": summarize(ms["e2e"]),
         "frame_latency_ms": summarize(ms["frame"]),
         "frame_size": [int(d) for d in np.median([f.shape[:2] for f in frames], axis=0)],  # (h, w) of the frames
+        "resize": resize_info(pre.resize),
         "temperature": temperature,
         "uncertainty": uncertainty,
         **_pipelined(engine, paths, pre, temperature, runs, warmup,
                      make_engine=(lambda t: open_engine(bundle, variant, t)) if fmt != "keras" else None),
     }
+
+
+def resize_info(method: str) -> str:
+    """The bundle's resize and what computes it here: "linear" runs at OpenCV's speed only where cv2 imports."""
+    return f"{method} ({resize.backend() if method == 'linear' else 'pillow'})"
 
 
 def _pipelined(engine, paths, pre, temperature, runs, warmup, make_engine) -> dict:

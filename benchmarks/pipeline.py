@@ -97,7 +97,7 @@ def _entry(base: dict, acc: dict | None, ref: dict, threads: int, lat: dict) -> 
             "fps": e2e.get("fps"), "invoke_fps": inv.get("fps"),
             "e2e_over_invoke": round(e2e["p50"] / inv["p50"], 3) if inv.get("p50") else None,
             "frame_over_invoke": round(frame["p50"] / inv["p50"], 3) if inv.get("p50") and frame else None,
-            "frame_size": lat.get("frame_size"), "temperature": lat.get("temperature"),
+            "frame_size": lat.get("frame_size"), "resize": lat.get("resize"), "temperature": lat.get("temperature"),
             "pipelined_latency_ms": lat.get("pipelined_latency_ms"),
             "pipelined_over_invoke": lat.get("pipelined_over_invoke"),
             "pipelined_streams": lat.get("pipelined_streams"),

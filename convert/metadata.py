@@ -170,6 +170,11 @@ def with_metadata(data: bytes, bundle, variant: str) -> tuple[bytes, dict[str, A
         raise MetadataError("the model already carries associated files; embed metadata into fresh converter "
                             "output only")
     sub = model.subgraphs[0]
+    prob = _probability_output(_tensor_shapes(model, sub.outputs), len(bundle.labels))
+    if prob:  # the converter lists the features output first; apps (MediaPipe) read output 0 as the classes
+        order = [int(i) for i in sub.outputs]
+        order.insert(0, order.pop(prob))
+        sub.outputs = np.asarray(order, dtype=np.asarray(sub.outputs).dtype)
     meta_bytes, summary = build_metadata(bundle, variant, _tensor_shapes(model, sub.inputs),
                                          _tensor_shapes(model, sub.outputs))
     schema = tf_private.schema()

@@ -42,7 +42,9 @@ class Preprocessing:
     layout: str = "NHWC"
     dtype: str = "float32"
     value_range: tuple[float, float] = (0.0, 255.0)
-    resize: str = "bilinear"  # PIL filter name; images are squashed to input_size (no crop), as in training
+    # images are squashed to input_size (no crop), as in training: "linear" is OpenCV's INTER_LINEAR (edge.resize),
+    # "bilinear" PIL's antialiased filter, what earlier bundles were made with (and read when metadata has no resize)
+    resize: str = "linear"
     normalization: str = "in_model"
 
     @classmethod
@@ -50,6 +52,7 @@ class Preprocessing:
         d = dict(d)
         d["input_size"] = tuple(d.get("input_size", cls.input_size))
         d["value_range"] = tuple(d.get("value_range", cls.value_range))
+        d.setdefault("resize", "bilinear")
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 

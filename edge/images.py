@@ -2,6 +2,8 @@
 
 One function turns any image file (or array, or PIL image) into the uint8 RGB array the model expects, so a
 photo is handled identically when it is cached for training, used for INT8 calibration and classified on a Pi.
+The resize is the bundle's `Preprocessing.resize`: "linear" (edge.resize, OpenCV's INTER_LINEAR; new bundles) or
+a PIL filter name ("bilinear": bundles made before "linear").
 """
 from __future__ import annotations
 
@@ -14,11 +16,13 @@ import numpy as np
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .bundle import Preprocessing
+from .resize import resize_linear
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 ImageLike = Union[str, os.PathLike, bytes, np.ndarray, Image.Image]
 
+# PIL filters by the names bundles record; "linear" (OpenCV's INTER_LINEAR, edge.resize) is not among them.
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -107,8 +111,20 @@ def _is_empty_file(path) -> bool:
         return False
 
 
+RESIZE_METHODS = ("linear", *_RESAMPLE)
+
+
+def _check_resize(pre: Preprocessing) -> None:
+    if pre.resize not in RESIZE_METHODS:
+        raise ValueError(f"unknown preprocessing resize {pre.resize!r}; known: {', '.join(RESIZE_METHODS)}")
+
+
 def resize_array(img: Image.Image, pre: Preprocessing) -> np.ndarray:
     h, w = pre.input_size
+    if pre.resize == "linear":
+        arr = np.asarray(img, dtype=np.uint8)
+        return arr if arr.shape[:2] == (h, w) else resize_linear(arr, (h, w))
+    _check_resize(pre)
     if img.size != (w, h):
         img = img.resize((w, h), _RESAMPLE[pre.resize])
     return np.asarray(img, dtype=np.uint8)
@@ -124,6 +140,8 @@ def load_for_model(src: ImageLike, pre: Preprocessing) -> np.ndarray:
     if isinstance(src, np.ndarray) and src.dtype == np.uint8 and src.ndim == 3 and src.shape[2] == 3 and src.size:
         if src.shape[:2] == tuple(pre.input_size):
             return np.ascontiguousarray(src)
+        if pre.resize == "linear":  # straight from the array: no PIL image, no copy before the resize
+            return resize_linear(src, tuple(pre.input_size))
         return resize_array(Image.fromarray(src), pre)
     return resize_array(open_image(src), pre)
 

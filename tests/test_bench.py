@@ -69,6 +69,7 @@ def test_percentiles_ordered(cli_run):
         # end-to-end includes the invoke, so it cannot be faster at the median
         assert e["e2e_latency_ms"]["p50"] >= 0.5 * e["latency_ms"]["p50"]
         assert e["frame_size"] == [48, 40] and e["temperature"] == 1.0  # the synthetic images; uncalibrated
+        assert e["resize"] in ("linear (opencv)", "linear (numpy)")  # the bundle's resize and what ran it
     assert "e2e p50 / invoke p50: files " in cli_run[0].stdout and "x, decoded frames " in cli_run[0].stdout
     assert "per frame as edge-run streams a folder (" in cli_run[0].stdout
 

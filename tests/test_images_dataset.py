@@ -182,6 +182,10 @@ def _reference_load_for_model(src, pre: Preprocessing) -> np.ndarray:
         img.load()
         img = to_rgb(img)
     h, w = pre.input_size
+    if pre.resize == "linear":  # OpenCV's INTER_LINEAR by definition (edge.resize)
+        import cv2
+        arr = np.asarray(img, dtype=np.uint8)
+        return arr if arr.shape[:2] == (h, w) else cv2.resize(arr, (w, h), interpolation=cv2.INTER_LINEAR)
     if img.size != (w, h):
         img = img.resize((w, h), _RESAMPLE[pre.resize])
     return np.asarray(img, dtype=np.uint8)
@@ -222,7 +226,7 @@ SAMPLE_DIR = Path(__file__).resolve().parents[1] / "data" / "sample"
 
 
 @pytest.mark.parametrize("size,resize", [((16, 20), "bilinear"), ((288, 288), "bilinear"), ((24, 24), "bicubic"),
-                                         ((20, 16), "area")])
+                                         ((20, 16), "area"), ((16, 20), "linear"), ((288, 288), "linear")])
 def test_preprocessing_is_pixel_identical_to_the_reference(tmp_path, size, resize):
     pre = Preprocessing(input_size=size, resize=resize)
     for src in _reference_inputs(tmp_path):

@@ -47,7 +47,7 @@ def test_every_tflite_variant_carries_metadata_and_labels(sample_tflite_bundle):
         assert list(norm.mean) == [0.0] and list(norm.std) == [1.0]  # the model takes 0..255 pixels
         out = meta.subgraphMetadata[0].outputTensorMetadata[0]
         assert out.name == b"probability" and out.associatedFiles[0].name == b"labels.txt"
-        assert b.variants[variant]["tflite_metadata"]["outputs"] == ["probability"]
+        assert b.variants[variant]["tflite_metadata"]["outputs"][0] == "probability"  # [1]: features (issue 15)
         assert report["variants"][variant]["info"]["tflite_metadata"]["associated_files"] == ["labels.txt"]
 
 

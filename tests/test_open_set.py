@@ -88,6 +88,8 @@ def test_converted_variants_output_features(scored_bundle):
     for v in ("tflite-fp32", "tflite-int8"):
         eng = open_engine(b, v, 1)
         assert eng.has_features
+        # output 0 is the probabilities: what MediaPipe's ImageClassifier and other TFLite apps read as classes
+        assert eng.interpreter.get_output_details()[0]["shape"][-1] == len(b.labels)
         p = eng.postprocess(eng.invoke_raw(eng.prepare(img)))
         assert p.shape == (1, len(b.labels)) and abs(p.sum() - 1) < 0.05  # the probabilities, not the features
         f = eng.features()

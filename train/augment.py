@@ -1,8 +1,17 @@
 """The recipe's augmentation, MixUp and label smoothing, on uint8 batches from the decode-once cache.
 
 Random parameters are drawn with NumPy (a seeded Generator: reproducible, testable); the warp itself is one
-TensorFlow projective-transform op per batch. Geometry follows Keras' ImageDataGenerator semantics that the seed
-notebook used: rotation in degrees, shift and zoom as fractions, nearest fill at the borders.
+TensorFlow projective-transform op per batch. Two styles (`TrainConfig.augment_style`) read the same config fields:
+
+- "keras", the seed recipe's: Keras' ImageDataGenerator as the notebook ran it, step for step: rotation and shear
+  in degrees (shear=0.12 is 0.12 degrees, next to nothing), x and y zoom drawn apart (zoom > 1 shows more of the
+  image), one channel-shift offset for all three channels, clipped to the image's own min..max, then brightness
+  through PIL (so the image is truncated to uint8 before and after it).
+- "trashcam", the default recipe's (tuned with it, so kept): shear as a factor (0.12 = 6.8 degrees, a real
+  shear), one zoom for both axes (objects keep their proportions; zoom > 1 magnifies), an offset per channel
+  (colour casts as between cameras' white balance), brightness times the image plus the shift, no uint8 steps.
+
+Both: rotation in degrees, shifts as fractions of the image, nearest fill at the borders, bilinear sampling.
 """
 from __future__ import annotations
 
@@ -26,13 +35,41 @@ def _affine(h: int, w: int, angle: float = 0.0, tx: float = 0.0, ty: float = 0.0
     return from_c @ tr @ rot @ sh @ zm @ fl @ to_c
 
 
+def _keras_affine(h: int, w: int, theta: float = 0.0, tx: float = 0.0, ty: float = 0.0, shear: float = 0.0,
+                  zx: float = 1.0, zy: float = 1.0, flip_h: bool = False, flip_v: bool = False) -> np.ndarray:
+    """Keras' apply_affine_transform (channels_last) and its flips as one OUTPUT -> INPUT matrix: theta and shear
+    in degrees, tx and ty in pixels. Keras builds this matrix, centres it with (h, w) on its two axes and hands it
+    to scipy with rows and columns swapped, so in the (x, y) order of the projective-transform op it is the matrix
+    as built (for non-square images the centring is Keras' own, kept)."""
+    t, s = np.deg2rad(theta), np.deg2rad(shear)
+    rot = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
+    shift = np.array([[1, 0, tx], [0, 1, ty], [0, 0, 1]], np.float64)
+    sh = np.array([[1, -np.sin(s), 0], [0, np.cos(s), 0], [0, 0, 1]])
+    zm = np.diag([zx, zy, 1.0])
+    ox, oy = h / 2 - 0.5, w / 2 - 0.5
+    m = np.array([[1, 0, ox], [0, 1, oy], [0, 0, 1]]) @ rot @ shift @ sh @ zm @ \
+        np.array([[1, 0, -ox], [0, 1, -oy], [0, 0, 1]])
+    # Keras flips the warped image; flipping the output coordinates first is the same map
+    fl = np.array([[-1.0 if flip_h else 1.0, 0, (w - 1) if flip_h else 0],
+                   [0, -1.0 if flip_v else 1.0, (h - 1) if flip_v else 0], [0, 0, 1]])
+    return m @ fl
+
+
 def _flat(m: np.ndarray) -> np.ndarray:
     m = m / m[2, 2]
     return np.array([m[0, 0], m[0, 1], m[0, 2], m[1, 0], m[1, 1], m[1, 2], m[2, 0], m[2, 1]], np.float32)
 
 
+AUGMENT_STYLES = ("trashcam", "keras")
+
+
 def sample_params(rng: np.random.Generator, n: int, h: int, w: int, cfg: TrainConfig) -> dict[str, np.ndarray]:
-    """Per-image random augmentation parameters: transforms (n, 8), brightness (n,), channel shift (n, 3)."""
+    """Per-image random augmentation parameters: transforms (n, 8), brightness (n,), channel shift (n, 3),
+    zoom (n, 2) as (x, y) and shear (n,) as drawn (degrees in the "keras" style, a factor otherwise)."""
+    if cfg.augment_style == "keras":
+        return _sample_keras(rng, n, h, w, cfg)
+    if cfg.augment_style != "trashcam":
+        raise ValueError(f"augment_style must be one of {', '.join(AUGMENT_STYLES)}; got {cfg.augment_style!r}")
     rot = np.deg2rad(rng.uniform(-cfg.rotation_deg, cfg.rotation_deg, n))
     tx, ty = rng.uniform(-cfg.shift, cfg.shift, (2, n))
     zoom = rng.uniform(1 - cfg.zoom, 1 + cfg.zoom, n)
@@ -43,7 +80,37 @@ def sample_params(rng: np.random.Generator, n: int, h: int, w: int, cfg: TrainCo
         "transforms": mats,
         "brightness": rng.uniform(*cfg.brightness, n).astype(np.float32),
         "channel_shift": rng.uniform(-cfg.channel_shift, cfg.channel_shift, (n, 3)).astype(np.float32),
+        "zoom": np.stack([zoom, zoom], 1), "shear": shear,
     }
+
+
+def _sample_keras(rng: np.random.Generator, n: int, h: int, w: int, cfg: TrainConfig) -> dict[str, np.ndarray]:
+    """ImageDataGenerator.get_random_transform's draws (a NumPy Generator instead of the global state)."""
+    theta = rng.uniform(-cfg.rotation_deg, cfg.rotation_deg, n)
+    tx = rng.uniform(-cfg.shift, cfg.shift, n) * h  # Keras: height_shift_range times the rows, on its first axis
+    ty = rng.uniform(-cfg.shift, cfg.shift, n) * w
+    shear = rng.uniform(-cfg.shear, cfg.shear, n)
+    zx, zy = rng.uniform(1 - cfg.zoom, 1 + cfg.zoom, (2, n))
+    flip = rng.random(n) < 0.5 if cfg.hflip else np.zeros(n, bool)
+    shift = rng.uniform(-cfg.channel_shift, cfg.channel_shift, n)
+    mats = np.stack([_flat(_keras_affine(h, w, theta[i], tx[i], ty[i], shear[i], zx[i], zy[i], bool(flip[i])))
+                     for i in range(n)])
+    return {
+        "transforms": mats,
+        "brightness": rng.uniform(*cfg.brightness, n).astype(np.float32),
+        "channel_shift": np.repeat(shift[:, None], 3, 1).astype(np.float32),
+        "zoom": np.stack([zx, zy], 1), "shear": shear,
+    }
+
+
+def keras_intensity(x: np.ndarray, channel_shift: np.ndarray, brightness: np.ndarray) -> np.ndarray:
+    """Keras' channel shift then brightness on warped float images (N, H, W, 3): the shift clipped to each image's
+    min..max over all channels, the uint8 cast of array_to_img (truncation), PIL's Brightness (a float32 product,
+    truncated, clipped to 0..255)."""
+    lo = x.min(axis=(1, 2, 3), keepdims=True)
+    hi = x.max(axis=(1, 2, 3), keepdims=True)
+    x = np.floor(np.clip(x + channel_shift[:, None, None, :], lo, hi))
+    return np.clip(np.floor(brightness.astype(np.float32)[:, None, None, None] * x.astype(np.float32)), 0, 255)
 
 
 def warp(x: np.ndarray, transforms: np.ndarray):
@@ -63,6 +130,8 @@ def augment_batch(x_u8: np.ndarray, rng: np.random.Generator, cfg: TrainConfig) 
         return x_u8.astype(np.float32)
     p = sample_params(rng, n, h, w, cfg)
     out = warp(x_u8, p["transforms"]).numpy()
+    if cfg.augment_style == "keras":
+        return keras_intensity(out, p["channel_shift"], p["brightness"]).astype(np.float32)
     out = out * p["brightness"][:, None, None, None] + p["channel_shift"][:, None, None, :]
     return np.clip(out, 0.0, 255.0).astype(np.float32)
 

@@ -53,6 +53,11 @@ HELP = {
     "add_data": "also train on reviewed field images: DIR/<class>/ (from edge-run --capture, relabelled on "
                 "/review) split like --data with a separate field test split; DIR/_foreign/ become negatives "
                 "for edge-calibrate's uncertainty score",
+    "resize": "how images reach --image-size, recorded in the bundle so every stage sees the same pixels: 'linear' "
+              "(OpenCV's INTER_LINEAR: cv2 where installed, an exact NumPy copy elsewhere) or 'bilinear' (PIL's "
+              "antialiased filter, as bundles made before 'linear' existed)",
+    "augment_style": "'keras': the notebook's ImageDataGenerator semantics (shear in degrees, x/y zoom drawn apart, "
+                     "one channel shift for all channels; the seed recipe); 'trashcam': the default recipe's own",
     "tta_passes": "comma-separated TTA passes: identity,hflip,vflip,zoom_in,zoom_in_hflip,rot90",
     "strategy": "auto | none | mirrored (several GPUs) | multiworker (several machines; set TF_CONFIG)",
     "precision": "auto (mixed_float16 on GPU, float32 on CPU) | float32 | mixed_float16 | mixed_bfloat16",

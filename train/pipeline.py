@@ -141,7 +141,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
     strategy, compute = setup_compute(cfg)
     split = _split(cfg, partial)
     split.save(partial / "split.json")
-    pre = Preprocessing(input_size=(cfg.image_size, cfg.image_size))
+    pre = Preprocessing(input_size=(cfg.image_size, cfg.image_size), resize=cfg.resize)
     cache = cfg.cache_dir or default_cache_dir()
     t0 = time.perf_counter()
     sets = {s: decode_images(split.paths(s), split.labels(s), pre, cache, desc=f"decode {s}",
