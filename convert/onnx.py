@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 INPUT_NAME = "image"
 
 
@@ -30,6 +32,8 @@ def convert_onnx(model, out: Path, ctx) -> dict[str, Any]:
         except Exception as e:  # tf2onnx lags Keras/TF releases: try Keras' own exporter before giving up
             errors.append(f"tf2onnx: {e}")
             try:
+                # Keras' exporter refuses a model never called, as the [probabilities, features] wrapper is
+                model(np.zeros((1, *shape[1:]), np.float32))
                 model.export(str(out), format="onnx", opset_version=opset)
                 converter = "keras.Model.export(format='onnx')"
             except Exception as e2:
