@@ -111,6 +111,7 @@ def test_grid_ids_and_resume_skip_finished_runs(tmp_path, monkeypatch):
         sp.SpreadConfig(onednn=(2,))
 
 
+@pytest.mark.slow  # ~90 s of both cores: two trainings + conversions; the parts above are tested fast
 def test_harness_on_the_sample_two_folds(tmp_path):
     """The real thing, shrunk: quick recipe with fewer epochs, 2 of 5 folds, one numerics setting."""
     out = tmp_path / "spread"
