@@ -33,7 +33,7 @@ def convert_onnx(model, out: Path, ctx) -> dict[str, Any]:
             errors.append(f"tf2onnx: {e}")
             try:
                 # Keras' exporter refuses a model never called, as the [probabilities, features] wrapper is
-                model(np.zeros((1, *shape[1:]), np.float32))
+                model([np.zeros((1, *shape[1:]), np.float32)])
                 model.export(str(out), format="onnx", opset_version=opset)
                 converter = "keras.Model.export(format='onnx')"
             except Exception as e2:
