@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from trashcam.edge.bundle import Bundle
-from trashcam.edge.runtime import apply_temperature, ood_for_engine
+from trashcam.edge.runtime import calibrated_probs, ood_for_engine
 
 
 def timed_calls(bundle: Bundle, variant: str, engine, image_u8: np.ndarray, temperature: float
@@ -29,7 +29,7 @@ def timed_calls(bundle: Bundle, variant: str, engine, image_u8: np.ndarray, temp
         return {}
 
     def probs():
-        return apply_temperature(engine.postprocess(engine.invoke_raw(engine.prepare(image_u8)))[0], temperature)
+        return calibrated_probs(engine, image_u8, temperature)
 
     def scored():
         p = probs()
@@ -77,7 +77,7 @@ def test_metrics(bundle: Bundle, variant: str, engine, images) -> dict | None:
     ood = ood_for_engine(bundle, variant, engine)
     probs, flagged = [], []
     for im in images.x:
-        p = apply_temperature(engine.postprocess(engine.invoke_raw(engine.prepare(im)))[0], t)
+        p = calibrated_probs(engine, im, t)
         probs.append(p)
         if ood is not None:
             flagged.append(bool(ood.score(p, engine.features() if ood.needs_features else None)[0] > ood.threshold))

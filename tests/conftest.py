@@ -5,7 +5,9 @@ so tests can assert real accuracy (not just that files exist).
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +46,18 @@ def write_synthetic_dataset(root: Path, per_class: int = 20, seed: int = 0) -> P
             ext = ".png" if i % 4 == 0 else ".jpg"
             Image.fromarray(synth_image(c, rng)).save(d / f"{name}_{i:03d}{ext}", quality=95)
     return root
+
+
+def flat_image_folder(dest: Path, dataset: Path, per_class: int) -> Path:
+    """The first `per_class` images of each class of `dataset`, copied into one folder as CLASS_NAME files."""
+    for cls in sorted(os.listdir(dataset)):
+        for f in sorted((dataset / cls).iterdir())[:per_class]:
+            shutil.copy(f, dest / f"{cls}_{f.name}")
+    return dest
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 grabbing and stall detection, the HTTP address rule, `--variant auto`, and the slim bundle export."""
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
@@ -11,14 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli, synth_image
+from conftest import read_jsonl, run_cli, synth_image
 from trashcam.edge.bundle import Bundle, BundleError
 from trashcam.edge.runtime import Classifier, choose_variant
 from trashcam.edge.smoothing import UNCERTAIN, Smoother
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")

@@ -18,24 +18,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli, serving_url, synth_image
+from conftest import flat_image_folder, read_jsonl, run_cli, serving_url, synth_image
 from trashcam.edge.bundle import Bundle
 from trashcam.edge.runtime import Classifier
 
 CLI = ("-m", "trashcam.edge.cli")
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 @pytest.fixture(scope="module")
 def frames_dir(tmp_path_factory, synthetic_dataset) -> Path:
     """12 good images (4 per class) plus a corrupt and an empty .jpg, which must be skipped and counted."""
-    d = tmp_path_factory.mktemp("frames")
-    for cls in sorted(os.listdir(synthetic_dataset)):
-        for f in sorted((synthetic_dataset / cls).iterdir())[:4]:
-            shutil.copy(f, d / f"{cls}_{f.name}")
+    d = flat_image_folder(tmp_path_factory.mktemp("frames"), synthetic_dataset, 4)
     (d / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg" * 3)
     (d / "empty.jpg").write_bytes(b"")
     return d

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import synth_image
+from conftest import flat_image_folder, read_jsonl, synth_image
 from trashcam.edge.cli import main
 from trashcam.edge.config import RunConfig
 from trashcam.edge.live import LiveRunner
@@ -23,15 +21,7 @@ from test_mqtt import MOSQUITTO, PREFIX, Broker, Subscriber, free_port  # noqa: 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory, synthetic_dataset) -> Path:
-    d = tmp_path_factory.mktemp("items")
-    for cls in sorted(os.listdir(synthetic_dataset)):
-        for f in sorted((synthetic_dataset / cls).iterdir())[:3]:
-            shutil.copy(f, d / f"{cls}_{f.name}")
-    return d
-
-
-def jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return flat_image_folder(tmp_path_factory.mktemp("items"), synthetic_dataset, 3)
 
 
 @pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed (apt-get install mosquitto)")
@@ -56,7 +46,7 @@ def test_folder_items_reach_log_broker_actuator_page_and_metrics(tiny_tflite_bun
         summary = runner.run(on_frame)
         assert summary["items"] == 9 and summary["item_counts"]["uncertain"] == 0
         assert sum(summary["item_counts"].values()) == 9 and summary["sink_failures"] == {}
-        items = [e for e in jsonl(tmp_path / "ev.jsonl") if e["event"] == "item"]
+        items = [e for e in read_jsonl(tmp_path / "ev.jsonl") if e["event"] == "item"]
         assert len(items) == 9 and {i["reason"] for i in items} == {"image"}
         sha = json.loads((tiny_tflite_bundle / "metadata.json").read_text())["files"]["model_fp32.tflite"]["sha256"]
         assert all(i["bundle_sha256"] == sha and i["variant"] == "tflite-fp32" and i["frames_used"] == 1
@@ -96,7 +86,7 @@ def test_video_items_through_the_presence_gate(tiny_tflite_bundle, tmp_path):
     cfg = RunConfig(str(tiny_tflite_bundle), variant="tflite-fp32", source=str(video), threads=1, streams=1,
                     log=str(tmp_path / "ev.jsonl"), quiet=True)
     summary = LiveRunner(cfg, err=io.StringIO()).run()
-    items = [e for e in jsonl(tmp_path / "ev.jsonl") if e["event"] == "item"]
+    items = [e for e in read_jsonl(tmp_path / "ev.jsonl") if e["event"] == "item"]
     assert summary["frames"] == 60 and summary["items"] == 2
     assert [i["label"] for i in items] == ["red", "blue"] and [i["reason"] for i in items] == ["left", "left"]
     assert all(12 <= i["frames"] <= 16 for i in items)
