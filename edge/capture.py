@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from .bundle import atomic_write_bytes
+
 WHEN = ("uncertain", "low-margin", "flip", "all")
 SIDE = ".json"
 FOREIGN = "_foreign"
@@ -40,19 +42,6 @@ def safe_name(label: str) -> str:
     """A class label as a folder name: no separators, no dot-only names."""
     name = _SAFE.sub("_", str(label)).strip("._") or "unlabelled"
     return name
-
-
-def _atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def check_writable(root: str | os.PathLike) -> Path:
@@ -173,8 +162,8 @@ class CaptureSink:
                 "rule": self.when}
         img_path = folder / f"{stem}.jpg"
         side_bytes = json.dumps(side, indent=1, default=float).encode()
-        _atomic(img_path, buf.getvalue())
-        _atomic(img_path.with_suffix(SIDE), side_bytes)
+        atomic_write_bytes(img_path, buf.getvalue())
+        atomic_write_bytes(img_path.with_suffix(SIDE), side_bytes)
         size = len(buf.getvalue()) + len(side_bytes)
         self._files.append((now, img_path, size))
         self._bytes += size

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .bundle import atomic_write_bytes
 from .capture import FOREIGN, SIDE, safe_name
 
 _ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*/[A-Za-z0-9_][A-Za-z0-9_.-]*\.jpg$")
@@ -100,9 +101,7 @@ class CaptureFolder:
         # the sidecar goes last and is rewritten in place of the old one, so a crash leaves an image
         # without a sidecar (ignored by listings) rather than a sidecar pointing at nothing
         os.replace(src, dest)
-        tmp = dest.with_name(f".{dest.stem}.json.tmp")
-        tmp.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, dest.with_suffix(SIDE))
+        atomic_write_bytes(dest.with_suffix(SIDE), json.dumps(meta, indent=1).encode())
         if side_src != dest.with_suffix(SIDE):
             side_src.unlink(missing_ok=True)
         return f"{label}/{dest.name}"

@@ -79,7 +79,7 @@ def test_full_disk_warns_once_and_stops(tmp_path, monkeypatch, capsys):
     def full(path, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(capture_mod, "_atomic", full)
+    monkeypatch.setattr(capture_mod, "atomic_write_bytes", full)
     assert cap.capture(img(), rec()) is None and cap.capture(img(), rec()) is None
     err = capsys.readouterr().err
     assert err.count("capture stopped") == 1 and "No space left" in err
