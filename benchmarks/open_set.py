@@ -25,8 +25,12 @@ import numpy as np
 from trashcam.edge.ood import (Mahalanobis, auroc, energy_score, knn_cosine_score, msp_score,
                                threshold_for_rate)
 
-SCORES = ("msp", "energy", "maha_pooled", "maha_penult", "rel_maha", "knn_cosine", "knn10_cosine", "combined",
-          "combined_knn")
+SCORES = ("msp", "energy", "maha_pooled", "maha_full", "maha_r32", "maha_r64", "maha_r256", "maha_sqrt",
+          "maha_class_r32", "maha_penult", "rel_maha", "knn_cosine", "knn10_cosine", "combined", "combined_full",
+          "combined_sqrt", "combined_energy", "combined_knn")
+# maha_pooled and combined are what edge-calibrate deploys (shared covariance, rank edge.ood.DEFAULT_RANK);
+# maha_full / maha_rN: the same at full rank / rank N; maha_sqrt on square-rooted features; maha_class_r32: one
+# rank-32 Gaussian per class (its own covariance).
 
 
 def extract_features(data: str, image_size: int, views: int, seed: int, cache_dir: Path) -> dict:
@@ -125,6 +129,11 @@ def fold_scores(f: dict, k: int, seed: int, knn_k: int = 1) -> dict:
     temp = fit_temperature(_softmax(logits["val"]), yv)
     probs = {s: _softmax(z / temp) for s, z in logits.items()}
     maha_p = Mahalanobis.fit(xtr[:, 0], ytr)
+    ranked = {f"maha_{n}": Mahalanobis.fit(xtr[:, 0], ytr, rank=r)
+              for n, r in (("full", None), ("r32", 32), ("r64", 64), ("r256", 256))}
+    maha_sqrt = Mahalanobis.fit(np.sqrt(np.maximum(xtr[:, 0], 0)), ytr)
+    per_class = [Mahalanobis.fit(xtr[:, 0][ytr == c], np.zeros(int(np.sum(ytr == c)), int), rank=32)
+                 for c in range(len(known))]
     maha_bg = Mahalanobis.fit(xtr[:, 0], np.zeros(len(ytr), int))  # one Gaussian for all: relative Mahalanobis
     tr_hid = np.asarray(penult.predict(xtr[:, 0], batch_size=256, verbose=0))
     maha_h = Mahalanobis.fit(tr_hid, ytr)
@@ -133,6 +142,10 @@ def fold_scores(f: dict, k: int, seed: int, knn_k: int = 1) -> dict:
         out["msp"][s] = msp_score(probs[s])
         out["energy"][s] = energy_score(logits[s], temp)
         out["maha_pooled"][s] = maha_p.score(sets[s])
+        for name, m in ranked.items():
+            out[name][s] = m.score(sets[s])
+        out["maha_sqrt"][s] = maha_sqrt.score(np.sqrt(np.maximum(sets[s], 0)))
+        out["maha_class_r32"][s] = np.min([m.score(sets[s]) for m in per_class], axis=0)
         out["maha_penult"][s] = maha_h.score(hid[s])
         out["rel_maha"][s] = out["maha_pooled"][s] - maha_bg.score(sets[s])
         out["knn_cosine"][s] = knn_cosine_score(sets[s], xtr[:, 0], knn_k)
@@ -143,6 +156,9 @@ def fold_scores(f: dict, k: int, seed: int, knn_k: int = 1) -> dict:
         return (out[name][s] - v.mean()) / (v.std() + 1e-12)
     for s in sets:
         out["combined"][s] = z("maha_pooled", s) + z("msp", s)
+        out["combined_full"][s] = z("maha_full", s) + z("msp", s)
+        out["combined_sqrt"][s] = z("maha_sqrt", s) + z("msp", s)
+        out["combined_energy"][s] = z("maha_pooled", s) + z("energy", s)
         out["combined_knn"][s] = z("knn_cosine", s) + z("msp", s)
     acc = float(np.mean(probs["test"].argmax(1) == yte))
     return {"scores": out, "test_accuracy": acc, "temperature": temp, "shrinkage": maha_p.shrinkage,

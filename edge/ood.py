@@ -7,7 +7,8 @@ A bundle without them falls back to max-probability (1 - max p), so every bundle
 Scores (all "higher = more foreign"):
 - msp:         1 - max softmax probability (after temperature)
 - mahalanobis: min over classes of the squared Mahalanobis distance of the pooled features to the class mean,
-               one shared covariance with Ledoit-Wolf shrinkage (Lee et al. 2018, without input perturbation)
+               one shared covariance with Ledoit-Wolf shrinkage (Lee et al. 2018, without input perturbation),
+               its top directions exact and the rest isotropic (see DEFAULT_RANK)
 - combined:    z-scored mahalanobis + z-scored msp, each standardised on in-distribution validation images
 The leave-one-class-out experiment (benchmarks/open_set.py) also measures energy and kNN, which need logits or
 a feature bank the deployed models do not carry.
@@ -59,51 +60,92 @@ def ledoit_wolf(x: np.ndarray) -> tuple[np.ndarray, float]:
     return cov, float(shrink)
 
 
+# Principal directions kept exactly by default: the rest share one variance (probabilistic PCA). A frame then
+# costs a (D x (r + C)) product: 0.7 MB of float32 for Lite0's 1280 features, where the full 1280x1280 precision
+# (6.5 MB) and the model's weights evicted each other from the cache, so the score cost 1.2-1.4x the invoke
+# although it takes 0.4 ms alone. The rank's effect on flagging is in benchmarks/open_set.py's report.
+DEFAULT_RANK = 128
+
+
 @dataclass
 class Mahalanobis:
-    """Class means + one shared precision matrix, stored as what the per-frame path needs:
-    d(x, c) = x'Px - 2 x'(P mu_c) + mu_c'P mu_c, so a frame costs one (D x D) mat-vec."""
+    """Class means + one shared covariance (Ledoit-Wolf shrunk), its top `rank` eigen-directions kept and the
+    remaining ones given their mean variance `sigma2` (probabilistic PCA; rank >= D is the exact precision).
 
-    precision: np.ndarray  # (D, D) float32
-    p_means: np.ndarray  # (D, C) float32: P @ mu_c
-    m_p_m: np.ndarray  # (C,) float64: mu_c' P mu_c
+    With B = U_r * sqrt(1/sigma2 - 1/lambda) (D x r), the distance to class c is
+        d(x, c) = |x - mu_c|^2 / sigma2 - |B'(x - mu_c)|^2,
+    expanded so a frame costs one product of x with [B | means'] and a few dots."""
+
+    means: np.ndarray  # (C, D) float32
+    basis: np.ndarray  # (D, r) float32: B above
+    sigma2: float
     shrinkage: float = 0.0
 
+    def __post_init__(self) -> None:
+        self.means = np.asarray(self.means, np.float32)
+        self.basis = np.asarray(self.basis, np.float32)
+        self._proj = np.ascontiguousarray(np.concatenate([self.basis, self.means.T], axis=1))  # (D, r + C)
+        m64 = self.means.astype(np.float64)
+        self._bm = m64 @ self.basis.astype(np.float64)  # (C, r): B' mu_c
+        self._mm = np.einsum("cd,cd->c", m64, m64)
+        self._bmbm = np.einsum("cr,cr->c", self._bm, self._bm)
+
+    @property
+    def rank(self) -> int:
+        return self.basis.shape[1]
+
     @classmethod
-    def fit(cls, feats: np.ndarray, labels: np.ndarray) -> "Mahalanobis":
+    def fit(cls, feats: np.ndarray, labels: np.ndarray, rank: int | None = DEFAULT_RANK) -> "Mahalanobis":
+        """`rank` None or >= D: the exact shrunk precision."""
         feats = np.asarray(feats, np.float64)
         labels = np.asarray(labels)
         classes = np.unique(labels)
         means = np.stack([feats[labels == c].mean(0) for c in classes])
-        centred = feats - means[np.searchsorted(classes, labels)]
-        cov, shrink = ledoit_wolf(centred)
-        prec = np.linalg.inv(cov)
-        prec = (prec + prec.T) / 2
-        pm = prec @ means.T
-        return cls(prec.astype(np.float32), pm.astype(np.float32), np.einsum("cd,dc->c", means, pm), shrink)
+        cov, shrink = ledoit_wolf(feats - means[np.searchsorted(classes, labels)])
+        lam, u = np.linalg.eigh(cov)  # ascending
+        lam = np.maximum(lam, 1e-12)
+        d = len(lam)
+        r = d if rank is None or rank >= d else max(int(rank), 1)
+        sigma2 = float(lam[0]) if r == d else float(lam[:d - r].mean())
+        top, lam_top = u[:, d - r:], lam[d - r:]
+        basis = top * np.sqrt(np.maximum(1.0 / sigma2 - 1.0 / lam_top, 0.0))
+        return cls(means, basis, sigma2, shrink)
 
     def score(self, feats: np.ndarray) -> np.ndarray:
         f = np.atleast_2d(np.asarray(feats, np.float32))
+        r = self.rank
         if len(f) == 1:
             # One frame: einsum's own loop, not BLAS. A BLAS gemv spreads over threads, which on a busy 2-core
-            # machine made this 1280x1280 product 2-10 ms instead of ~1 ms (measured), next to a ~25 ms invoke.
-            v = f[0]
-            quad = float(np.einsum("d,d->", np.einsum("d,de->e", v, self.precision), v))
-            d = quad - 2.0 * np.einsum("d,dc->c", v, self.p_means).astype(np.float64) + self.m_p_m
-            return np.array([d.min()])
-        quad = np.einsum("nd,nd->n", f @ self.precision, f).astype(np.float64)
-        d = quad[:, None] - 2.0 * (f @ self.p_means) + self.m_p_m[None]
-        return d.min(axis=1)
+            # machine made the old 1280x1280 product 2-10 ms instead of ~1 ms (measured), next to a ~25 ms invoke.
+            y = np.einsum("d,dk->k", f[0], self._proj)[None].astype(np.float64)
+        else:
+            y = (f @ self._proj).astype(np.float64)
+        f64 = f.astype(np.float64)
+        xx = np.einsum("nd,nd->n", f64, f64)
+        a, xm = y[:, :r], y[:, r:]
+        iso = (xx[:, None] - 2.0 * xm + self._mm[None]) / self.sigma2
+        low = np.einsum("nr,nr->n", a, a)[:, None] - 2.0 * a @ self._bm.T + self._bmbm[None]
+        return (iso - low).min(axis=1)
 
     def arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
-        return {f"{prefix}precision": self.precision, f"{prefix}p_means": self.p_means,
-                f"{prefix}m_p_m": self.m_p_m}
+        return {f"{prefix}means": self.means, f"{prefix}basis": self.basis,
+                f"{prefix}sigma2": np.array(self.sigma2, np.float64)}
 
     @classmethod
     def from_arrays(cls, arrays, prefix: str = "", shrinkage: float = 0.0) -> "Mahalanobis":
-        return cls(np.asarray(arrays[f"{prefix}precision"], np.float32),
-                   np.asarray(arrays[f"{prefix}p_means"], np.float32),
-                   np.asarray(arrays[f"{prefix}m_p_m"], np.float64), shrinkage)
+        if f"{prefix}basis" not in arrays and f"{prefix}precision" in arrays:
+            return cls._from_precision(arrays, prefix, shrinkage)
+        return cls(arrays[f"{prefix}means"], arrays[f"{prefix}basis"], float(arrays[f"{prefix}sigma2"]), shrinkage)
+
+    @classmethod
+    def _from_precision(cls, arrays, prefix: str, shrinkage: float) -> "Mahalanobis":
+        """Bundles calibrated before the low-rank form stored the full precision P and P mu_c: the same
+        distances, exactly, at rank D (their threshold still holds)."""
+        prec = np.asarray(arrays[f"{prefix}precision"], np.float64)
+        means = np.linalg.solve(prec, np.asarray(arrays[f"{prefix}p_means"], np.float64)).T
+        p, u = np.linalg.eigh((prec + prec.T) / 2)  # p = 1 / lambda
+        top = float(p.max())
+        return cls(means, u * np.sqrt(np.maximum(top - p, 0.0)), 1.0 / top, shrinkage)
 
 
 @dataclass

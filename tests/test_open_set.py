@@ -37,6 +37,34 @@ def test_mahalanobis_flags_far_points_and_matches_direct_formula():
     assert abs(np.mean(m.score(x) > t) - 0.05) <= 0.01
 
 
+def test_low_rank_mahalanobis_is_probabilistic_pca_and_old_bundles_keep_their_distances():
+    from trashcam.edge.ood import Mahalanobis, ledoit_wolf
+
+    rng = np.random.default_rng(3)
+    d, r = 40, 6
+    y = np.repeat([0, 1, 2], 100)
+    x = rng.normal(size=(300, d)) @ rng.normal(size=(d, d)) * 0.3 + y[:, None]
+    q = rng.normal(size=(7, d)) * 2
+    low = Mahalanobis.fit(x, y, rank=r)
+    assert low.rank == r and low.basis.shape == (d, r)
+    means = np.stack([x[y == c].mean(0) for c in range(3)])
+    cov, _ = ledoit_wolf(x - means[y])
+    lam, u = np.linalg.eigh(cov)
+    # the PPCA covariance: top r eigenpairs kept, the others replaced by their mean
+    ppca = u @ np.diag(np.concatenate([np.full(d - r, lam[:d - r].mean()), lam[d - r:]])) @ u.T
+    direct = np.min([[float((v - c) @ np.linalg.inv(ppca) @ (v - c)) for c in means] for v in q], axis=1)
+    np.testing.assert_allclose(low.score(q), direct, rtol=1e-4)
+    np.testing.assert_allclose([low.score(v)[0] for v in q], direct, rtol=1e-4)  # one frame at a time
+    # a bundle calibrated before stored the full precision and P @ mu_c: same distances, same threshold
+    exact = Mahalanobis.fit(x, y, rank=None)
+    prec = np.linalg.inv(cov)
+    old = {"precision": prec.astype(np.float32), "p_means": (prec @ means.T).astype(np.float32),
+           "m_p_m": np.einsum("cd,dc->c", means, prec @ means.T)}
+    np.testing.assert_allclose(Mahalanobis.from_arrays(old).score(q), exact.score(q), rtol=1e-3)
+    back = Mahalanobis.from_arrays(low.arrays())
+    np.testing.assert_allclose(back.score(q), low.score(q), rtol=1e-6)
+
+
 def test_auroc_ties_and_threshold_edges():
     from trashcam.edge.ood import auroc, threshold_for_rate
     assert auroc(np.array([0.0, 0.0]), np.array([0.0])) == pytest.approx(0.5)
@@ -109,7 +137,7 @@ def test_calibrate_stores_a_feature_score_per_variant(scored_bundle):
         assert report["variants"][v]["uncertainty"]["candidates"][DEFAULT_KIND]["val_flagged"] <= 0.1
     # INT8 has its own statistics, not a copy of float's
     a, c = np.load(d / "ood/tflite-fp32.npz"), np.load(d / "ood/tflite-int8.npz")
-    assert not np.array_equal(a["p_means"], c["p_means"])
+    assert not np.array_equal(a["means"], c["means"])
 
 
 def test_classifier_uses_score_and_old_bundles_fall_back(scored_bundle, tmp_path):
