@@ -41,6 +41,34 @@ def test_field_split_uses_reviewed_images_only(tmp_path):
     assert [Path(p).name for p, y in fd.files["foreign"]] == ["f.jpg"]
 
 
+def test_classes_makes_foreign_images_a_class_of_their_own(tmp_path):
+    from trashcam.edge.dataset import DatasetError
+    from trashcam.train.config import resolve
+    from trashcam.train.pipeline import _split
+
+    field = tmp_path / "field"
+    (field / "_foreign").mkdir(parents=True)
+    for i, f in enumerate(sorted((SAMPLE / "paper").glob("*.jpg"))[:6]):
+        shutil.copy(f, field / "_foreign" / f"x{i}.jpg")
+    classes = ("plastic", "glass", "other")  # a subset, reordered, plus the foreign class
+    cfg = resolve("quick", data=str(SAMPLE), add_data=str(field), classes=classes)
+    split = _split(cfg, tmp_path / "partial")
+    assert split.classes == list(classes) and not split.files["foreign"]
+    other = [p for k in ("train", "val", "field_test") for p, y in split.files[k] if y == 2]
+    assert sorted(Path(p).name for p in other) == [f"x{i}.jpg" for i in range(6)]
+    names = {Path(p).parent.name for k in ("train", "val", "test") for p, y in split.files[k] if y < 2}
+    assert names == {"plastic", "glass"}
+    assert all(Path(p).parent.name == ["plastic", "glass"][y] for p, y in split.files["train"] if y < 2)
+    # without --add-data a name the data lacks is a mistake, not a class
+    with pytest.raises(DatasetError, match="not among the data's classes"):
+        _split(resolve("quick", data=str(SAMPLE), classes=("glass", "other")), tmp_path / "p2")
+    with pytest.raises(DatasetError, match="listed twice"):
+        _split(resolve("quick", data=str(SAMPLE), classes=("glass", "glass")), tmp_path / "p3")
+    (field / "_foreign").rename(field / "elsewhere")
+    with pytest.raises(DatasetError, match="no reviewed images"):
+        _split(cfg, tmp_path / "p4")
+
+
 def _http(url, body=None):
     req = urllib.request.Request(url, json.dumps(body).encode() if body is not None else None,
                                  {"Content-Type": "application/json"}, "POST" if body is not None else "GET")

@@ -53,6 +53,9 @@ HELP = {
     "add_data": "also train on reviewed field images: DIR/<class>/ (from edge-run --capture, relabelled on "
                 "/review) split like --data with a separate field test split; DIR/_foreign/ become negatives "
                 "for edge-calibrate's uncertainty score",
+    "classes": "comma-separated classes the model learns, in this order (default: every class of --data). One "
+               "name that --data lacks, e.g. 'other', makes --add-data's DIR/_foreign/ images a class of its own "
+               "instead of negatives for the uncertainty score",
     "resize": "how images reach --image-size, recorded in the bundle so every stage sees the same pixels: 'linear' "
               "(OpenCV's INTER_LINEAR: cv2 where installed, an exact NumPy copy elsewhere) or 'bilinear' (PIL's "
               "antialiased filter, as bundles made before 'linear' existed)",
@@ -73,7 +76,7 @@ def recipe_values(f: Field) -> str | None:
                                                                     repr(v) if v == "" else str(v))
     values = {name: show(getattr(cfg, f.name)) for name, cfg in RECIPES.items()}
     if len(set(values.values())) == 1:
-        return None if values["default"] == "''" else f"default: {values['default']}"
+        return None if values["default"] in ("''", "") else f"default: {values['default']}"
     first = values.pop("default")
     return f"default recipe: {first}; " + "; ".join(f"{k}: {v}" for k, v in sorted(values.items()))
 

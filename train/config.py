@@ -34,6 +34,9 @@ class TrainConfig(JsonConfig):
     # Running k = 1..K with one seed tests every image exactly once. "": the plain `split` fractions.
     fold: str = ""
     add_data: str = ""  # reviewed field images (edge-run --capture DIR, /review): DIR/<class>/, DIR/_foreign/
+    # the model's classes, in this order: classes of --data, plus at most one new name, the class that --add-data's
+    # DIR/_foreign/ images then train (instead of being the uncertainty score's negatives). (): every class of --data
+    classes: tuple[str, ...] = ()
     # how images reach image_size, recorded in the bundle's preprocessing: "linear" (OpenCV's INTER_LINEAR, 0.1 ms
     # a frame) or "bilinear" (PIL's antialiased filter, 0.8 ms; bundles made before "linear" existed)
     resize: str = setting("linear", choices=RESIZE_METHODS)

@@ -165,9 +165,10 @@ def _reviewed(img: Path) -> bool | None:
 
 
 def field_split(root: str | os.PathLike, classes: list[str], seed: int = 42,
-                fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> FieldData:
+                fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), foreign_class: str = "") -> FieldData:
     """Reviewed field images of `root`: DIR/<class>/ (a class of `classes`) split train/val/field_test like the
-    shared data; DIR/_foreign/ become foreign negatives. Captures nobody reviewed (a sidecar without
+    shared data; DIR/_foreign/ become foreign negatives, or, with `foreign_class` (one of `classes`), that
+    class's images. Captures nobody reviewed (a sidecar without
     `reviewed`) are the model's own guesses and are left out, as are folders of no known class and anything
     whose real path leaves `root` (symlinks); each is counted."""
     from trashcam.edge.dataset import DatasetError, stratified_split
@@ -191,8 +192,10 @@ def field_split(root: str | os.PathLike, classes: list[str], seed: int = 42,
             if _reviewed(f) is False:
                 counts["unreviewed"] += 1
                 continue
-            (foreign if d.name == FOREIGN else items).append((str(real), -1 if d.name == FOREIGN else
-                                                             classes.index(d.name)))
+            if d.name == FOREIGN and not foreign_class:
+                foreign.append((str(real), -1))
+            else:
+                items.append((str(real), classes.index(foreign_class if d.name == FOREIGN else d.name)))
     files: dict[str, list[tuple[str, int]]] = {"train": [], "val": [], FIELD_TEST: [], FOREIGN_KEY: foreign}
     if items:
         # classes with too few field images for three splits go to train (held out, they would teach nothing)

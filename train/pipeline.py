@@ -20,7 +20,7 @@ from trashcam.edge.bundle import Bundle, Preprocessing, atomic_write_bytes, atom
 from trashcam.edge.dataset import DatasetError, Split, make_split, require_every_class
 
 from .config import TrainConfig
-from .data import class_weights, decode_images, default_cache_dir, fold_split
+from .data import FOREIGN, class_weights, decode_images, default_cache_dir, fold_split
 
 
 class TrainError(RuntimeError):
@@ -66,19 +66,44 @@ def _split(cfg: TrainConfig, partial: Path) -> Split:
         keep = [c for c in split.classes if c not in cfg.exclude_classes]
         if len(keep) < 2:
             raise DatasetError("excluding those classes leaves fewer than 2")
-        remap = {split.classes.index(c): i for i, c in enumerate(keep)}
-        split.files = {k: [(r, remap[y]) for r, y in v if y in remap] for k, v in split.files.items()}
-        split.classes = keep
+        _keep_classes(split, keep)
+    foreign_class = select_classes(split, cfg) if cfg.classes else ""
     if cfg.add_data:
-        add_field_data(split, cfg)
+        add_field_data(split, cfg, foreign_class)
+    if foreign_class and not any(y == split.classes.index(foreign_class) for y in split.labels("train")):
+        raise DatasetError(f"--classes {foreign_class}: no reviewed images in {cfg.add_data}/{FOREIGN}/ to train it")
     return split
 
 
-def add_field_data(split: Split, cfg: TrainConfig) -> dict[str, int]:
+def select_classes(split: Split, cfg: TrainConfig) -> str:
+    """Keep and order `split`'s classes as `cfg.classes` lists them; -> the one listed name that is no class of
+    the data ("" if none): the class --add-data's DIR/_foreign/ images will train."""
+    listed = list(cfg.classes)
+    if len(set(listed)) != len(listed):
+        raise DatasetError(f"--classes {','.join(listed)}: a class is listed twice")
+    new = [c for c in listed if c not in split.classes]
+    if len(new) > 1 or (new and not cfg.add_data):
+        raise DatasetError(f"--classes: {', '.join(new)} not among the data's classes {split.classes}; one new "
+                           f"name is allowed with --add-data DIR, for the images in DIR/{FOREIGN}/")
+    if len(listed) - len(new) < 1 or len(listed) < 2:
+        raise DatasetError("--classes needs at least 2 classes, one of them from the data")
+    _keep_classes(split, listed)
+    return new[0] if new else ""
+
+
+def _keep_classes(split: Split, classes: list[str]) -> None:
+    """Relabel `split` to `classes` (in that order); images of classes not listed leave it."""
+    remap = {split.classes.index(c): i for i, c in enumerate(classes) if c in split.classes}
+    split.files = {k: [(r, remap[y]) for r, y in v if y in remap] for k, v in split.files.items()}
+    split.classes = list(classes)
+
+
+def add_field_data(split: Split, cfg: TrainConfig, foreign_class: str = "") -> dict[str, int]:
     """Reviewed field images join train and val; their own test split and the foreign negatives get their own
-    keys in split.json (absolute paths: they live outside --data)."""
+    keys in split.json (absolute paths: they live outside --data). With `foreign_class`, DIR/_foreign/ is that
+    class's images instead of negatives."""
     from .data import FIELD_TEST, FOREIGN_KEY, field_split
-    fd = field_split(cfg.add_data, split.classes, cfg.seed, cfg.split)
+    fd = field_split(cfg.add_data, split.classes, cfg.seed, cfg.split, foreign_class)
     split.files["train"] = split.files["train"] + fd.files["train"]
     split.files["val"] = split.files["val"] + fd.files["val"]
     split.files[FIELD_TEST], split.files[FOREIGN_KEY] = fd.files[FIELD_TEST], fd.files[FOREIGN_KEY]
