@@ -44,15 +44,15 @@ class ProbeConfig:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
-def extract_features(model, paths: list[Path], image_size: int, batch_size: int = 32, desc: str = "features"
-                     ) -> tuple[np.ndarray, np.ndarray, float]:
+def extract_features(model, paths: list[Path], image_size: int, batch_size: int = 32, desc: str = "features",
+                     resize: str = "linear") -> tuple[np.ndarray, np.ndarray, float]:
     """Pooled features of each readable image -> (features, indices of the images used, seconds of inference)."""
     from tqdm import tqdm
 
     from trashcam.edge.bundle import Preprocessing
     from trashcam.edge.images import ImageDecodeError, load_for_model
 
-    pre = Preprocessing(input_size=(image_size, image_size))
+    pre = Preprocessing(input_size=(image_size, image_size), resize=resize)
     feats, kept, infer_s = [], [], 0.0
     for start in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch", leave=False):
         batch, idx = [], []
