@@ -14,7 +14,6 @@ the fold's own in-distribution TEST images and ALL images of class k: flagged %,
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -27,7 +26,11 @@ from trashcam.edge.ood import (Mahalanobis, auroc, energy_score, knn_cosine_scor
 
 SCORES = ("msp", "energy", "maha_pooled", "maha_full", "maha_r32", "maha_r64", "maha_r256", "maha_sqrt",
           "maha_class_r32", "maha_penult", "rel_maha", "knn_cosine", "knn10_cosine", "combined", "combined_full",
-          "combined_sqrt", "combined_energy", "combined_knn")
+          "combined_sqrt", "combined_energy", "combined_knn", "maha_layers", "combined_layers")
+# Pooled outputs of earlier blocks (Lee et al. 2018 sum Mahalanobis distances over layers): "maha_layers" adds
+# their z-scored distances to the pooled features' one, "combined_layers" adds max-probability too.
+LAYERS = ("block4c_add", "block5c_add", "block6d_add", "block7a_project_bn")
+LAYER_DIMS = (80, 112, 192, 320)
 # maha_pooled and combined are what edge-calibrate deploys (shared covariance, rank edge.ood.DEFAULT_RANK);
 # maha_full / maha_rN: the same at full rank / rank N; maha_sqrt on square-rooted features; maha_class_r32: one
 # rank-32 Gaussian per class (its own covariance).
@@ -49,7 +52,9 @@ def extract_features(data: str, image_size: int, views: int, seed: int, cache_di
     pre = Preprocessing(input_size=(image_size, image_size))
     out: dict = {"classes": np.array(split.classes)}
     backbone = get("efficientnet_lite0").build(input_shape=(image_size, image_size, 3), weights="imagenet")
-    model = keras.Model(backbone.input, keras.layers.GlobalAveragePooling2D()(backbone.output))
+    pools = [keras.layers.GlobalAveragePooling2D()(backbone.output)]
+    pools += [keras.layers.GlobalAveragePooling2D()(backbone.get_layer(n).output) for n in LAYERS]
+    model = keras.Model(backbone.input, keras.layers.Concatenate()(pools))
     cfg = DEFAULT.replace(image_size=image_size)
     rng = np.random.default_rng(seed)
     for name in ("train", "val", "test"):
@@ -59,12 +64,16 @@ def extract_features(data: str, image_size: int, views: int, seed: int, cache_di
         for v in range(n_views):
             tf_ = None if v == 0 else (lambda xb: augment_batch(xb, rng, cfg))
             feats.append(batched_predict(model, dec.x, 32, f"{name} view {v + 1}/{n_views}", 1, transform=tf_))
-        out[f"{name}_x"] = np.stack(feats, 1).astype(np.float32)  # (N, V, D)
+        allf = np.stack(feats, 1).astype(np.float32)  # (N, V, D + intermediate layers)
+        d = allf.shape[-1] - sum(LAYER_DIMS)
+        out[f"{name}_x"] = allf[..., :d]
+        out[f"{name}_layers"] = allf[:, 0, d:]  # plain view only: what a per-layer Gaussian is fitted on
         out[f"{name}_y"] = dec.y
     return out
 
 
-def train_head(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, n_classes: int, seed: int):
+def train_head(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, n_classes: int, seed: int,
+               epochs: int | None = None):
     """The default recipe's stage 1 on cached features: dropout -> dense(192, swish) -> softmax, MixUp,
     label smoothing, clipped class weights, cosine LR, early stopping on calibrated validation NLL.
     -> (penultimate-feature model, final layer kernel, bias)."""
@@ -92,7 +101,8 @@ def train_head(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, n_c
         xm, tm, wm, _, _ = augment.mixup(xf, t, w, cfg.mixup_alpha, rng)
         return xm, tm, wm
 
-    run_stage("head", model, epoch_data, (xv, augment.one_hot_smooth(yv, n_classes, 0.0)), cfg.stage1_epochs,
+    run_stage("stage1", model, epoch_data, (xv, augment.one_hot_smooth(yv, n_classes, 0.0)),
+              epochs or cfg.stage1_epochs,
               cfg.stage1_patience, cfg.stage1_lr, True, cfg.batch_size, None, verbose=0, n_per_epoch=len(xf),
               monitor=cfg.monitor)
     penult = keras.Model(inp, h)
@@ -106,7 +116,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def fold_scores(f: dict, k: int, seed: int, knn_k: int = 1) -> dict:
+def fold_scores(f: dict, k: int, seed: int, knn_k: int = 1, head_epochs: int | None = None) -> dict:
     """Train without class k; -> {score: {"val", "test", "foreign"} arrays} and the fold's test accuracy."""
     from trashcam.calibration.temperature import fit_temperature
 
@@ -122,7 +132,16 @@ def fold_scores(f: dict, k: int, seed: int, knn_k: int = 1) -> dict:
     xv, yv = part("val", True)
     xte, yte = part("test", True)
     xfor = np.concatenate([part(s, False)[0][:, 0] for s in ("train", "val", "test")])
-    penult, kernel, bias = train_head(xtr, ytr, xv[:, 0], yv, len(known), seed)
+
+    def layers(name, keep_known):
+        m = np.isin(f[f"{name}_y"], known) if keep_known else f[f"{name}_y"] == k
+        return f[f"{name}_layers"][m]
+    lay = {"val": layers("val", True), "test": layers("test", True),
+           "foreign": np.concatenate([layers(s, False) for s in ("train", "val", "test")])}
+    lay_tr = layers("train", True)
+    bounds = np.cumsum((0,) + LAYER_DIMS)
+    per_layer = [Mahalanobis.fit(lay_tr[:, a:b], ytr, rank=None) for a, b in zip(bounds[:-1], bounds[1:])]
+    penult, kernel, bias = train_head(xtr, ytr, xv[:, 0], yv, len(known), seed, head_epochs)
     sets = {"val": xv[:, 0], "test": xte[:, 0], "foreign": xfor}
     hid = {s: np.asarray(penult.predict(v, batch_size=256, verbose=0)) for s, v in sets.items()}
     logits = {s: h @ kernel + bias for s, h in hid.items()}
@@ -159,6 +178,12 @@ def fold_scores(f: dict, k: int, seed: int, knn_k: int = 1) -> dict:
         out["combined_full"][s] = z("maha_full", s) + z("msp", s)
         out["combined_sqrt"][s] = z("maha_sqrt", s) + z("msp", s)
         out["combined_energy"][s] = z("maha_pooled", s) + z("energy", s)
+    layer_scores = {s: [m.score(lay[s][:, a:b]) for m, a, b in zip(per_layer, bounds[:-1], bounds[1:])]
+                    for s in sets}
+    for s in sets:
+        zl = sum((v - lv.mean()) / (lv.std() + 1e-12) for v, lv in zip(layer_scores[s], layer_scores["val"]))
+        out["maha_layers"][s] = z("maha_pooled", s) + zl
+        out["combined_layers"][s] = out["maha_layers"][s] + z("msp", s)
         out["combined_knn"][s] = z("knn_cosine", s) + z("msp", s)
     acc = float(np.mean(probs["test"].argmax(1) == yte))
     return {"scores": out, "test_accuracy": acc, "temperature": temp, "shrinkage": maha_p.shrinkage,
@@ -202,7 +227,7 @@ def markdown(report: dict) -> str:
 
 
 def run(data: str, out: Path, image_size: int = 288, views: int = 4, seed: int = 42, flag_rate: float = 0.05,
-        cache_dir: Path | None = None) -> dict:
+        cache_dir: Path | None = None, head_epochs: int | None = None) -> dict:
     from trashcam.edge.bundle import atomic_write_bytes, atomic_write_json
 
     out.mkdir(parents=True, exist_ok=True)
@@ -219,7 +244,7 @@ def run(data: str, out: Path, image_size: int = 288, views: int = 4, seed: int =
     folds = []
     for k, name in enumerate(f["classes"]):
         t1 = time.perf_counter()
-        r = fold_scores(f, k, seed)
+        r = fold_scores(f, k, seed, head_epochs=head_epochs)
         metrics = {s: evaluate(v, flag_rate) for s, v in r["scores"].items()}
         folds.append({"held_out": str(name), "test_accuracy": r["test_accuracy"], "temperature": r["temperature"],
                       "shrinkage": r["shrinkage"], "n": r["n"], "metrics": metrics,

@@ -12,7 +12,6 @@ C is fixed for both arms (not tuned on either), so the comparison has one knob: 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 

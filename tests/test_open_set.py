@@ -204,3 +204,25 @@ def test_slim_export_keeps_the_score(scored_bundle, tmp_path):
     assert "ood/tflite-int8.npz" in slim.metadata["files"]
     clf = Classifier(tmp_path / "slim", "tflite-int8", threads=1)
     assert clf.ood is not None and clf.ood.kind == DEFAULT_KIND
+
+
+def test_open_set_experiment_runs_every_score_on_cached_features(tmp_path):
+    """benchmarks/open_set.py from its features file (the backbone pass is what is skipped): every fold and score."""
+    from trashcam.benchmarks import open_set
+
+    rng = np.random.default_rng(4)
+    d, classes = 24, ["a", "b", "c"]
+    f = {"classes": np.array(classes)}
+    for name, n, v in (("train", 30, 2), ("val", 12, 1), ("test", 12, 1)):
+        y = np.repeat(np.arange(3), n)
+        centre = np.eye(3, d)[y] * 4
+        f[f"{name}_x"] = (np.abs(centre[:, None] + rng.normal(size=(len(y), v, d)))).astype(np.float32)
+        f[f"{name}_layers"] = rng.normal(size=(len(y), sum(open_set.LAYER_DIMS))).astype(np.float32)
+        f[f"{name}_y"] = y
+    np.savez(tmp_path / "features-32px-2v-seed0.npz", **f)
+    report = open_set.run("synthetic", tmp_path, image_size=32, views=2, seed=0, head_epochs=3)
+    assert [r["held_out"] for r in report["folds"]] == classes
+    assert set(report["summary"]) == set(open_set.SCORES)
+    for s in open_set.SCORES:
+        assert 0.0 <= report["summary"][s]["auroc"]["mean"] <= 1.0
+    assert (tmp_path / "open_set.md").read_text().count("| a |") == 1
