@@ -60,11 +60,13 @@ def ledoit_wolf(x: np.ndarray) -> tuple[np.ndarray, float]:
     return cov, float(shrink)
 
 
-# Principal directions kept exactly by default: the rest share one variance (probabilistic PCA). A frame then
-# costs a (D x (r + C)) product: 0.7 MB of float32 for Lite0's 1280 features, where the full 1280x1280 precision
-# (6.5 MB) and the model's weights evicted each other from the cache, so the score cost 1.2-1.4x the invoke
-# although it takes 0.4 ms alone. The rank's effect on flagging is in benchmarks/open_set.py's report.
-DEFAULT_RANK = 128
+# Principal directions kept exactly by default; the rest share one variance (probabilistic PCA). A frame then reads
+# a (r + C) x D float32 matrix: 350 KB at rank 64 for Lite0's 1280 features. Its size is the per-frame cost: the
+# statistics are cache-cold after an invoke, and in edge-bench's interleaved timing (2 threads, INT8, Lite0 288)
+# a 64-row product added 0-4 % to the frame, 133 rows 7-10 %, 260 rows 11-16 %, the old full 1280 x 1280 precision
+# (6.5 MB) 20-39 %, although each takes 0.03-0.4 ms alone. Leave-one-class-out (benchmarks/open_set.py, frozen
+# features) flagged 30.4 % of foreign images at rank 64, 31.9 % at 128, 33.6 % at full rank.
+DEFAULT_RANK = 64
 
 
 @dataclass
@@ -74,7 +76,7 @@ class Mahalanobis:
 
     With B = U_r * sqrt(1/sigma2 - 1/lambda) (D x r), the distance to class c is
         d(x, c) = |x - mu_c|^2 / sigma2 - |B'(x - mu_c)|^2,
-    expanded so a frame costs one product of x with [B | means'] and a few dots."""
+    expanded so a frame costs one (r + C) x D product and a few dots."""
 
     means: np.ndarray  # (C, D) float32
     basis: np.ndarray  # (D, r) float32: B above
@@ -84,11 +86,13 @@ class Mahalanobis:
     def __post_init__(self) -> None:
         self.means = np.asarray(self.means, np.float32)
         self.basis = np.asarray(self.basis, np.float32)
-        self._proj = np.ascontiguousarray(np.concatenate([self.basis, self.means.T], axis=1))  # (D, r + C)
-        m64 = self.means.astype(np.float64)
-        self._bm = m64 @ self.basis.astype(np.float64)  # (C, r): B' mu_c
-        self._mm = np.einsum("cd,cd->c", m64, m64)
-        self._bmbm = np.einsum("cr,cr->c", self._bm, self._bm)
+        # d(x, c) = x'x / sigma2 - a'a - 2 x'g_c + k_c with a = B'x and g_c = mu_c / sigma2 - B B'mu_c: one
+        # (r + C) x D product per frame, rows contiguous, and the rest on r + C numbers.
+        m64, b64 = self.means.astype(np.float64), self.basis.astype(np.float64)
+        bm = m64 @ b64  # (C, r): B' mu_c
+        g = m64 / self.sigma2 - bm @ b64.T
+        self._w = np.ascontiguousarray(np.concatenate([b64.T, g]).astype(np.float32))  # (r + C, D)
+        self._k = np.einsum("cd,cd->c", m64, m64) / self.sigma2 - np.einsum("cr,cr->c", bm, bm)
 
     @property
     def rank(self) -> int:
@@ -115,17 +119,19 @@ class Mahalanobis:
         f = np.atleast_2d(np.asarray(feats, np.float32))
         r = self.rank
         if len(f) == 1:
-            # One frame: einsum's own loop, not BLAS. A BLAS gemv spreads over threads, which on a busy 2-core
-            # machine made the old 1280x1280 product 2-10 ms instead of ~1 ms (measured), next to a ~25 ms invoke.
-            y = np.einsum("d,dk->k", f[0], self._proj)[None].astype(np.float64)
-        else:
-            y = (f @ self._proj).astype(np.float64)
-        f64 = f.astype(np.float64)
-        xx = np.einsum("nd,nd->n", f64, f64)
-        a, xm = y[:, :r], y[:, r:]
-        iso = (xx[:, None] - 2.0 * xm + self._mm[None]) / self.sigma2
-        low = np.einsum("nr,nr->n", a, a)[:, None] - 2.0 * a @ self._bm.T + self._bmbm[None]
-        return (iso - low).min(axis=1)
+            # One frame: einsum's own loops, not BLAS, whose gemv spreads over threads and on a busy 2-core
+            # machine made a 1280-wide product cost milliseconds (measured) next to the interpreter's threads.
+            # Each numpy call counts here: the statistics are cache-cold after an invoke.
+            v = f[0]
+            y = np.einsum("kd,d->k", self._w, v)
+            a = y[:r]
+            d = (float(np.einsum("d,d->", v, v)) / self.sigma2 - float(np.einsum("r,r->", a, a))
+                 + float((self._k - 2.0 * y[r:]).min()))
+            return np.array([d])
+        y = (f @ self._w.T).astype(np.float64)
+        xx = np.einsum("nd,nd->n", f, f).astype(np.float64)
+        a = y[:, :r]
+        return xx / self.sigma2 - np.einsum("nr,nr->n", a, a) + (self._k[None] - 2.0 * y[:, r:]).min(axis=1)
 
     def arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
         return {f"{prefix}means": self.means, f"{prefix}basis": self.basis,
