@@ -184,6 +184,7 @@ class OodScore:
         d = {"kind": self.kind, "threshold": float(self.threshold)}
         if self.maha is not None:
             d["shrinkage"] = self.maha.shrinkage
+            d["rank"] = self.maha.rank  # informational: the arrays carry it
         if self.norm:
             d["norm"] = {k: [float(a), float(b)] for k, (a, b) in self.norm.items()}
         return d
