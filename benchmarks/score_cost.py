@@ -34,7 +34,7 @@ def timed_calls(bundle: Bundle, variant: str, engine, image_u8: np.ndarray, temp
     def scored():
         p = probs()
         feats = engine.features() if ood.needs_features else None
-        return ood.score(p, feats)[0] > ood.threshold
+        return ood.frame_score(p, feats) > ood.threshold
 
     return {"probs": probs, "scored": scored}
 

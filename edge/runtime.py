@@ -370,7 +370,7 @@ class Classifier:
     def frame_score(self, engine, probs: np.ndarray) -> tuple[float, bool]:
         """(uncertainty score, uncertain?) of the frame `engine` (this classifier's or a stream's) just ran."""
         if self.ood is not None:
-            score = float(self.ood.score(probs, engine.features())[0])
+            score = self.ood.frame_score(probs, engine.features())
             return score, score > self.ood.threshold
         conf = float(np.max(probs))
         return 1.0 - conf, conf < self.min_confidence

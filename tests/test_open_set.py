@@ -80,8 +80,11 @@ def test_score_meta_round_trip_and_unknown_kind():
     x, y = rng.normal(size=(60, 4)), np.repeat([0, 1, 2], 20)
     s = OodScore("combined", 0.5, Mahalanobis.fit(x, y), {"mahalanobis": (3.0, 1.0), "msp": (0.1, 0.05)})
     back = OodScore.from_meta(json.loads(json.dumps(s.to_meta())), s.maha.arrays())
-    probs = np.full((60, 3), 1 / 3)
+    probs = rng.dirichlet(np.ones(3), 60)
     np.testing.assert_allclose(back.score(probs, x), s.score(probs, x), rtol=1e-6)
+    # the per-frame path (Classifier, edge-run) gives the batch path's numbers
+    np.testing.assert_allclose([back.frame_score(probs[i], x[i:i + 1]) for i in range(60)], s.score(probs, x),
+                               rtol=1e-5)
     with pytest.raises(ValueError, match="unknown uncertainty score"):
         OodScore.from_meta({"kind": "vibes"})
 
