@@ -20,7 +20,7 @@ import numpy as np
 
 from trashcam.edge.bundle import Preprocessing
 from trashcam.edge.images import load_for_model
-from trashcam.edge.runtime import calibrated_probs
+from trashcam.edge.runtime import classify_timed
 
 STAT_KEYS = ("mean", "std", "min", "p50", "p90", "p99", "max")
 
@@ -41,8 +41,9 @@ def summarize(ms: Sequence[float]) -> dict:
 
 
 def per_frame(engine, sources: Sequence, pre: Preprocessing, temperature: float = 1.0) -> Callable[[], int]:
-    """A call that classifies the next of `sources` (cycling) exactly as `Classifier.classify` does: image ->
-    load_for_model -> prepare -> invoke -> postprocess -> temperature -> top-1.
+    """A call that classifies the next of `sources` (cycling) exactly as `Classifier.classify` and edge-run do
+    (runtime.classify_timed): image -> resize (straight into the input tensor where the model allows) -> invoke
+    -> postprocess -> temperature -> top-1.
 
     With image file paths this is the full per-image cost including JPEG decode; cycling real files (not one
     cached array) keeps decode and resize cost realistic, and after the warm-up the files are in the page
@@ -53,7 +54,7 @@ def per_frame(engine, sources: Sequence, pre: Preprocessing, temperature: float 
     it = iter(cycle(list(sources)))
 
     def one() -> int:
-        return int(np.argmax(calibrated_probs(engine, load_for_model(next(it), pre), temperature)))
+        return int(np.argmax(classify_timed(engine, pre, temperature, next(it))[0]))
 
     return one
 

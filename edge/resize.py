@@ -34,15 +34,19 @@ def backend() -> str:
     return "opencv" if _cv2 else "numpy"
 
 
-def resize_linear(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """HxWx3 uint8 -> size (height, width) x3 uint8, as cv2.resize(arr, (w, h), interpolation=INTER_LINEAR)."""
+def resize_linear(arr: np.ndarray, size: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
+    """HxWx3 uint8 -> size (height, width) x3 uint8, as cv2.resize(arr, (w, h), interpolation=INTER_LINEAR);
+    written into `out` (a contiguous array of that shape, e.g. the interpreter's input tensor) when given."""
     h, w = size
     if backend() == "opencv":
         # One thread: a frame is small, and the interpreter threads (or other streams) hold the cores.
         if _cv2.getNumThreads() != 1:
             _cv2.setNumThreads(1)
-        return _cv2.resize(np.ascontiguousarray(arr), (w, h), interpolation=_cv2.INTER_LINEAR)
-    return resize_linear_numpy(arr, size)
+        return _cv2.resize(np.ascontiguousarray(arr), (w, h), dst=out, interpolation=_cv2.INTER_LINEAR)
+    if out is None:
+        return resize_linear_numpy(arr, size)
+    np.copyto(out, resize_linear_numpy(arr, size))
+    return out
 
 
 @lru_cache(maxsize=32)

@@ -17,6 +17,7 @@ import numpy as np
 
 from .bundle import Bundle, BundleError, Preprocessing
 from .images import ImageLike, keep_frame_memory, load_for_model
+from .resize import resize_linear
 from .ood import OodScore, load_for_variant
 from .temperature import apply_temperature
 
@@ -127,6 +128,18 @@ class TFLiteEngine:
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self._out["index"])
 
+    def input_array(self) -> np.ndarray | None:
+        """The input tensor's own memory as a writable (H, W, 3) uint8 array when the model reads pixels as they
+        are (uint8 input, scale 1, zero point 0), else None. A frame resized straight into it skips writing and
+        copying a model-sized array per frame; every reference must be gone before `invoke_filled()` (LiteRT
+        refuses to run while one is held)."""
+        return self.interpreter.tensor(self._in["index"])()[0] if self._identity else None
+
+    def invoke_filled(self) -> np.ndarray:
+        """invoke_raw for an input written through `input_array()`."""
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self._out["index"])
+
     def postprocess(self, raw: np.ndarray) -> np.ndarray:
         if self._out_lut is not None:
             return self._out_lut[raw.view(np.uint8)]  # an int8 code's bits, read as uint8, are its table row
@@ -221,18 +234,47 @@ def calibrated_probs(engine, image_u8: np.ndarray, temperature: float) -> np.nda
     return apply_temperature(engine.postprocess(engine.invoke_raw(engine.prepare(image_u8)))[0], temperature)
 
 
-def classify_timed(engine, pre: Preprocessing, temperature: float, image: np.ndarray,
+def classify_timed(engine, pre: Preprocessing, temperature: float, image: ImageLike,
                    model_input: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
     """(calibrated probs, invoke ms, ms from the frame to the probabilities) for one RGB frame: calibrated_probs'
     steps after the resize, with the invoke timed apart. `model_input` is the same frame already at the model's
     size when a read-ahead source made it. The per-frame path of edge-run, serial or streamed."""
     t0 = time.perf_counter()
-    prepared = engine.prepare(model_input if model_input is not None else load_for_model(image, pre))
-    t1 = time.perf_counter()
-    raw = engine.invoke_raw(prepared)
+    if model_input is None and _resize_into_input(engine, image, pre):
+        t1 = time.perf_counter()
+        raw = engine.invoke_filled()
+    else:
+        prepared = engine.prepare(model_input if model_input is not None else load_for_model(image, pre))
+        t1 = time.perf_counter()
+        raw = engine.invoke_raw(prepared)
     t2 = time.perf_counter()
     probs = apply_temperature(engine.postprocess(raw)[0], temperature)
     return probs, (t2 - t1) * 1e3, (time.perf_counter() - t0) * 1e3
+
+
+def _resize_into_input(engine, image, pre: Preprocessing) -> bool:
+    """Resize a decoded RGB frame straight into `engine`'s input tensor when the bundle's resize is "linear" and
+    the model takes uint8 pixels as they are; False (nothing written) otherwise: the caller takes load_for_model."""
+    if not (pre.resize == "linear" and isinstance(image, np.ndarray) and image.dtype == np.uint8
+            and image.ndim == 3 and image.shape[2] == 3 and image.size and hasattr(engine, "input_array")):
+        return False
+    buf = engine.input_array()
+    if buf is None:
+        return False
+    failed = None
+    try:
+        if image.shape[:2] == buf.shape[:2]:
+            np.copyto(buf, image)
+        else:
+            resize_linear(image, buf.shape[:2], out=buf)
+    except Exception as e:
+        # the traceback's frames hold the view (as arguments), and a live view makes the interpreter refuse
+        # every later invoke: raise the error without them
+        failed = e.with_traceback(None)
+    del buf
+    if failed is not None:
+        raise failed
+    return True
 
 
 def bundle_temperature(bundle: Bundle, variant: str) -> float:
@@ -377,8 +419,7 @@ class Classifier:
 
     def classify(self, image: ImageLike) -> Prediction:
         t0 = time.perf_counter()
-        x = load_for_model(image, self.pre)
-        p = self.probs(x)
+        p = classify_timed(self.engine, self.pre, self.temperature, image)[0]
         i = int(np.argmax(p))
         conf = float(p[i])
         score, uncertain = self.frame_score(self.engine, p)

@@ -132,6 +132,22 @@ def tiny_tflite_bundle(tmp_path_factory, synthetic_dataset) -> Path:
     return add_plain_tflite(out)
 
 
+@pytest.fixture(scope="session")
+def scored_bundle(tmp_path_factory, tiny_keras_bundle):
+    """The tiny bundle converted (fp32 + int8, both with the features output) and calibrated."""
+    from trashcam.calibration.config import CalibrationConfig
+    from trashcam.calibration.pipeline import calibrate_bundle
+    from trashcam.convert.config import ConvertConfig
+    from trashcam.convert.pipeline import convert_bundle
+
+    d = tmp_path_factory.mktemp("ood") / "b"
+    shutil.copytree(tiny_keras_bundle, d)
+    convert_bundle(d, ConvertConfig(variants=("tflite-fp32", "tflite-int8"), calib_size=30, check=False,
+                                    threads=1))
+    report = calibrate_bundle(d, CalibrationConfig(plots=False, threads=1))
+    return d, report
+
+
 def run_cli(*args: str, timeout: float = 600, check: bool = False, **kw) -> subprocess.CompletedProcess:
     """Run a console entry point's module in a fresh interpreter, as a user would from the shell."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}

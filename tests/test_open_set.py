@@ -89,20 +89,6 @@ def test_score_meta_round_trip_and_unknown_kind():
         OodScore.from_meta({"kind": "vibes"})
 
 
-@pytest.fixture(scope="module")
-def scored_bundle(tmp_path_factory, tiny_keras_bundle):
-    """The tiny bundle converted (fp32 + int8, both with the features output) and calibrated."""
-    from trashcam.calibration.config import CalibrationConfig
-    from trashcam.calibration.pipeline import calibrate_bundle
-    from trashcam.convert.config import ConvertConfig
-    from trashcam.convert.pipeline import convert_bundle
-
-    d = tmp_path_factory.mktemp("ood") / "b"
-    shutil.copytree(tiny_keras_bundle, d)
-    convert_bundle(d, ConvertConfig(variants=("tflite-fp32", "tflite-int8"), calib_size=30, check=False,
-                                    threads=1))
-    report = calibrate_bundle(d, CalibrationConfig(plots=False, threads=1))
-    return d, report
 
 
 def test_converted_variants_output_features(scored_bundle):

@@ -72,3 +72,43 @@ def test_training_cache_is_kept_apart_per_resize(tmp_path):
     lin = DecodeCache(tmp_path, Preprocessing(input_size=(16, 16)))
     pil = DecodeCache(tmp_path, Preprocessing(input_size=(16, 16), resize="bilinear"))
     assert lin.dir != pil.dir  # decoded pixels of one resize are never served for the other
+
+
+def test_frames_resized_straight_into_the_input_tensor_give_the_same_probabilities(scored_bundle, monkeypatch):
+    """classify_timed (edge-run's per-frame path) writes a decoded frame into the INT8 model's uint8 input tensor
+    instead of resizing to a new array and copying it in: same pixels, same output; frames of every size, frames
+    already at the model's size, and a failed resize leave the interpreter able to run."""
+    from trashcam.edge.bundle import Bundle
+    from trashcam.edge.images import load_for_model
+    from trashcam.edge.runtime import calibrated_probs, classify_timed, open_engine
+
+    d, _ = scored_bundle
+    b = Bundle.load(d)
+    pre = b.preprocessing
+    assert pre.resize == "linear"
+    eng = open_engine(b, "tflite-int8", 1)
+    assert eng.input_array() is not None  # uint8 pixels as they are
+    rng = np.random.default_rng(7)
+    h, w = pre.input_size
+    for shape in ((240, 320, 3), (h, w, 3), (31, 97, 3), (h * 3, w, 3)):
+        frame = rng.integers(0, 256, shape, dtype=np.uint8)
+        want = calibrated_probs(eng, load_for_model(frame, pre), 0.7)
+        got = classify_timed(eng, pre, 0.7, frame)[0]
+        np.testing.assert_array_equal(got, want)
+    from trashcam.edge import runtime
+
+    def broken(*a, **k):
+        raise MemoryError("resize failed while the input view was live")
+    monkeypatch.setattr(runtime, "resize_linear", broken)
+    kept = []
+    try:
+        classify_timed(eng, pre, 0.7, rng.integers(0, 256, (240, 320, 3), dtype=np.uint8))
+    except MemoryError as e:
+        kept.append(e)  # a caller that keeps the error keeps its traceback, and its frames
+    monkeypatch.undo()
+    assert kept
+    frame = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(classify_timed(eng, pre, 0.7, frame)[0],
+                                  calibrated_probs(eng, load_for_model(frame, pre), 0.7))
+    fp32 = open_engine(b, "tflite-fp32", 1)
+    assert fp32.input_array() is None  # float input: the copy path
