@@ -45,6 +45,9 @@ class SpreadConfig(JsonConfig):
     recipe: str = setting("default", "edge-train recipe")
     seeds: tuple[int, ...] = setting((1, 2, 3), "training seeds (with --folds: one k-fold partition per seed)",
                                      metavar="S[,S..]")
+    split_seed: int | None = setting(None, "one train/val/test split for every run (edge-train --split-seed), so "
+                                     "the spread is the training's own; default: each seed draws its own split",
+                                     min=0, metavar="N")
     onednn: tuple[int, ...] = setting((1,), "TF_ENABLE_ONEDNN_OPTS values to train under (0,1: both)",
                                       metavar="0|1[,..]")
     threads: tuple[int, ...] = setting((2,), "edge-train --threads values (also the INT8 evaluation's threads)",
@@ -120,6 +123,8 @@ def train_argv(cfg: SpreadConfig, spec: RunSpec, bundle: Path, cache: Path) -> l
             "--quiet"]
     if spec.fold:
         argv += ["--fold", spec.fold]
+    if cfg.split_seed is not None:
+        argv += ["--split-seed", str(cfg.split_seed)]
     if bundle.with_name(bundle.name + ".partial").is_dir():
         argv.append("--resume")  # an interrupted run continues from its last checkpoint
     return argv + shlex.split(cfg.train_args)
@@ -241,8 +246,8 @@ def spread(cfg: SpreadConfig, echo=print) -> dict:
 
 EPILOG = """\
 examples:
-  edge-spread --data ../shared/data/trashnet5 --out runs/spread --seeds 1,2,3 --onednn 0,1 --threads 1,2
-                                     # 12 runs: 3 seeds x oneDNN off/on x 1/2 threads
+  edge-spread --data ../shared/data/trashnet5 --out runs/spread --seeds 1,2,3 --onednn 0,1 --threads 1,2 \
+              --split-seed 42      # 12 runs: 3 seeds x oneDNN off/on x 1/2 threads, all on one split
   edge-spread --data ../shared/data/trashnet5 --out runs/cv --folds 5 --seeds 42,43
                                      # 5-fold cross-validation, two partitions: every image tested twice
   edge-spread --data data/sample --out runs/s --recipe quick --seeds 1,2

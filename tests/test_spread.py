@@ -78,6 +78,19 @@ def test_folds_cover_every_image_once_and_are_deterministic(synthetic_dataset):
     assert fold_split(synthetic_dataset, "2/3", 5).files != fold_split(synthetic_dataset, "2/3", 6).files
 
 
+def test_split_seed_fixes_the_split_while_the_training_seed_varies(tmp_path):
+    from trashcam.train.config import resolve
+    from trashcam.train.pipeline import _split
+
+    def test_files(**kw):
+        return sorted(r for r, _ in _split(resolve("quick", data=str(SAMPLE), **kw), tmp_path).files["test"])
+    assert test_files(seed=1, split_seed=42) == test_files(seed=2, split_seed=42) == test_files(seed=42)
+    assert test_files(seed=1) != test_files(seed=2)  # without it each seed draws its own split
+    argv = sp.train_argv(sp.SpreadConfig(data=str(SAMPLE), split_seed=42), sp.grid(sp.SpreadConfig())[0],
+                         tmp_path / "b", tmp_path / "c")
+    assert argv[argv.index("--split-seed") + 1] == "42" and argv[argv.index("--seed") + 1] == "1"
+
+
 def test_fold_field_is_checked():
     assert parse_fold("2/5") == (2, 5) and TrainConfig(fold="1/2").fold == "1/2"
     for bad in ("0/5", "6/5", "1/1", "5", "a/b"):

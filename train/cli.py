@@ -49,6 +49,8 @@ HELP = {
     "fold": "k/K: k-fold cross-validation run, e.g. 2/5. The images are dealt into K stratified folds shuffled by "
             "--seed; fold k is the test split, validation is drawn from the other folds (val share of --split) and "
             "the rest trains. K runs with one seed test every image once (benchmarks/spread.py runs them)",
+    "split_seed": "seed of the train/val/test split and of --fold's partition (default: --seed); fix it while "
+                  "--seed varies to measure the training's own spread on one test split",
     "exclude_classes": "comma-separated classes to leave out (open-set experiments)",
     "add_data": "also train on reviewed field images: DIR/<class>/ (from edge-run --capture, relabelled on "
                 "/review) split like --data with a separate field test split; DIR/_foreign/ become negatives "
