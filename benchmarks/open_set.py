@@ -123,8 +123,11 @@ def fold_scores(f: dict, k: int, seed: int, knn_k: int = 1, head_epochs: int | N
     known = [c for c in range(len(f["classes"])) if c != k]
     remap = {c: i for i, c in enumerate(known)}
 
+    def mask(name, keep_known):
+        return np.isin(f[f"{name}_y"], known) if keep_known else f[f"{name}_y"] == k
+
     def part(name, keep_known):
-        m = np.isin(f[f"{name}_y"], known) if keep_known else f[f"{name}_y"] == k
+        m = mask(name, keep_known)
         y = np.array([remap.get(int(c), -1) for c in f[f"{name}_y"][m]])
         return f[f"{name}_x"][m], y
 
@@ -134,8 +137,7 @@ def fold_scores(f: dict, k: int, seed: int, knn_k: int = 1, head_epochs: int | N
     xfor = np.concatenate([part(s, False)[0][:, 0] for s in ("train", "val", "test")])
 
     def layers(name, keep_known):
-        m = np.isin(f[f"{name}_y"], known) if keep_known else f[f"{name}_y"] == k
-        return f[f"{name}_layers"][m]
+        return f[f"{name}_layers"][mask(name, keep_known)]
     lay = {"val": layers("val", True), "test": layers("test", True),
            "foreign": np.concatenate([layers(s, False) for s in ("train", "val", "test")])}
     lay_tr = layers("train", True)

@@ -178,10 +178,12 @@ class OodScore:
         if self.kind == "msp" or feats is None or self.maha is None:
             return float(self.score(probs, feats)[0])
         m = self.maha.score_one(np.asarray(feats, np.float32).reshape(-1))
-        if self.kind == "mahalanobis":
-            return m
+        return m if self.kind == "mahalanobis" else self._combined(m, 1.0 - float(np.max(probs)))
+
+    def _combined(self, maha, msp):
+        """z-scored Mahalanobis + z-scored max-probability score (arrays or floats)."""
         (mm, ms), (pm, ps) = self.norm["mahalanobis"], self.norm["msp"]
-        return (m - mm) / ms + (1.0 - float(np.max(probs)) - pm) / ps
+        return (maha - mm) / ms + (msp - pm) / ps
 
     def score(self, probs: np.ndarray, feats: np.ndarray | None = None) -> np.ndarray:
         probs = np.atleast_2d(probs)
@@ -190,10 +192,7 @@ class OodScore:
         if feats is None or self.maha is None:
             raise ValueError(f"the {self.kind} score needs the model's feature output")
         m = self.maha.score(feats)
-        if self.kind == "mahalanobis":
-            return m
-        (mm, ms), (pm, ps) = self.norm["mahalanobis"], self.norm["msp"]
-        return (m - mm) / ms + (msp_score(probs) - pm) / ps
+        return m if self.kind == "mahalanobis" else self._combined(m, msp_score(probs))
 
     def to_meta(self) -> dict:
         d = {"kind": self.kind, "threshold": float(self.threshold)}

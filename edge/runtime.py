@@ -125,8 +125,7 @@ class TFLiteEngine:
 
     def invoke_raw(self, prepared: np.ndarray) -> np.ndarray:
         self.interpreter.set_tensor(self._in["index"], prepared)
-        self.interpreter.invoke()
-        return self.interpreter.get_tensor(self._out["index"])
+        return self.invoke_filled()
 
     def input_array(self) -> np.ndarray | None:
         """The input tensor's own memory as a writable (H, W, 3) uint8 array when the model reads pixels as they
@@ -136,7 +135,7 @@ class TFLiteEngine:
         return self.interpreter.tensor(self._in["index"])()[0] if self._identity else None
 
     def invoke_filled(self) -> np.ndarray:
-        """invoke_raw for an input written through `input_array()`."""
+        """Invoke on the input as it stands (written by invoke_raw or through `input_array()`)."""
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self._out["index"])
 

@@ -116,6 +116,11 @@ class TrainConfig(JsonConfig):
             if getattr(self, name) < 0:
                 raise ConfigError(name, "must be >= 0", getattr(self, name))
 
+    @property
+    def split_seed_used(self) -> int:
+        """The seed that draws the split: `split_seed`, else `seed`."""
+        return self.seed if self.split_seed is None else self.split_seed
+
     def replace(self, **kw: Any) -> "TrainConfig":
         return dataclasses.replace(self, **kw)
 

@@ -22,7 +22,7 @@ def record(cfg: TrainConfig) -> dict:
     cpu = cpu_info()
     return {
         "seed": cfg.seed,
-        "split_seed": cfg.seed if cfg.split_seed is None else cfg.split_seed,
+        "split_seed": cfg.split_seed_used,
         "fold": cfg.fold or None,
         "threads": cfg.threads,  # 0: TensorFlow's default (all usable cores)
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),

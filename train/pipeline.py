@@ -57,9 +57,8 @@ def _split(cfg: TrainConfig, partial: Path) -> Split:
     saved = partial / "split.json"
     if cfg.resume and saved.is_file():
         return Split.load(saved)
-    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
-    split = (fold_split(cfg.data, cfg.fold, split_seed, cfg.split) if cfg.fold
-             else make_split(cfg.data, seed=split_seed, fractions=cfg.split))
+    split = (fold_split(cfg.data, cfg.fold, cfg.split_seed_used, cfg.split) if cfg.fold
+             else make_split(cfg.data, seed=cfg.split_seed_used, fractions=cfg.split))
     if cfg.exclude_classes:
         unknown = set(cfg.exclude_classes) - set(split.classes)
         if unknown:
@@ -104,8 +103,7 @@ def add_field_data(split: Split, cfg: TrainConfig, foreign_class: str = "") -> d
     keys in split.json (absolute paths: they live outside --data). With `foreign_class`, DIR/_foreign/ is that
     class's images instead of negatives."""
     from .data import FIELD_TEST, FOREIGN_KEY, field_split
-    fd = field_split(cfg.add_data, split.classes, cfg.seed if cfg.split_seed is None else cfg.split_seed, cfg.split,
-                     foreign_class)
+    fd = field_split(cfg.add_data, split.classes, cfg.split_seed_used, cfg.split, foreign_class)
     split.files["train"] = split.files["train"] + fd.files["train"]
     split.files["val"] = split.files["val"] + fd.files["val"]
     split.files[FIELD_TEST], split.files[FOREIGN_KEY] = fd.files[FIELD_TEST], fd.files[FOREIGN_KEY]
