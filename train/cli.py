@@ -66,7 +66,9 @@ HELP = {
     "tta_passes": "comma-separated TTA passes: identity,hflip,vflip,zoom_in,zoom_in_hflip,rot90",
     "strategy": "auto | none | mirrored (several GPUs) | multiworker (several machines; set TF_CONFIG)",
     "precision": "auto (mixed_float16 on GPU, float32 on CPU) | float32 | mixed_float16 | mixed_bfloat16",
-    "threads": "CPU threads for TensorFlow (0: all cores)",
+    "threads": "CPU threads for TensorFlow and LiteRT (0: all cores)",
+    "frozen_inference": "forward passes through frozen layers (cached views, stage-1 features): 'tflite' (LiteRT, "
+                        "float32, ~4x Keras on a CPU; checked against Keras), 'keras', or 'auto' (tflite without a GPU)",
     "cache_dir": "where decoded images are cached (default $TRASHCAM_CACHE or ~/.cache/trashcam)",
 }
 

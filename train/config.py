@@ -72,6 +72,9 @@ class TrainConfig(JsonConfig):
     # "hybrid": stage 1 as in "cached", stage 2 as in "full".
     mode: str = setting("full", choices=MODES)
     views: int = 5
+    # the frozen layers' forward passes (cached views, stage-1 features): "tflite" (LiteRT's XNNPACK, float32, 4x
+    # Keras on a CPU), "keras", or "auto" (tflite on a CPU-only run, else keras). Same outputs to float rounding.
+    frozen_inference: str = setting("auto", choices=("auto", "tflite", "keras"))
     batch_size: int = 32
 
     # augmentation (on uint8 batches from the decode-once cache); augment_style says how the numbers below are

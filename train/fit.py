@@ -19,6 +19,7 @@ import numpy as np
 from . import augment
 from .checkpoint import Checkpoint
 from .config import TrainConfig
+from .frozen_inference import frozen_predictor
 from .model import ClassifierParts, compile_for, head_model, set_stage, stage2_index, trunk_and_top
 
 
@@ -234,7 +235,7 @@ def _stage1_weights(parts: ClassifierParts, ckpt: Checkpoint | None, ran: bool):
 
 
 def fit_full(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarray, cfg: TrainConfig,
-             ckpt: Checkpoint | None) -> list[StageResult]:
+             ckpt: Checkpoint | None, compute: dict | None = None) -> list[StageResult]:
     """Both stages on the whole network, fresh augmentation every epoch."""
     v = (val.x.astype(np.float32), augment.one_hot_smooth(val.y, n_classes, 0.0))
     results = []
@@ -276,7 +277,7 @@ def _head_stage(parts: ClassifierParts, feats: np.ndarray, train, val_feat: np.n
 
 
 def fit_hybrid(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarray, cfg: TrainConfig,
-               ckpt: Checkpoint | None) -> list[StageResult]:
+               ckpt: Checkpoint | None, compute: dict | None = None) -> list[StageResult]:
     """Stage 1 on pooled features cached for `views` views (the head needs no fresh images to converge);
     stage 2 on the whole network with fresh augmentation every epoch (fine-tuning on a few fixed views overfits
     them: measured, stage 2 on cached views never beat stage 1's validation loss)."""
@@ -288,6 +289,8 @@ def fit_hybrid(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarra
         set_stage(parts, 1, cfg)
         rng = np.random.default_rng(cfg.seed)
         to_feat = keras.Model(parts.model.input, parts.model.get_layer("head_pool").output, name="features")
+        to_feat = frozen_predictor(to_feat, cfg, {} if compute is None else compute, train.x[:4],
+                                   len(train.x) * cfg.views + len(val.x))
         feats = _cache_views(to_feat, train.x, cfg, rng, "cache")
         val_feat = batched_predict(to_feat, val.x, cfg.batch_size, "cache val", cfg.verbose)
         s1 = _head_stage(parts, feats, train, val_feat, tv, n_classes, sw[train.y], cfg, ckpt,
@@ -302,14 +305,18 @@ def fit_hybrid(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarra
 
 
 def fit_cached(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarray, cfg: TrainConfig,
-               ckpt: Checkpoint | None) -> list[StageResult]:
+               ckpt: Checkpoint | None, compute: dict | None = None) -> list[StageResult]:
     """Frozen part once per augmented view; epochs train only the head (stage 1) or the top blocks (stage 2)."""
     rng = np.random.default_rng(cfg.seed)
     t_cache = time.perf_counter()
     start = stage2_index(parts, cfg.stage2_from)
     set_stage(parts, 2, cfg)
     trunk, top, to_features = trunk_and_top(parts, start)
+    compute = {} if compute is None else compute
+    n_passes = len(train.x) * cfg.views + len(val.x)
+    trunk = frozen_predictor(trunk, cfg, compute, train.x[:4], n_passes)
     acts = _cache_views(trunk, train.x, cfg, rng, "cache", np.float16)  # (N, V, h', w', c)
+    to_features = frozen_predictor(to_features, cfg, compute, acts[:4, 0].astype(np.float32), n_passes)
     feats = np.stack([batched_predict(to_features, acts[:, v], cfg.batch_size, "features", 0)
                       for v in range(cfg.views)], 1)  # (N, V, D)
     val_act = batched_predict(trunk, val.x, cfg.batch_size, "cache val", cfg.verbose).astype(np.float16)

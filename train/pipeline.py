@@ -184,7 +184,8 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
         else np.ones(n_classes, np.float32)
 
     # A checkpoint is resumed only by a run with the same recipe (how it is run may differ: threads, verbosity)
-    same = {k: v for k, v in cfg.to_dict().items() if k not in ("resume", "verbose", "threads", "cache_dir")}
+    same = {k: v for k, v in cfg.to_dict().items() if k not in ("resume", "verbose", "threads", "cache_dir",
+                                                                "frozen_inference")}
     ckpt = Checkpoint(partial / "checkpoints", same)
     resumed = False
     with strategy.scope():
@@ -203,7 +204,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
     t1 = time.perf_counter()
     with strategy.scope():
         fit = {"cached": fit_cached, "hybrid": fit_hybrid, "full": fit_full}[cfg.mode]
-        stages = fit(parts, sets["train"], sets["val"], n_classes, sw, eff, ckpt)
+        stages = fit(parts, sets["train"], sets["val"], n_classes, sw, eff, ckpt, compute)
     train_s = time.perf_counter() - t1
 
     t2 = time.perf_counter()
