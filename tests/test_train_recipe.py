@@ -228,6 +228,36 @@ def test_stage2_is_discarded_when_it_never_beats_stage1():
     s2.best_val_loss = 0.20
     keep_better_stage(parts, "stage1", [s1, s2])
     assert parts.model.weights == "stage2" and s2.info["kept"] is True
+    s2.best_val_loss = 0.29  # a fixed-length stage 2 stays, whatever stage 1's (noisy) minimum was
+    keep_better_stage(parts, "stage1", [s1, s2], fixed=True)
+    assert parts.model.weights == "stage2" and s2.info["kept"] is True
+
+
+def test_fixed_length_stage_runs_every_epoch_and_keeps_the_last_weights():
+    """patience 0: no early stopping even when validation gets worse every epoch, and the last epoch's weights
+    (not the best epoch's) are the result."""
+    import keras
+
+    from trashcam.train.fit import run_stage
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((4,))
+    model = keras.Model(inp, keras.layers.Dense(2, activation="softmax")(inp))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4)).astype(np.float32)
+    t = np.eye(2, dtype=np.float32)[rng.integers(0, 2, 32)]
+    val = (x, 1 - t)  # validation labels are the opposite: learning the training set makes it worse
+
+    def data(epoch):
+        return x, t, np.ones(32, np.float32)
+
+    res = run_stage("stage2", model, data, val, epochs=4, patience=0, lr=0.05, cosine=False, batch_size=8,
+                    ckpt=None, verbose=0, n_per_epoch=32)
+    assert res.epochs_run == 4 and res.best_epoch == 3
+    assert res.best_val_loss == pytest.approx(res.history["val_loss"][-1])
+    early = run_stage("stage2", model, data, val, epochs=4, patience=1, lr=0.05, cosine=False, batch_size=8,
+                      ckpt=None, verbose=0, n_per_epoch=32)
+    assert early.epochs_run == 2 and early.best_epoch == 0  # the same losses with patience 1: stopped
 
 
 def test_saved_model_carries_no_optimizer_state(tiny_backbone, tmp_path):

@@ -61,7 +61,8 @@ def run_stage(name: str, model, epoch_data: Callable[[int], tuple], val: tuple, 
               seed: int = 0) -> StageResult:
     """Epoch loop: fit one epoch on `epoch_data(epoch)` = (x, targets, weights), validate, early-stop on the
     `monitor`ed validation loss (`best_val_loss` is that value) with the best weights restored. Per-step cosine
-    decay from `lr` to 0 over the stage when `cosine`.
+    decay from `lr` to 0 over the stage when `cosine`. `patience` 0: a fixed-length stage, no early stopping,
+    the last epoch's weights kept (`best_epoch` and `best_val_loss` are then the last epoch's).
     `full_model` is what the checkpoint saves (the sub-model being trained shares its weights). With saved
     progress for this stage in `ckpt`, continues from it: history, best weights, early-stopping wait, optimizer."""
     import keras
@@ -86,7 +87,8 @@ def run_stage(name: str, model, epoch_data: Callable[[int], tuple], val: tuple, 
         # no optimizer state: at least put the LR schedule where the interrupted run left it
         model.optimizer.iterations.assign(steps_per_epoch * start)
     t_stage = time.perf_counter()
-    stopped = start > 0 and wait >= patience
+    fixed = patience <= 0
+    stopped = start > 0 and not fixed and wait >= patience
     bar = tqdm(range(start, epochs if not stopped else start), desc=name, unit="epoch", disable=verbose < 1,
                leave=True)
     for epoch in bar:
@@ -117,7 +119,9 @@ def run_stage(name: str, model, epoch_data: Callable[[int], tuple], val: tuple, 
         bar.set_postfix(loss=f"{h.history['loss'][0]:.3f}", val_loss=f"{vl:.3f}",
                         val_acc=f"{vals['val_accuracy']:.3f}", ips=f"{len(x) / (time.perf_counter() - t0):.0f}")
         improved = vl < res.best_val_loss - 1e-4
-        if improved:
+        if fixed:  # the last epoch is the result: nothing is chosen on 303 noisy validation images
+            res.best_val_loss, res.best_epoch, improved = float(vl), epoch, False
+        elif improved:
             res.best_val_loss, res.best_epoch, wait = float(vl), epoch, 0
             best_weights = full.get_weights()
         else:
@@ -128,9 +132,9 @@ def run_stage(name: str, model, epoch_data: Callable[[int], tuple], val: tuple, 
             ckpt.save_epoch(name, full, model.optimizer, {"next_epoch": epoch + 1, "wait": wait,
                                                           "result": res.to_dict()},
                             best_weights if improved else None)
-        if wait >= patience:
+        if not fixed and wait >= patience:
             break
-    if best_weights is not None:
+    if best_weights is not None and not fixed:
         full.set_weights(best_weights)
     res.seconds += time.perf_counter() - t_stage
     res.images_per_s = res.images_seen / res.seconds if res.seconds else 0.0
@@ -243,7 +247,7 @@ def fit_full(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarray,
     results.append(s1 or _full_stage(1, parts, train, v, n_classes, sw, cfg, ckpt))
     stage1_weights = _stage1_weights(parts, ckpt, s1 is None)
     results.append(finished(ckpt, "stage2") or _full_stage(2, parts, train, v, n_classes, sw, cfg, ckpt))
-    keep_better_stage(parts, stage1_weights, results)
+    keep_better_stage(parts, stage1_weights, results, cfg.stage2_patience <= 0)
     return results
 
 
@@ -300,7 +304,7 @@ def fit_hybrid(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarra
         stage1_weights = _stage1_weights(parts, ckpt, False)
     results = [s1, finished(ckpt, "stage2")
                or _full_stage(2, parts, train, (val.x.astype(np.float32), tv), n_classes, sw, cfg, ckpt)]
-    keep_better_stage(parts, stage1_weights, results)
+    keep_better_stage(parts, stage1_weights, results, cfg.stage2_patience <= 0)
     return results
 
 
@@ -347,17 +351,23 @@ def fit_cached(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarra
                    "cache_mb": round(acts.nbytes / 2**20, 1)}
         finish(ckpt, parts, s2)
     results.append(s2)
-    keep_better_stage(parts, stage1_weights, results)
+    keep_better_stage(parts, stage1_weights, results, cfg.stage2_patience <= 0)
     return results
 
 
-def keep_better_stage(parts: ClassifierParts, stage1_weights, results: list[StageResult]) -> None:
+def keep_better_stage(parts: ClassifierParts, stage1_weights, results: list[StageResult],
+                      fixed: bool = False) -> None:
     """Stage 2 starts from stage 1's best; if it never beats that (monitored) validation loss, stage 1's weights
     stay. Both losses are the full model's on the same un-augmented validation images, so they compare directly.
-    """
+    `fixed` (a fixed-length stage 2): stage 2 stays. Measured: one seed's stage 1 hit a validation loss of 0.203 by
+    chance, stage 2 (still warming up from it) was stopped after 6 of 24 epochs and thrown away, and the model
+    tested 3 pp below the same recipe's other seeds."""
     if stage1_weights is None or len(results) < 2:
         return
     s1, s2 = results[0], results[-1]
+    if fixed:
+        s2.info["kept"] = True
+        return
     s2.info["kept"] = bool(s2.best_val_loss < s1.best_val_loss)
     if not s2.info["kept"]:
         parts.model.set_weights(stage1_weights)

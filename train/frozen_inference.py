@@ -6,7 +6,8 @@ CPU kernels are slow for EfficientNet's depthwise convolutions; the same float32
 match Keras to float32 rounding, which is checked on the first batch; any failure falls back to Keras.
 
 Only for weights that do not change while the predictor is used (a trunk before stage 2 moves it, stage 1's
-feature extractor): the graph is converted once, with the weights as they are then.
+feature extractor, the trained model's test evaluation): the graph is converted once, with the weights as they
+are then.
 """
 from __future__ import annotations
 
@@ -66,9 +67,11 @@ def use_tflite(cfg: TrainConfig, compute: dict, n_images: int = AUTO_MIN_IMAGES)
 def frozen_predictor(model, cfg: TrainConfig, compute: dict, probe: np.ndarray | None = None, n_images: int = 0,
                      batch: int = 16):
     """`model` itself, or a TFLitePredictor for it that matched Keras on `probe` (a few inputs); `n_images`: how
-    many forward passes it will do. Records which one in `compute["frozen_inference"]` (saved in metrics.json)."""
+    many forward passes it will do. Records which one in `compute["frozen_inference"][model.name]` (saved in
+    metrics.json)."""
+    record = compute.setdefault("frozen_inference", {})
     if not use_tflite(cfg, compute, n_images):
-        compute["frozen_inference"] = "keras"
+        record[model.name] = "keras"
         return model
     try:
         import contextlib
@@ -85,11 +88,11 @@ def frozen_predictor(model, cfg: TrainConfig, compute: dict, probe: np.ndarray |
             err = float(np.max(np.abs(want - got)) / max(1e-12, float(np.max(np.abs(want)))))
             if not math.isfinite(err) or err > MATCH_TOLERANCE:
                 raise ValueError(f"LiteRT output differs from Keras by {err:.2e} (relative)")
-        compute["frozen_inference"] = f"tflite ({fast.runtime})"
+        record[model.name] = f"tflite ({fast.runtime})"
         return fast
     except Exception as e:  # noqa: BLE001 - any converter/runtime failure: Keras still works, only slower
         log.warning("frozen layers run in Keras (LiteRT unavailable: %s)", e)
-        compute["frozen_inference"] = f"keras (LiteRT failed: {e})"[:200]
+        record[model.name] = f"keras (LiteRT failed: {e})"[:200]
         return model
 
 

@@ -161,6 +161,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
     from .backbones.torch_legacy import TorchFileError
     from .checkpoint import Checkpoint
     from .fit import fit_cached, fit_full, fit_hybrid
+    from .frozen_inference import frozen_predictor
     from .model import build_classifier
 
     strategy, compute = setup_compute(cfg)
@@ -210,6 +211,8 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
     t2 = time.perf_counter()
     # Under multiworker, evaluate a local copy: Keras' predict fails on the distributed model (see fit.local_predict).
     eval_model = _weights_only(parts.model) if cfg.strategy == "multiworker" else parts.model
+    eval_model = frozen_predictor(eval_model, cfg, compute, sets["test"].x[:4],
+                                  len(sets["test"].x) * (len(cfg.tta_passes) + 1 if cfg.tta else 1))
     evaluation = ev.evaluate(eval_model, sets["test"].x, sets["test"].y, split.classes, cfg.tta_passes, cfg.tta,
                              cfg.verbose)
     eval_s = time.perf_counter() - t2
