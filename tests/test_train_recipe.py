@@ -333,3 +333,22 @@ def test_overwrite_is_a_parameter_not_an_environment_switch(monkeypatch, tmp_pat
     args = ["--data", str(tmp_path), "--out", str(tmp_path / "b"), "--quiet"]
     assert main(args + ["--overwrite"]) == 0 and main(args) == 0
     assert seen == [True, False] and "TRASHCAM_OVERWRITE" not in os.environ
+
+
+def test_report_calls_one_run_a_draw_with_its_interval():
+    from trashcam.train.evaluate import classification_metrics, report_markdown, wilson_interval
+
+    lo, hi = wilson_interval(286, 303)  # 94.4 % of 303 test images
+    assert 0.911 < lo < 0.913 and 0.964 < hi < 0.966
+    assert wilson_interval(0, 0) == (0.0, 1.0) and wilson_interval(10, 10)[1] == 1.0
+    y = np.array([0, 0, 1, 1])
+    plain = classification_metrics(y, np.array([0, 1, 1, 1]), ["a", "b"])
+    summary = {"recipe": "default", "backbone": "b", "labels": ["a", "b"], "monitor": "val_loss",
+               "evaluation": {"plain": plain, "tta_passes": ["identity"]},
+               "stages": [{"name": "stage2", "epochs_run": 3, "best_epoch": 2, "best_val_loss": 0.2, "seconds": 1.0,
+                           "images_per_s": 1.0, "info": {"kept": True, "fixed_length": True}}],
+               "seconds": {"total": 1.0, "decode": 0.1, "train": 0.8, "evaluate": 0.1},
+               "numerics": {"seed": 7, "split_seed": 42, "fold": None, "TF_ENABLE_ONEDNN_OPTS": "0", "threads": 1}}
+    text = report_markdown(summary)
+    assert "one draw" in text and "seed 7, split_seed 42, TF_ENABLE_ONEDNN_OPTS 0, threads 1" in text
+    assert "fixed length" in text and "fold" not in text.split("one draw")[0]

@@ -5,6 +5,7 @@ convert check, and a test can verify them on a hand-made confusion matrix.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,29 @@ def printable(text: Any) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % interval of a proportion k/n (Wilson): what the test split's size alone leaves open."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _one_draw(summary: dict[str, Any]) -> str:
+    """The caveat every single run's accuracy needs (issue 12): which draw it is, and how wide its interval is."""
+    plain = summary["evaluation"]["plain"]
+    lo, hi = wilson_interval(round(plain["accuracy"] * plain["images"]), plain["images"])
+    num = summary.get("numerics", {})
+    how = ", ".join(f"{k} {num[k]}" for k in ("seed", "split_seed", "fold", "TF_ENABLE_ONEDNN_OPTS", "threads")
+                    if num.get(k) is not None)
+    return (f"This is one training run ({how or 'settings in train_config.json'}): one draw, not the recipe's "
+            f"accuracy. The test split's size alone leaves the plain accuracy's 95 % interval at {lo:.1%}-{hi:.1%} "
+            "(Wilson); other seeds, another CPU's float rounding (oneDNN, threads) and another split move it "
+            "further. `edge-spread` measures the recipe as a distribution (README, \"How accuracy is measured\").")
+
+
 def report_markdown(summary: dict[str, Any]) -> str:
     ev, labels = summary["evaluation"], summary["labels"]
     best = ev.get("tta", ev["plain"])
@@ -124,6 +148,7 @@ def report_markdown(summary: dict[str, Any]) -> str:
              f"Test split: {ev['plain']['images']} images. Accuracy plain {ev['plain']['accuracy']:.2%}"
              + (f", TTA ({len(ev['tta_passes'])} passes) {ev['tta']['accuracy']:.2%}" if "tta" in ev else "")
              + f"; weighted F1 {best['weighted_f1']:.3f}, macro F1 {best['macro_f1']:.3f}.", "",
+             _one_draw(summary), "",
              f"| stage | epochs | best epoch | best {summary.get('monitor', 'val_loss')} | seconds | img/s |",
              "|---|---|---|---|---|---|"]
     for st in summary["stages"]:
@@ -131,6 +156,8 @@ def report_markdown(summary: dict[str, Any]) -> str:
                      f"| {st['seconds']:.1f} | {st['images_per_s']:.1f} |")
     if any(st.get("info", {}).get("kept") is False for st in summary["stages"]):
         lines += ["", "Stage 2 never beat stage 1's validation loss, so stage 1's weights were kept."]
+    if any(st.get("info", {}).get("fixed_length") for st in summary["stages"]):
+        lines += ["", "Stage 2 has a fixed length: its last epoch is the model (\"best epoch\" is the last)."]
     lines += ["", f"Wall time: {summary['seconds']['total']:.1f} s "
                   f"(decode {summary['seconds']['decode']:.1f}, train {summary['seconds']['train']:.1f}, "
                   f"evaluate {summary['seconds']['evaluate']:.1f}).", "",

@@ -366,7 +366,7 @@ def keep_better_stage(parts: ClassifierParts, stage1_weights, results: list[Stag
         return
     s1, s2 = results[0], results[-1]
     if fixed:
-        s2.info["kept"] = True
+        s2.info.update(kept=True, fixed_length=True)
         return
     s2.info["kept"] = bool(s2.best_val_loss < s1.best_val_loss)
     if not s2.info["kept"]:
