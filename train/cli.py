@@ -46,6 +46,8 @@ HELP = {
     "views": "augmented views per training image cached for stage 1 ('cached', 'hybrid') and stage 2 ('cached')",
     "stage2_from": "first backbone layer that trains in stage 2: an index (60) or a name prefix (block6a); with "
                    "--backbone, that backbone's own start where the recipe used its backbone's",
+    "stage2_patience": "epochs without a better validation loss before stage 2 stops (best epoch's weights kept); 0: "
+                       "a fixed-length stage 2, every epoch run and the last epoch's weights kept",
     "fold": "k/K: k-fold cross-validation run, e.g. 2/5. The images are dealt into K stratified folds shuffled by "
             "--seed; fold k is the test split, validation is drawn from the other folds (val share of --split) and "
             "the rest trains. K runs with one seed test every image once (benchmarks/spread.py runs them)",
