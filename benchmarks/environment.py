@@ -43,6 +43,14 @@ def parse_cpuinfo(text: str) -> dict:
     return {"model": model, "flags": [f for f in INTERESTING_FLAGS if f in flags]}
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask: a container or `taskset` may allow fewer)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def cpu_info() -> dict:
     info = parse_cpuinfo(_read("/proc/cpuinfo"))
     board = _read("/proc/device-tree/model").strip("\x00\n ")  # "Raspberry Pi 5 Model B Rev 1.0"
@@ -51,10 +59,7 @@ def cpu_info() -> dict:
     info["model"] = info["model"] or board or platform.processor() or platform.machine()
     info["arch"] = platform.machine()
     info["cores"] = os.cpu_count()
-    try:
-        info["cores_usable"] = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        info["cores_usable"] = info["cores"]
+    info["cores_usable"] = usable_cores()
     gov = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor").strip()
     if gov:  # "powersave"/"ondemand" make short benchmarks noisy on a Pi
         info["governor"] = gov

@@ -46,11 +46,15 @@ def predict_tta(model, x_u8: np.ndarray, passes: tuple[str, ...], batch: int = 3
     return np.concatenate(out, axis=1)
 
 
+def evaluation_passes(passes: tuple[str, ...], tta: bool = True) -> tuple[str, ...]:
+    """The passes `evaluate` runs: the TTA passes (or none) with the plain "identity" pass always among them."""
+    passes = tuple(passes) if tta else ("identity",)
+    return passes if "identity" in passes else ("identity",) + passes
+
+
 def evaluate(model, x_u8: np.ndarray, y: np.ndarray, labels: list[str], passes: tuple[str, ...], tta: bool = True,
              verbose: int = 1) -> dict[str, Any]:
-    passes = tuple(passes) if tta else ("identity",)
-    if "identity" not in passes:
-        passes = ("identity",) + passes
+    passes = evaluation_passes(passes, tta)
     probs = predict_tta(model, x_u8, passes, verbose=verbose)
     plain = probs[passes.index("identity")]
     res = {"plain": classification_metrics(y, plain.argmax(1), labels), "tta_passes": list(passes)}

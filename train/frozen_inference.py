@@ -16,6 +16,8 @@ import math
 
 import numpy as np
 
+from trashcam.benchmarks.environment import usable_cores
+
 from .config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -81,7 +83,7 @@ def frozen_predictor(model, cfg: TrainConfig, compute: dict, probe: np.ndarray |
 
         with contextlib.redirect_stdout(io.StringIO()):  # the export prints every captured variable
             tflite = tf.lite.TFLiteConverter.from_keras_model(model).convert()
-        fast = TFLitePredictor(tflite, cfg.threads or _cores(), batch)
+        fast = TFLitePredictor(tflite, cfg.threads or usable_cores(), batch)
         if probe is not None and len(probe):
             want = np.asarray(model.predict(probe.astype(np.float32), verbose=0))
             got = fast.predict(probe)
@@ -95,7 +97,3 @@ def frozen_predictor(model, cfg: TrainConfig, compute: dict, probe: np.ndarray |
         record[model.name] = f"keras (LiteRT failed: {e})"[:200]
         return model
 
-
-def _cores() -> int:
-    import os
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

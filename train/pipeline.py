@@ -212,7 +212,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
     # Under multiworker, evaluate a local copy: Keras' predict fails on the distributed model (see fit.local_predict).
     eval_model = _weights_only(parts.model) if cfg.strategy == "multiworker" else parts.model
     eval_model = frozen_predictor(eval_model, cfg, compute, sets["test"].x[:4],
-                                  len(sets["test"].x) * (len(cfg.tta_passes) + 1 if cfg.tta else 1))
+                                  len(sets["test"].x) * len(ev.evaluation_passes(cfg.tta_passes, cfg.tta)))
     evaluation = ev.evaluate(eval_model, sets["test"].x, sets["test"].y, split.classes, cfg.tta_passes, cfg.tta,
                              cfg.verbose)
     eval_s = time.perf_counter() - t2
