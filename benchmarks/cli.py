@@ -23,6 +23,8 @@ examples:
   edge-bench runs/b0 --variants tflite-int8,tflite-fp16 --data photos/    # DIR/<class>/*.jpg
   edge-bench runs/b0 --no-accuracy --runs 20 --no-record                 # quick latency look
   edge-bench --compare laptop.json pi5.json       # B/A ratios per variant and thread count
+  edge-bench runs/lite1 --variants tflite-int8 --baseline runs/lite0     # invoke time as a ratio to another
+                                                  # bundle's, both timed in one process, interleaved
 
 Per variant: file size; accuracy + macro F1 (drop in pp vs the Keras float model, or vs tflite-fp32 where
 TensorFlow is not installed); load time, invoke()-only latency and end-to-end latency (decode + resize + invoke

@@ -23,6 +23,10 @@ class BenchConfig(JsonConfig):
                                   "untouched thread pools); --in-process: faster, no RSS figures",
                             flag="--isolate/--in-process")
     record: bool = setting(True, "write the p50s into the bundle's metadata (read by `edge-run --variant auto`)")
+    # a recipe's speed budget is a ratio to another model ("INT8 invoke <= 1.3x Lite0-288's"); timed apart, two
+    # bundles' invokes differ by the machine's drift between the runs, so the baseline is timed interleaved
+    baseline: str | None = setting(None, "another bundle whose same variant is timed interleaved with each variant "
+                                   "(invoke only): the JSON and table get the invoke-time ratio", metavar="BUNDLE")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -68,7 +68,7 @@ def open_bench_engine(bundle: Bundle, variant: str, threads: int | None):
 
 
 def measure_variant(bundle_dir: str | Path, variant: str, threads: int, paths: Sequence[str], runs: int,
-                    warmup: int, on_loaded=None, on_timed=None) -> dict:
+                    warmup: int, on_loaded=None, on_timed=None, baseline: str | None = None) -> dict:
     """Load time, first-invoke time, invoke-only and end-to-end latency of one variant at one thread count.
 
     `on_loaded()` is called after the runtime import and before the model load (memory.py reads the baseline
@@ -76,7 +76,8 @@ def measure_variant(bundle_dir: str | Path, variant: str, threads: int, paths: S
     (memory.py reads the variant's peak RSS there). The invoke-only input is the first image file, decoded
     once. Invoke-only, e2e from files and e2e from decoded frames are timed interleaved
     (latency.time_interleaved), with the per-process setup that edge-run has (keep_frame_memory) and the
-    bundle's calibrated temperature. Then the files once more as
+    bundle's calibrated temperature, and with `baseline` (another bundle's directory) that bundle's same variant's
+    invoke, on its own first test image. Then the files once more as
     edge-run streams a folder (latency.time_streamed: one single-threaded interpreter per thread, or one
     interpreter with the files read ahead in a thread): time per frame, pipelined.
     """
@@ -100,7 +101,7 @@ def measure_variant(bundle_dir: str | Path, variant: str, threads: int, paths: S
         raise RuntimeError(f"{variant} produced non-finite outputs")
     temperature = bundle_temperature(bundle, variant)
     from .score_cost import cost_summary, quality, timed_calls
-    ms = time_interleaved({"invoke": lambda: engine.invoke_raw(x),
+    ms = time_interleaved({"invoke": lambda: engine.invoke_raw(x), **_baseline_call(baseline, variant, threads, paths),
                            "e2e": per_frame(engine, paths, pre, temperature),
                            "frame": per_frame(engine, frames, pre, temperature),
                            **timed_calls(bundle, variant, engine, image, temperature)}, runs, warmup)
@@ -109,6 +110,11 @@ def measure_variant(bundle_dir: str | Path, variant: str, threads: int, paths: S
         uncertainty["cost"] = cost_summary(ms, summarize)
     if on_timed:
         on_timed()
+    base = {}
+    if baseline:
+        b = summarize(ms["baseline_invoke"])
+        base = {"baseline": {"bundle": str(Path(baseline).resolve()), "latency_ms": b,
+                             "invoke_ratio_p50": round(float(np.median(ms["invoke"])) / b["p50"], 3)}}
     return {
         "runtime": runtime,
         "load_ms": round(load_ms, 3),
@@ -122,7 +128,20 @@ def measure_variant(bundle_dir: str | Path, variant: str, threads: int, paths: S
         "uncertainty": uncertainty,
         **_pipelined(engine, paths, pre, temperature, runs, warmup,
                      make_engine=(lambda t: open_engine(bundle, variant, t)) if fmt != "keras" else None),
+        **base,
     }
+
+
+def _baseline_call(baseline: str | None, variant: str, threads: int, paths: Sequence[str]) -> dict:
+    """{"baseline_invoke": one invoke of `baseline`'s `variant`} to time beside this bundle's, or {}."""
+    if not baseline:
+        return {}
+    other = Bundle.load(baseline, verify=False)
+    if variant not in other.variants:
+        raise ValueError(f"baseline bundle {baseline} has no {variant} variant")
+    engine = open_bench_engine(other, variant, threads)
+    x = engine.prepare(load_for_model(paths[0], other.preprocessing))
+    return {"baseline_invoke": lambda: engine.invoke_raw(x)}
 
 
 def resize_info(method: str) -> str:

@@ -103,7 +103,7 @@ def _entry(base: dict, acc: dict | None, ref: dict, threads: int, lat: dict) -> 
             "pipelined_streams": lat.get("pipelined_streams"),
             "peak_rss_mb": lat.get("peak_rss_mb"), "baseline_rss_mb": lat.get("baseline_rss_mb"),
             "pipelined_peak_rss_mb": lat.get("pipelined_peak_rss_mb"), "uncertainty": lat.get("uncertainty"),
-            "uncertainty_test": a.get("uncertainty_test")}
+            "uncertainty_test": a.get("uncertainty_test"), "baseline": lat.get("baseline")}
 
 
 def record_in_bundle(bundle_dir: str | Path, result: dict) -> dict:
@@ -132,6 +132,11 @@ def _record_locked(bundle_dir: str | Path, result: dict) -> dict:
 def run_benchmark(bundle_dir: str | os.PathLike, config: BenchConfig = BenchConfig()) -> dict:
     bundle = Bundle.load(bundle_dir, verify=False)
     variants = select_variants(bundle, config.variants)
+    if config.baseline:
+        lacking = [v for v in variants if v not in Bundle.load(config.baseline, verify=False).variants]
+        if lacking:
+            raise ValueError(f"baseline bundle {config.baseline} has no {', '.join(lacking)}: pick --variants "
+                             "that both bundles have")
     threads = config.resolved_threads()
     skipped: dict[str, str] = {}
     for v in variants:
@@ -157,7 +162,8 @@ def run_benchmark(bundle_dir: str | os.PathLike, config: BenchConfig = BenchConf
         base = _variant_info(bundle, v)
         for t in threads:
             spec = {"bundle_dir": str(Path(bundle_dir).resolve()), "variant": v, "threads": t,
-                    "paths": e2e_paths, "runs": config.runs, "warmup": config.warmup}
+                    "paths": e2e_paths, "runs": config.runs, "warmup": config.warmup,
+                    "baseline": str(Path(config.baseline).resolve()) if config.baseline else None}
             try:
                 lat = run_isolated(spec) if config.isolate else measure_variant(**spec)
             except (RuntimeError, VariantUnavailable, ValueError, OSError) as e:

@@ -22,6 +22,7 @@ COLUMNS = (
     ("check", lambda e: e.get("check_status"), "{}"),  # edge-convert's verdict; auto never picks a FAIL
     ("invoke p50", lambda e: e["latency_ms"]["p50"], "ms"),
     ("invoke p99", lambda e: e["latency_ms"]["p99"], "ms"),
+    ("vs baseline", lambda e: (e.get("baseline") or {}).get("invoke_ratio_p50"), "{:.3f}x"),
     ("e2e p50", lambda e: e["e2e_latency_ms"]["p50"], "ms"),
     ("e2e p99", lambda e: e["e2e_latency_ms"]["p99"], "ms"),
     ("fps", lambda e: e["fps"], "{:.1f}"),
@@ -44,8 +45,8 @@ def _fmt(value, spec: str) -> str:
 
 
 def rows(result: dict) -> tuple[list[str], list[list[str]]]:
-    head = [c[0] for c in COLUMNS]
-    return head, [[_fmt(get(e), spec) for _, get, spec in COLUMNS] for e in result["variants"]]
+    cols = [c for c in COLUMNS if c[0] != "vs baseline" or result["config"].get("baseline")]
+    return [c[0] for c in cols], [[_fmt(get(e), spec) for _, get, spec in cols] for e in result["variants"]]
 
 
 def _grid(head: list[str], body: list[list[str]]) -> str:
@@ -63,6 +64,9 @@ def _header_lines(result: dict) -> list[str]:
            + (f" ({ref['note']})" if ref.get("note") else ""),
            f"latency ms over {result['config']['runs']} runs after {result['config']['warmup']} warm-up, invoke "
            "and e2e timed interleaved; e2e = decode + resize + invoke + postprocess + temperature of image files"]
+    if result["config"].get("baseline"):
+        out.append(f"vs baseline = invoke p50 / the same variant's invoke p50 in {result['config']['baseline']}, "
+                   "timed interleaved in the same process")
     return out
 
 

@@ -309,3 +309,25 @@ def test_help_is_instant_and_teaches():
     heavy = [ln for ln in p.stderr.splitlines()
              if any(x in ln for x in ("tensorflow", "ai_edge_litert", "onnxruntime", "matplotlib"))]
     assert heavy == [], heavy[:3]
+
+
+def test_baseline_bundle_timed_interleaved(bundle, tmp_path, capsys):
+    """--baseline: another bundle's same variant is timed beside each variant and the ratio reported; a baseline
+    without that variant is a clear error before anything is timed."""
+    from trashcam.benchmarks.cli import main
+
+    other = Path(shutil.copytree(bundle, tmp_path / "other"))
+    out = tmp_path / "r.json"
+    assert main([str(bundle), *FAST, "--variants", "tflite-fp32", "--in-process", "--no-accuracy", "--no-record",
+                 "--baseline", str(other), "--json", str(out)]) == 0
+    e = json.loads(out.read_text())["variants"][0]
+    assert e["baseline"]["bundle"] == str(other.resolve())
+    assert set(e["baseline"]["latency_ms"]) >= STAT_KEYS and e["baseline"]["latency_ms"]["runs"] == 5
+    assert e["baseline"]["invoke_ratio_p50"] > 0
+    assert "vs baseline" in capsys.readouterr().out
+
+    meta = json.loads((other / "metadata.json").read_text())
+    meta["variants"].pop("tflite-fp32")
+    (other / "metadata.json").write_text(json.dumps(meta))
+    assert main([str(bundle), *FAST, "--variants", "tflite-fp32", "--no-record", "--baseline", str(other)]) == 2
+    assert "has no tflite-fp32" in capsys.readouterr().err
