@@ -120,6 +120,12 @@ class TrainConfig(JsonConfig):
                 raise ConfigError(name, "must be >= 0", getattr(self, name))
 
     @property
+    def fixed_stage2(self) -> bool:
+        """Stage 2 runs every epoch and its last weights are the model: no early stopping, no fallback to
+        stage 1 (`stage2_patience` 0)."""
+        return self.stage2_patience == 0
+
+    @property
     def split_seed_used(self) -> int:
         """The seed that draws the split: `split_seed`, else `seed`."""
         return self.seed if self.split_seed is None else self.split_seed

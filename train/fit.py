@@ -247,7 +247,7 @@ def fit_full(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarray,
     results.append(s1 or _full_stage(1, parts, train, v, n_classes, sw, cfg, ckpt))
     stage1_weights = _stage1_weights(parts, ckpt, s1 is None)
     results.append(finished(ckpt, "stage2") or _full_stage(2, parts, train, v, n_classes, sw, cfg, ckpt))
-    keep_better_stage(parts, stage1_weights, results, cfg.stage2_patience <= 0)
+    keep_better_stage(parts, stage1_weights, results, cfg.fixed_stage2)
     return results
 
 
@@ -304,7 +304,7 @@ def fit_hybrid(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarra
         stage1_weights = _stage1_weights(parts, ckpt, False)
     results = [s1, finished(ckpt, "stage2")
                or _full_stage(2, parts, train, (val.x.astype(np.float32), tv), n_classes, sw, cfg, ckpt)]
-    keep_better_stage(parts, stage1_weights, results, cfg.stage2_patience <= 0)
+    keep_better_stage(parts, stage1_weights, results, cfg.fixed_stage2)
     return results
 
 
@@ -320,17 +320,20 @@ def fit_cached(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarra
     n_passes = len(train.x) * cfg.views + len(val.x)
     trunk = frozen_predictor(trunk, cfg, compute, train.x[:4], n_passes)
     acts = _cache_views(trunk, train.x, cfg, rng, "cache", np.float16)  # (N, V, h', w', c)
-    to_features = frozen_predictor(to_features, cfg, compute, acts[:4, 0].astype(np.float32), n_passes)
-    feats = np.stack([batched_predict(to_features, acts[:, v], cfg.batch_size, "features", 0)
-                      for v in range(cfg.views)], 1)  # (N, V, D)
     val_act = batched_predict(trunk, val.x, cfg.batch_size, "cache val", cfg.verbose).astype(np.float16)
-    val_feat = batched_predict(to_features, val_act, cfg.batch_size, "features", 0)
-    cache_s = time.perf_counter() - t_cache
     tv = augment.one_hot_smooth(val.y, n_classes, 0.0)
     w = sw[train.y]
 
     s1 = finished(ckpt, "stage1")
-    results = [s1 or _head_stage(parts, feats, train, val_feat, tv, n_classes, w, cfg, ckpt, cache_s)]
+    if s1 is None:  # pooled features for the head; a run resumed past stage 1 needs only the activations
+        to_features = frozen_predictor(to_features, cfg, compute, acts[:4, 0].astype(np.float32), n_passes)
+        feats = np.stack([batched_predict(to_features, acts[:, v], cfg.batch_size, "features", 0)
+                          for v in range(cfg.views)], 1)  # (N, V, D)
+        val_feat = batched_predict(to_features, val_act, cfg.batch_size, "features", 0)
+        results = [_head_stage(parts, feats, train, val_feat, tv, n_classes, w, cfg, ckpt,
+                               time.perf_counter() - t_cache)]
+    else:
+        results = [s1]
     stage1_weights = _stage1_weights(parts, ckpt, s1 is None)
 
     # Stage 2: unfrozen blocks + head on cached activations, one random view of each image per epoch.
@@ -351,7 +354,7 @@ def fit_cached(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarra
                    "cache_mb": round(acts.nbytes / 2**20, 1)}
         finish(ckpt, parts, s2)
     results.append(s2)
-    keep_better_stage(parts, stage1_weights, results, cfg.stage2_patience <= 0)
+    keep_better_stage(parts, stage1_weights, results, cfg.fixed_stage2)
     return results
 
 
