@@ -11,6 +11,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from trashcam.train.evaluate import wilson_interval
+
 # Two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom (no SciPy needed).
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
@@ -88,8 +90,12 @@ def pooled_folds(records: list[dict]) -> list[dict]:
         if len({r["fold"] for r in rs}) != n_folds:
             continue
         images = sum(r["test_images"] for r in rs)
+        right = round(sum(r["int8"]["accuracy"] * r["test_images"] for r in rs))
         out.append({"seed": seed, "onednn": onednn, "threads": threads, "folds": n_folds, "images": images,
-                    "int8_accuracy": sum(r["int8"]["accuracy"] * r["test_images"] for r in rs) / images,
+                    "int8_accuracy": right / images,
+                    # every image tested once: the binomial interval of the pooled count (the t-interval over K
+                    # folds in the table is the wider, fold-to-fold view)
+                    "int8_wilson95": list(wilson_interval(right, images)),
                     "float_accuracy": sum(r["float"]["accuracy"] * r["test_images"] for r in rs) / images})
     return out
 
@@ -178,6 +184,9 @@ def to_markdown(summary: dict, title: str = "Spread of training runs") -> str:
         lines += ["", f"k-fold, pooled over each repetition's folds ({len(k['repetitions'])} repetitions): INT8 "
                       f"{_pct(k['int8_accuracy'])} % (min {_pct(k['int8_accuracy'], 'min')}, max "
                       f"{_pct(k['int8_accuracy'], 'max')}), float {_pct(k['float_accuracy'])} %"]
+        lines += [f"- seed {p['seed']}, oneDNN {p['onednn']}, {p['threads']} threads: INT8 "
+                  f"{100 * p['int8_accuracy']:.2f} % of {p['images']} images (Wilson 95 % "
+                  f"{100 * p['int8_wilson95'][0]:.2f}-{100 * p['int8_wilson95'][1]:.2f} %)" for p in k["repetitions"]]
     for title_, key in (("numerics setting", "by_numerics"), ("seed", "by_seed")):
         lines += ["", f"INT8 accuracy per {title_}: " + "; ".join(
             f"{g} {_pct(d)} % ({_pct(d, 'min')}..{_pct(d, 'max')}, n={d['n']})" for g, d in summary[key].items())]

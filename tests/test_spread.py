@@ -9,7 +9,8 @@ import pytest
 
 from conftest import REPO, SAMPLE, SHARED, run_cli
 from trashcam.benchmarks import spread as sp
-from trashcam.benchmarks.spread_stats import confusion_summary, describe, expected_spread, summarize, t975
+from trashcam.benchmarks.spread_stats import (confusion_summary, describe, expected_spread, summarize, t975,
+                                              to_markdown)
 from trashcam.edge.config import ConfigError
 from trashcam.train.config import TrainConfig, parse_fold
 from trashcam.train.data import fold_split
@@ -54,6 +55,9 @@ def test_summary_of_records_names_the_confusions_and_pools_folds():
     assert named == {("glass", "plastic"): 6, ("plastic", "glass"): 0, ("metal", "glass"): 3, ("glass", "metal"): 0}
     pooled = s["kfold_pooled"]["repetitions"]  # seed 2 has one fold of two: not pooled
     assert len(pooled) == 1 and pooled[0]["int8_accuracy"] == pytest.approx((28 + 26) / 60)
+    lo, hi = pooled[0]["int8_wilson95"]
+    assert lo < 54 / 60 < hi and hi - lo == pytest.approx(0.155, abs=0.001)  # binomial over the 60 pooled images
+    assert "Wilson 95 %" in to_markdown(s)
     assert set(s["by_seed"]) == {"seed=1", "seed=2"} and s["per_class_f1"]["int8"]["glass"]["mean"] == 0.9
     assert s["targets"]["int8_accuracy_mean >= 95.0 %"] is False
     exp = expected_spread(s, margin_pp=0.5)
