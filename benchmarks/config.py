@@ -26,7 +26,8 @@ class BenchConfig(JsonConfig):
     # a recipe's speed budget is a ratio to another model ("INT8 invoke <= 1.3x Lite0-288's"); timed apart, two
     # bundles' invokes differ by the machine's drift between the runs, so the baseline is timed interleaved
     baseline: str | None = setting(None, "another bundle whose same variant is timed interleaved with each variant "
-                                   "(invoke only): the JSON and table get the invoke-time ratio", metavar="BUNDLE")
+                                   "(invoke only): the JSON and table get the invoke-time ratio; its model then "
+                                   "counts in the RSS figures", metavar="BUNDLE")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -101,7 +101,8 @@ def measure_variant(bundle_dir: str | Path, variant: str, threads: int, paths: S
         raise RuntimeError(f"{variant} produced non-finite outputs")
     temperature = bundle_temperature(bundle, variant)
     from .score_cost import cost_summary, quality, timed_calls
-    ms = time_interleaved({"invoke": lambda: engine.invoke_raw(x), **_baseline_call(baseline, variant, threads, paths),
+    ms = time_interleaved({"invoke": lambda: engine.invoke_raw(x),
+                           **_baseline_call(baseline, variant, threads, paths),
                            "e2e": per_frame(engine, paths, pre, temperature),
                            "frame": per_frame(engine, frames, pre, temperature),
                            **timed_calls(bundle, variant, engine, image, temperature)}, runs, warmup)
