@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from trashcam.edge.bundle import now_iso
+from trashcam.edge.runtime import usable_cores
 
 # Flags that change which kernels the runtimes pick (x86 and ARM spellings as /proc/cpuinfo writes them).
 INTERESTING_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
@@ -41,14 +42,6 @@ def parse_cpuinfo(text: str) -> dict:
         elif key in ("flags", "features"):
             flags.update(value.split())
     return {"model": model, "flags": [f for f in INTERESTING_FLAGS if f in flags]}
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity mask: a container or `taskset` may allow fewer)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def cpu_info() -> dict:

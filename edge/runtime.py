@@ -48,6 +48,14 @@ def default_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask: a container or `taskset` may allow fewer)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _quantize(x: np.ndarray, dtype: np.dtype, scale: float, zero_point: int) -> np.ndarray:
     if scale == 0:  # not quantised: a float or raw integer input
         return x.astype(dtype)

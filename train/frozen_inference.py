@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from trashcam.benchmarks.environment import usable_cores
+from trashcam.edge.runtime import usable_cores
 
 from .config import TrainConfig
 
