@@ -133,9 +133,9 @@ def run_benchmark(bundle_dir: str | os.PathLike, config: BenchConfig = BenchConf
     bundle = Bundle.load(bundle_dir, verify=False)
     variants = select_variants(bundle, config.variants)
     if config.baseline:
-        lacking = [v for v in variants if v not in Bundle.load(config.baseline, verify=False).variants]
+        lacking = set(variants) - set(Bundle.load(config.baseline, verify=False).variants)
         if lacking:
-            raise ValueError(f"baseline bundle {config.baseline} has no {', '.join(lacking)}: pick --variants "
+            raise ValueError(f"baseline bundle {config.baseline} has no {', '.join(sorted(lacking))}: pick --variants "
                              "that both bundles have")
     threads = config.resolved_threads()
     skipped: dict[str, str] = {}
