@@ -60,6 +60,14 @@ def ledoit_wolf(x: np.ndarray) -> tuple[np.ndarray, float]:
     return cov, float(shrink)
 
 
+def _einsum_row_dots(w: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return np.einsum("kd,d->k", w, v)
+
+
+# w @ v on one thread, by numpy's own loops: the vecdot ufunc (numpy >= 2) is the faster of the two after an invoke
+_row_dots = getattr(np, "vecdot", None) or _einsum_row_dots
+
+
 # Principal directions kept exactly by default; the rest share one variance (probabilistic PCA). A frame then reads
 # a (r + C) x D float32 matrix: 350 KB at rank 64 for Lite0's 1280 features. Its size is the per-frame cost: the
 # statistics are cache-cold after an invoke, and in edge-bench's interleaved timing (2 threads, INT8, Lite0 288)
@@ -127,15 +135,16 @@ class Mahalanobis:
         return xx / self.sigma2 - np.einsum("nr,nr->n", a, a) + (self._k[None] - 2.0 * y[:, r:]).min(axis=1)
 
     def score_one(self, v: np.ndarray) -> float:
-        """The distance of one (D,) float32 feature vector: the per-frame path. Its statistics and numpy's code
-        are cache-cold after an invoke, so it makes few numpy calls (one product, one dot) and does the rest on
-        r + C Python floats. einsum's own loops, not BLAS: a BLAS gemv spreads over threads, which on a busy
-        2-core machine made a 1280-wide product cost milliseconds next to the interpreter's threads (measured)."""
-        y = np.einsum("kd,d->k", self._w, v).tolist()
-        r = self.rank
-        aa = sum(t * t for t in y[:r])
-        near = min(k - 2.0 * t for k, t in zip(self._k_list, y[r:]))
-        return float(np.einsum("d,d->", v, v)) / self.sigma2 - aa + near
+        """The distance of one (D,) float32 feature vector: the per-frame path. Right after an invoke the CPU's
+        caches hold the model, not numpy's or the interpreter's code: a 69-step Python loop then takes 16 us
+        instead of 2 (measured, INT8 Lite0 288 at 2 threads), so this makes five numpy calls and loops over C
+        numbers only. Row dot products (numpy's vecdot, einsum before numpy 2), not BLAS: a BLAS gemv spreads
+        over threads, which on a busy 2-core machine made a 1280-wide product cost milliseconds next to the
+        interpreter's threads (measured)."""
+        y = _row_dots(self._w, v)
+        a = y[:self.rank]
+        near = min(k - 2.0 * t for k, t in zip(self._k_list, y[self.rank:].tolist()))
+        return float(v @ v) / self.sigma2 - float(a @ a) + near  # 1-D dots: BLAS sdot, one thread
 
     def arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
         return {f"{prefix}means": self.means, f"{prefix}basis": self.basis,
@@ -177,8 +186,10 @@ class OodScore:
         as the per-frame budget allows (edge-bench: "scored" against "probs")."""
         if self.kind == "msp" or feats is None or self.maha is None:
             return float(self.score(probs, feats)[0])
-        m = self.maha.score_one(np.asarray(feats, np.float32).reshape(-1))
-        return m if self.kind == "mahalanobis" else self._combined(m, 1.0 - float(np.max(probs)))
+        v = feats.reshape(-1) if isinstance(feats, np.ndarray) and feats.dtype == np.float32 else \
+            np.asarray(feats, np.float32).reshape(-1)
+        m = self.maha.score_one(v)
+        return m if self.kind == "mahalanobis" else self._combined(m, 1.0 - float(probs.max()))
 
     def _combined(self, maha, msp):
         """z-scored Mahalanobis + z-scored max-probability score (arrays or floats)."""

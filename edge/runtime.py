@@ -70,6 +70,16 @@ def dequantize(raw: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return (raw.astype(np.float32) - zero_point) * scale if scale else raw.astype(np.float32)
 
 
+def _dequantize_table(detail: dict) -> np.ndarray | None:
+    """float32 value of each of the 256 codes of a quantised uint8/int8 output, indexed by the code's bits read as
+    uint8; None for a float (or unquantised) output."""
+    dtype, (scale, zero_point) = np.dtype(detail["dtype"]), tuple(detail["quantization"])
+    if dtype not in (np.uint8, np.int8) or not scale:
+        return None
+    codes = np.arange(256, dtype=np.uint8).view(dtype).astype(np.float32)  # int8: 0..127, -128..-1
+    return (codes - zero_point) * scale
+
+
 def probs_and_features(interpreter) -> tuple[dict, dict | None]:
     """(probabilities output, features output or None) of a TFLite model.
 
@@ -116,12 +126,9 @@ class TFLiteEngine:
         self._identity = self._lut is not None and self._lut.dtype == np.uint8 and \
             np.array_equal(self._lut, np.arange(256))
         # De-quantising a uint8/int8 output is elementwise too: one table lookup instead of astype, subtract and
-        # multiply (the same float32 values; 3 numpy calls of overhead fewer per frame).
-        self._out_lut = None
-        out_dtype = np.dtype(self._out["dtype"])
-        if out_dtype in (np.uint8, np.int8) and self.output_quant[0]:
-            codes = np.arange(256, dtype=np.uint8).view(out_dtype).astype(np.float32)  # int8: 0..127, -128..-1
-            self._out_lut = (codes - self.output_quant[1]) * self.output_quant[0]
+        # multiply (the same float32 values; 3 numpy calls of overhead fewer per frame, for both outputs).
+        self._out_lut = _dequantize_table(self._out)
+        self._feat_lut = None if self._feat is None else _dequantize_table(self._feat)
 
     def prepare(self, image_u8: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> the model's input tensor (1, H, W, 3) in its dtype."""
@@ -150,11 +157,7 @@ class TFLiteEngine:
     def postprocess(self, raw: np.ndarray) -> np.ndarray:
         if self._out_lut is not None:
             return self._out_lut[raw.view(np.uint8)]  # an int8 code's bits, read as uint8, are its table row
-        out = raw.astype(np.float32)
-        scale, zp = self.output_quant
-        if scale:
-            out = (out - zp) * scale
-        return out
+        return dequantize(raw, *self.output_quant)
 
     @property
     def has_features(self) -> bool:
@@ -164,7 +167,10 @@ class TFLiteEngine:
         """The pooled features of the last invoke (1, D) float32, de-quantised; None for a probs-only model."""
         if self._feat is None:
             return None
-        return dequantize(self.interpreter.get_tensor(self._feat["index"]), *self._feat["quantization"])
+        raw = self.interpreter.get_tensor(self._feat["index"])
+        if self._feat_lut is not None:  # the score's per-frame path: every numpy call after an invoke counts
+            return self._feat_lut[raw.view(np.uint8)]
+        return dequantize(raw, *self._feat["quantization"])
 
     def predict(self, batch_u8: np.ndarray) -> np.ndarray:
         return np.concatenate([self.postprocess(self.invoke_raw(self.prepare(im))) for im in batch_u8])
