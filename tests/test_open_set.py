@@ -215,3 +215,32 @@ def test_open_set_experiment_runs_every_score_on_cached_features(tmp_path):
     for s in open_set.SCORES:
         assert 0.0 <= report["summary"][s]["auroc"]["mean"] <= 1.0
     assert (tmp_path / "open_set.md").read_text().count("| a |") == 1
+
+
+def test_tuned_open_set_measures_the_deployed_rule(scored_bundle, tmp_path):
+    """benchmarks/open_set_tuned: the fold's INT8 model flags foreign images by the bundle's own score and
+    threshold, and calibration never sees the held-out class (no --ood-data: nothing is chosen on it)."""
+    from PIL import Image
+
+    from trashcam.benchmarks.open_set_tuned import fold_steps, markdown, measure, summarise
+    from trashcam.edge.runtime import Classifier
+
+    d, _ = scored_bundle
+    rng = np.random.default_rng(3)
+    (tmp_path / "gone").mkdir()
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "gone" / f"{i}.jpg")
+    (tmp_path / "gone" / "broken.jpg").write_bytes(b"not a jpeg")
+    rec = measure(d, tmp_path, "gone", threads=1)
+    assert rec["foreign_images"] == 6 and rec["foreign_skipped"] == 1 and rec["score"] == DEFAULT_KIND
+    clf = Classifier(d, "tflite-int8", threads=1)
+    flags = [clf.classify(tmp_path / "gone" / f"{i}.jpg").uncertain for i in range(6)]
+    assert rec["foreign_flagged"] == pytest.approx(np.mean(flags))
+    assert 0 <= rec["test_flagged"] <= 1 and 0 <= rec["auroc"] <= 1 and rec["test_images"] > 0
+    other = {**rec, "held_out": "other", "foreign_flagged": 0.0, "test_flagged": 0.04}
+    s = summarise([rec, other])
+    assert s["worst_fold"] == "other" and s["foreign_flagged"]["mean"] == pytest.approx(rec["foreign_flagged"] / 2)
+    assert "| **mean** |" in markdown([rec, other], s)
+    steps = dict(fold_steps(tmp_path, "gone", tmp_path / "b", "quick", 1, tmp_path / "c", 1))
+    assert steps["train"][steps["train"].index("--exclude-classes") + 1] == "gone"
+    assert "--ood-data" not in steps["calibrate"]
