@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from trashcam.edge.config import JsonConfig, setting
+from trashcam.edge.ood import KINDS as OOD_KINDS
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,8 @@ class CalibrationConfig(JsonConfig):
     threads: int | None = setting(None, "inference threads", min=1)
     # the "uncertain" score (calibration/ood.py), fitted per variant
     ood_score: str = setting("auto", "uncertainty score: auto (the open-set experiment's choice, or the one that "
-                                     "flags most foreign images when there are some), msp, mahalanobis, combined",
-                             choices=("auto", "msp", "mahalanobis", "combined"), flag="--uncertainty-score")
+                                     "flags most foreign images when there are some), msp, mahalanobis, combined, "
+                                     "prototypes", choices=("auto", *OOD_KINDS), flag="--uncertainty-score")
     flag_rate: float = setting(0.05, "the score's threshold flags this share of validation images", above=0.0,
                                max=0.99, metavar="R")
     ood_fit_images: int = setting(1000, "train images (at most) for the score's class statistics", min=2)
