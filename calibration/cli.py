@@ -40,6 +40,14 @@ def format_table(report: dict) -> str:
     f = report["fitted_on"]
     lines.append(f"fitted on {f['n_images']} images ({f['source']}); {f['n_skipped']} unreadable skipped; "
                  f"threshold from {report['base_variant']}")
+    for name, r in report["variants"].items():  # the rule edge-run applies: the score, when the variant has one
+        u = r.get("uncertainty")
+        if not u or u.get("kind") not in u.get("candidates", {}):
+            continue
+        c = u["candidates"][u["kind"]]
+        foreign = f", {c['foreign_flagged'] * 100:.1f}% of foreign images" if "foreign_flagged" in c else ""
+        lines.append(f"{name}: 'uncertain' = {u['kind']} score > {c['threshold']:.4g} "
+                     f"({u.get('chosen_by', 'asked for')}): flags {c['val_flagged'] * 100:.1f}% of validation{foreign}")
     return "\n".join(lines)
 
 
