@@ -47,11 +47,8 @@ def step_done(bundle: Path, step: str) -> bool:
             "calibrate": VARIANT in m.get("calibration", {}).get("ood_by_variant", {})}[step]
 
 
-def flag_images(bundle_dir: Path, x: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(calibrated probs, score, flagged) of each preprocessed image, by the deployed rule (Classifier)."""
-    from trashcam.edge.runtime import Classifier
-
-    clf = Classifier(bundle_dir, VARIANT, threads)
+def flag_images(clf, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(calibrated probs, score, flagged) of each preprocessed image, by the deployed rule (a Classifier's)."""
     probs, scores, flagged = [], [], []
     for im in x:
         p = clf.probs(im)
@@ -65,13 +62,15 @@ def measure(bundle_dir: Path, data: Path, held_out: str, threads: int) -> dict:
     from trashcam.edge.bundle import Bundle
     from trashcam.edge.imageset import decode, split_images
     from trashcam.edge.ood import auroc
+    from trashcam.edge.runtime import Classifier
 
     bundle = Bundle.load(bundle_dir)
+    clf = Classifier(bundle, VARIANT, threads)
     test = split_images(bundle, "test")
     paths = sorted(p for p in (data / held_out).iterdir() if p.is_file())
     foreign = decode(paths, np.full(len(paths), -1), bundle.preprocessing, f"{data / held_out}", "decode foreign")
-    p_in, s_in, f_in = flag_images(bundle_dir, test.x, threads)
-    _, s_out, f_out = flag_images(bundle_dir, foreign.x, threads)
+    p_in, s_in, f_in = flag_images(clf, test.x)
+    _, s_out, f_out = flag_images(clf, foreign.x)
     meta = bundle.calibration["ood_by_variant"][VARIANT]
     return {"held_out": held_out, "classes": bundle.labels, "score": meta.get("kind"),
             "threshold": meta.get("threshold"), "val_flagged": meta.get("flag_rate"),

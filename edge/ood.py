@@ -200,8 +200,8 @@ def spherical_kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 30) -> n
         new = np.zeros_like(c)
         np.add.at(new, near, x)
         empty = ~np.isin(np.arange(k), near)
-        worst = np.argsort(sim.max(1))
-        new[empty] = x[worst[:int(empty.sum())]]
+        if empty.any():
+            new[empty] = x[np.argsort(sim.max(1))[:int(empty.sum())]]
         new = unit_rows(new)
         if np.allclose(new, c):
             break

@@ -70,6 +70,13 @@ def dequantize(raw: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return (raw.astype(np.float32) - zero_point) * scale if scale else raw.astype(np.float32)
 
 
+def _dequantize_codes(raw: np.ndarray, table: np.ndarray | None, quantization: tuple) -> np.ndarray:
+    """`raw` output codes as float32: through `table` (_dequantize_table) when there is one, else arithmetic."""
+    if table is not None:
+        return table[raw.view(np.uint8)]  # an int8 code's bits, read as uint8, are its table row
+    return dequantize(raw, *quantization)
+
+
 def _dequantize_table(detail: dict) -> np.ndarray | None:
     """float32 value of each of the 256 codes of a quantised uint8/int8 output, indexed by the code's bits read as
     uint8; None for a float (or unquantised) output."""
@@ -155,9 +162,7 @@ class TFLiteEngine:
         return self.interpreter.get_tensor(self._out["index"])
 
     def postprocess(self, raw: np.ndarray) -> np.ndarray:
-        if self._out_lut is not None:
-            return self._out_lut[raw.view(np.uint8)]  # an int8 code's bits, read as uint8, are its table row
-        return dequantize(raw, *self.output_quant)
+        return _dequantize_codes(raw, self._out_lut, self.output_quant)
 
     @property
     def has_features(self) -> bool:
@@ -167,10 +172,8 @@ class TFLiteEngine:
         """The pooled features of the last invoke (1, D) float32, de-quantised; None for a probs-only model."""
         if self._feat is None:
             return None
-        raw = self.interpreter.get_tensor(self._feat["index"])
-        if self._feat_lut is not None:  # the score's per-frame path: every numpy call after an invoke counts
-            return self._feat_lut[raw.view(np.uint8)]
-        return dequantize(raw, *self._feat["quantization"])
+        return _dequantize_codes(self.interpreter.get_tensor(self._feat["index"]), self._feat_lut,
+                                 self._feat["quantization"])
 
     def predict(self, batch_u8: np.ndarray) -> np.ndarray:
         return np.concatenate([self.postprocess(self.invoke_raw(self.prepare(im))) for im in batch_u8])
