@@ -35,5 +35,5 @@ class BenchConfig(JsonConfig):
             raise ConfigError("threads", "must all be >= 1", self.threads)
 
     def resolved_threads(self) -> tuple[int, ...]:
-        from trashcam.edge.runtime import default_threads
+        from trashcam.edge.machine import default_threads
         return self.threads or tuple(sorted({1, default_threads()}))

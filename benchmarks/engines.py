@@ -1,6 +1,6 @@
 """Open any variant of a bundle behind one engine interface, and measure one (variant, threads) pair.
 
-The deployable formats come from `edge.runtime.ENGINES`; the `keras` float model needs TensorFlow and comes
+The deployable formats come from `edge.interpreters.ENGINES`; the `keras` float model needs TensorFlow and comes
 from `trashcam.train.keras_engine`, imported only when that variant is asked for, so edge-bench runs on a
 device that has nothing but LiteRT.
 """
@@ -15,7 +15,8 @@ import numpy as np
 from trashcam.edge.bundle import Bundle
 from trashcam.edge import resize
 from trashcam.edge.images import keep_frame_memory, load_for_model, open_image
-from trashcam.edge.runtime import bundle_temperature, open_engine, variant_format
+from trashcam.edge.runtime import bundle_temperature
+from trashcam.edge.interpreters import open_engine, variant_format
 
 from .latency import per_frame, summarize, time_interleaved, time_streamed
 
@@ -40,7 +41,7 @@ def import_runtime(fmt: str) -> str:
     """Import the runtime a format needs (so load time excludes library import); returns its name + version."""
     try:
         if fmt == "tflite":
-            from trashcam.edge.runtime import load_tflite_interpreter_class
+            from trashcam.edge.interpreters import load_tflite_interpreter_class
             name = load_tflite_interpreter_class()[1]
             return f"{name} {_dist_version(_TFLITE_DIST.get(name, name))}"
         if fmt == "onnx":

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from trashcam.edge.bundle import Bundle, BundleError, bundle_lock
-from trashcam.edge.runtime import variant_format
+from trashcam.edge.interpreters import variant_format
 
 from . import environment
 from .accuracy import evaluate, load_eval_set

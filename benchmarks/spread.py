@@ -133,7 +133,7 @@ def train_argv(cfg: SpreadConfig, spec: RunSpec, bundle: Path, cache: Path) -> l
 def evaluate_int8(bundle_dir: Path, threads: int) -> dict[str, Any]:
     """The deployed model, single pass, on the bundle's saved test split; metrics as edge-train reports them."""
     from trashcam.edge.bundle import Bundle
-    from trashcam.edge.runtime import open_engine
+    from trashcam.edge.interpreters import open_engine
     from trashcam.train.evaluate import classification_metrics
 
     from .accuracy import load_eval_set

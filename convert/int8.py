@@ -37,7 +37,7 @@ def _interpreter(model_content: bytes, preserve_all: bool = False):
     """A reference-kernel interpreter (no XNNPACK: a delegate hides intermediate tensors)."""
     import importlib
 
-    from trashcam.edge.runtime import load_tflite_interpreter_class
+    from trashcam.edge.interpreters import load_tflite_interpreter_class
 
     cls, _ = load_tflite_interpreter_class()
     resolver = importlib.import_module(cls.__module__).OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES

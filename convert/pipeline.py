@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from trashcam.edge.bundle import Bundle, atomic_write_json, bundle_lock, install_file, now_iso
-from trashcam.edge.runtime import ENGINES
+from trashcam.edge.interpreters import ENGINES
 
 from .check import ERROR, FAIL, PASS, UNCHECKED, run_check
 from .config import ConvertConfig

@@ -59,7 +59,7 @@ def _check_mlir_quantize() -> None:
 
 
 def _check_ops_details() -> None:
-    from trashcam.edge.runtime import load_tflite_interpreter_class
+    from trashcam.edge.interpreters import load_tflite_interpreter_class
     cls, _ = load_tflite_interpreter_class()
     if not hasattr(cls, "_get_ops_details"):
         raise AttributeError(f"{cls.__module__}.{cls.__name__} has no _get_ops_details")

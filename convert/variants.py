@@ -1,7 +1,7 @@
 """The named deployable variants: one table entry each (name, file, format, quantisation, how to make it).
 
 Adding a variant is adding a row here; `edge-convert`, the check, the bundle metadata and the runtimes' engine
-table (edge.runtime.ENGINES, keyed by `format`) all follow from it.
+table (edge.interpreters.ENGINES, keyed by `format`) all follow from it.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def described(convert: ConvertFn, variant: str) -> ConvertFn:
 class VariantSpec:
     name: str
     file: str
-    format: str  # key of edge.runtime.ENGINES
+    format: str  # key of edge.interpreters.ENGINES
     quantization: str
     convert: ConvertFn
     flag: str  # the edge-convert flag that selects it

@@ -30,7 +30,9 @@ from .field import FieldStage
 from .frames import Frame
 from .grabber import PrefetchSource, for_display
 from .images import load_for_model
-from .runtime import Classifier, choose_variant, classify_timed, default_threads, open_engine
+from .runtime import Classifier, choose_variant, classify_timed
+from .interpreters import open_engine
+from .machine import default_threads
 from .sinks import ConsoleSink, FrameSaver, JsonlSink, Sink
 from .smoothing import Smoother
 from .sources import is_live_source, open_source

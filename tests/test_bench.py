@@ -87,7 +87,7 @@ def test_interleaved_timing_rotates_and_counts_only_timed_rounds():
 def test_streamed_timing_counts_every_frame_as_edge_run_streams_a_folder(bundle, synthetic_dataset):
     from trashcam.benchmarks.latency import time_streamed
     from trashcam.edge.bundle import Bundle
-    from trashcam.edge.runtime import open_engine
+    from trashcam.edge.interpreters import open_engine
 
     b = Bundle.load(bundle)
     paths = [str(p) for p in sorted(synthetic_dataset.rglob("*.*"))[:7]]
@@ -265,8 +265,18 @@ def test_keras_missing_falls_back_to_fp32_reference(bundle, monkeypatch):
     assert r["recorded"]["p50_ms"]["1"] == {"tflite-fp32": r["variants"][0]["e2e_latency_ms"]["p50"]}
 
 
+def test_default_threads_follow_the_affinity_mask(monkeypatch):
+    """A process pinned to 1 of many cores (taskset, a container's cpuset) defaults to 1 interpreter thread."""
+    from trashcam.edge import machine
+    monkeypatch.setattr(machine.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert machine.usable_cores() == 1 and machine.default_threads() == 1
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert machine.default_threads() == 4
+
+
 def test_summarize_and_cpuinfo():
-    from trashcam.benchmarks.environment import parse_cpuinfo
+    from trashcam.edge.machine import parse_cpuinfo
     from trashcam.benchmarks.latency import summarize
 
     s = summarize(list(range(1, 101)))  # 1..100 ms

@@ -20,7 +20,7 @@ from conftest import run_cli
 from trashcam.edge.bundle import Bundle, sha256_file
 from trashcam.edge.dataset import DatasetError, Split
 from trashcam.edge.images import load_for_model
-from trashcam.edge.runtime import open_engine
+from trashcam.edge.interpreters import open_engine
 
 TOL = {"tflite-fp32": (1e-5, 1.0), "tflite-fp16": (1e-2, 1.0), "tflite-int8": (0.05, 8 / 9), "onnx": (1e-5, 1.0)}
 
@@ -252,7 +252,7 @@ def test_weight_rounding_emulation_matches_the_converter(tiny_keras_bundle, tmp_
     from trashcam.convert.bias_correction import quantize_like_tflite, weight_layers
     from trashcam.convert.config import ConvertConfig
     from trashcam.convert.pipeline import convert_bundle
-    from trashcam.edge.runtime import load_tflite_interpreter_class
+    from trashcam.edge.interpreters import load_tflite_interpreter_class
 
     d = _copy(tiny_keras_bundle, tmp_path / "b")
     stock = ConvertConfig(variants=("tflite-int8",), calib_size=30, threads=1, int8_bias_correction=False,

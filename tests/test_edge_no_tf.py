@@ -16,7 +16,8 @@ PROBE = textwrap.dedent("""
     names = [m.name for m in pkgutil.iter_modules(edge.__path__, "trashcam.edge.")]
     for n in names:
         importlib.import_module(n)
-    from trashcam.edge.runtime import Classifier, load_tflite_interpreter_class
+    from trashcam.edge.runtime import Classifier
+    from trashcam.edge.interpreters import load_tflite_interpreter_class
     from trashcam.edge.config import RunConfig
     from trashcam.edge.live import LiveRunner
     from trashcam.edge.export import export_edge_bundle
@@ -55,7 +56,7 @@ def test_cli_help_is_instant_and_teaches():
 def test_tflite_runtime_fallback_order():
     """Without LiteRT and tflite_runtime, the interpreter comes from TensorFlow (last resort), named as such."""
     code = ("import sys; sys.modules['ai_edge_litert'] = None; sys.modules['tflite_runtime'] = None\n"
-            "from trashcam.edge.runtime import load_tflite_interpreter_class\n"
+            "from trashcam.edge.interpreters import load_tflite_interpreter_class\n"
             "cls, name = load_tflite_interpreter_class(); print(name, cls.__name__)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})

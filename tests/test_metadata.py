@@ -55,7 +55,7 @@ def test_metadata_changes_no_output(sample_tflite_bundle):
     from trashcam.convert.metadata import with_metadata
     from trashcam.edge.bundle import Bundle
     from trashcam.edge.imageset import split_images
-    from trashcam.edge.runtime import TFLiteEngine
+    from trashcam.edge.interpreters import TFLiteEngine
 
     d, _ = sample_tflite_bundle
     b = Bundle.load(d)
@@ -89,7 +89,7 @@ def test_mediapipe_image_classifier_reads_every_variant(sample_tflite_bundle):
     express (the schema has no field for it), so this compares what the metadata does say."""
     from trashcam.edge.bundle import Bundle
     from trashcam.edge.imageset import split_images
-    from trashcam.edge.runtime import TFLiteEngine
+    from trashcam.edge.interpreters import TFLiteEngine
 
     d, _ = sample_tflite_bundle
     b = Bundle.load(d)

@@ -121,7 +121,7 @@ def test_score_meta_round_trip_and_unknown_kind():
 
 def test_converted_variants_output_features(scored_bundle):
     from trashcam.edge.bundle import Bundle
-    from trashcam.edge.runtime import open_engine
+    from trashcam.edge.interpreters import open_engine
     from trashcam.train.keras_engine import load_keras_model
 
     d, _ = scored_bundle

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from trashcam.edge.runtime import usable_cores
+from trashcam.edge.machine import usable_cores
 
 from .config import TrainConfig
 
@@ -30,7 +30,7 @@ class TFLitePredictor:
     """A converted Keras model with Keras' `predict(x, batch_size=, verbose=)` signature."""
 
     def __init__(self, tflite_bytes: bytes, threads: int, batch: int):
-        from trashcam.edge.runtime import load_tflite_interpreter_class
+        from trashcam.edge.interpreters import load_tflite_interpreter_class
 
         Interpreter, self.runtime = load_tflite_interpreter_class()
         self.interpreter = Interpreter(model_content=tflite_bytes, num_threads=threads)

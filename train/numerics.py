@@ -17,7 +17,7 @@ def record(cfg: TrainConfig) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from trashcam.benchmarks.environment import cpu_info
+    from trashcam.edge.machine import cpu_info
 
     cpu = cpu_info()
     return {
