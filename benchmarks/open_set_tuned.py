@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -25,11 +26,11 @@ VARIANT = "tflite-int8"
 
 
 def fold_steps(data: Path, held_out: str, bundle: Path, recipe: str, seed: int, cache: Path,
-               threads: int) -> list[tuple[str, list[str]]]:
+               threads: int, train_args: tuple[str, ...] = ()) -> list[tuple[str, list[str]]]:
     py = sys.executable
     train = [py, "-m", "trashcam.train.cli", "--data", str(data), "--out", str(bundle), "--recipe", recipe,
              "--seed", str(seed), "--exclude-classes", held_out, "--threads", str(threads), "--cache-dir", str(cache),
-             "--quiet"]
+             "--quiet", *train_args]
     if bundle.with_name(bundle.name + ".partial").is_dir():
         train.append("--resume")
     return [("train", train),
@@ -106,7 +107,8 @@ def markdown(folds: list[dict], summary: dict) -> str:
     return "\n".join(md) + "\n"
 
 
-def run(data: Path, out: Path, recipe: str, seed: int, threads: int, classes: list[str] | None) -> dict:
+def run(data: Path, out: Path, recipe: str, seed: int, threads: int, classes: list[str] | None,
+        train_args: tuple[str, ...] = ()) -> dict:
     classes = classes or sorted(p.name for p in data.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
     folds = []
     for k in classes:
@@ -118,14 +120,15 @@ def run(data: Path, out: Path, recipe: str, seed: int, threads: int, classes: li
             folds.append(json.loads(record.read_text()))
             continue
         wall = {}
-        for name, argv in fold_steps(data, k, bundle, recipe, seed, out / ".cache", threads):
+        for name, argv in fold_steps(data, k, bundle, recipe, seed, out / ".cache", threads, train_args):
             if step_done(bundle, name):
                 continue
             rc, wall[name] = _step(name, argv, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, log, 7200)
             if rc != 0:
                 raise SystemExit(f"{k}: {name} exited {rc}; see {log}")
         t0 = time.perf_counter()
-        rec = {**measure(bundle, data, k, threads), "wall_s": {**wall, "measure": round(time.perf_counter() - t0, 1)}}
+        rec = {**measure(bundle, data, k, threads), "train_args": list(train_args),
+               "wall_s": {**wall, "measure": round(time.perf_counter() - t0, 1)}}
         record.write_text(json.dumps(rec, indent=1))
         folds.append(rec)
         print(f"{k}: foreign flagged {rec['foreign_flagged']:.3f}, test flagged {rec['test_flagged']:.3f}", flush=True)
@@ -143,8 +146,12 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--classes", default="", help="held-out classes, comma-separated (default: every class)")
+    p.add_argument("--train-args", default="", metavar="'ARGS'",
+                   help="more edge-train flags for every fold, one quoted string: a recipe change measured here, "
+                        "e.g. --train-args '--label-smoothing 0 --mixup-alpha 0'")
     a = p.parse_args(argv)
-    run(a.data.resolve(), a.out, a.recipe, a.seed, a.threads, [c for c in a.classes.split(",") if c] or None)
+    run(a.data.resolve(), a.out, a.recipe, a.seed, a.threads, [c for c in a.classes.split(",") if c] or None,
+        tuple(shlex.split(a.train_args)))
     print((a.out / "summary.md").read_text())
     return 0
 

@@ -272,3 +272,5 @@ def test_tuned_open_set_measures_the_deployed_rule(scored_bundle, tmp_path):
     steps = dict(fold_steps(tmp_path, "gone", tmp_path / "b", "quick", 1, tmp_path / "c", 1))
     assert steps["train"][steps["train"].index("--exclude-classes") + 1] == "gone"
     assert "--ood-data" not in steps["calibrate"]
+    more = dict(fold_steps(tmp_path, "gone", tmp_path / "b", "quick", 1, tmp_path / "c", 1, ("--mixup-alpha", "0")))
+    assert more["train"][-2:] == ["--mixup-alpha", "0"] and more["convert"] == steps["convert"]
