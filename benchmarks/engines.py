@@ -15,8 +15,8 @@ import numpy as np
 from trashcam.edge.bundle import Bundle
 from trashcam.edge import resize
 from trashcam.edge.images import keep_frame_memory, load_for_model, open_image
-from trashcam.edge.runtime import bundle_temperature
 from trashcam.edge.interpreters import open_engine, variant_format
+from trashcam.edge.runtime import bundle_temperature
 
 from .latency import per_frame, summarize, time_interleaved, time_streamed
 

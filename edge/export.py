@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import Bundle, BundleError, current_umask
-from .runtime import choose_variant
 from .interpreters import open_engine
+from .runtime import choose_variant
 
 
 def export_edge_bundle(src: str | os.PathLike, dest: str | os.PathLike, variant: str = "auto",

@@ -30,9 +30,9 @@ from .field import FieldStage
 from .frames import Frame
 from .grabber import PrefetchSource, for_display
 from .images import load_for_model
-from .runtime import Classifier, choose_variant, classify_timed
 from .interpreters import open_engine
 from .machine import default_threads
+from .runtime import Classifier, choose_variant, classify_timed
 from .sinks import ConsoleSink, FrameSaver, JsonlSink, Sink
 from .smoothing import Smoother
 from .sources import is_live_source, open_source

@@ -298,8 +298,8 @@ def _reference_temperature(probs: np.ndarray, t: float) -> np.ndarray:
 
 
 def test_dequantise_table_and_temperature_match_the_arithmetic_exactly(quantized_models, tiny_tflite_bundle):
-    from trashcam.edge.runtime import apply_temperature
     from trashcam.edge.interpreters import TFLiteEngine
+    from trashcam.edge.runtime import apply_temperature
 
     x = np.stack([synth_image(c, np.random.default_rng(c), (32, 32)) for c in range(3)])
     float_top1 = TFLiteEngine(tiny_tflite_bundle / "model_fp32.tflite", threads=1).predict(x).argmax(-1).tolist()

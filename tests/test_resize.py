@@ -80,8 +80,8 @@ def test_frames_resized_straight_into_the_input_tensor_give_the_same_probabiliti
     already at the model's size, and a failed resize leave the interpreter able to run."""
     from trashcam.edge.bundle import Bundle
     from trashcam.edge.images import load_for_model
-    from trashcam.edge.runtime import calibrated_probs, classify_timed
     from trashcam.edge.interpreters import open_engine
+    from trashcam.edge.runtime import calibrated_probs, classify_timed
 
     d, _ = scored_bundle
     b = Bundle.load(d)
