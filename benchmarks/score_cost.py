@@ -2,8 +2,8 @@
 
 Cost: two per-frame calls timed interleaved with the other latencies (latency.time_interleaved), on the same
 model-sized image: "probs" = prepare -> invoke -> de-quantise -> temperature (what a frame cost before the
-score), "scored" = the same + reading the features output + the score (Classifier.frame_score). Their ratio is
-the per-frame cost of the score; a shared machine moves both alike, so the ratio is steadier than either.
+score), "scored" = the same + reading the features output + the score (runtime.flag_frame, Classifier's rule).
+Their ratio is the per-frame cost of the score; a shared machine moves both alike, so the ratio is steadier than either.
 Quality: what edge-calibrate recorded for the variant (flagged share of validation and of foreign images at the
 bundle's threshold, ECE after temperature), read from the bundle and its calibration report.
 """
@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from trashcam.edge.bundle import Bundle
-from trashcam.edge.runtime import calibrated_probs, ood_for_engine
+from trashcam.edge.runtime import calibrated_probs, flag_frame, uncertainty_rule
 
 
 def timed_calls(bundle: Bundle, variant: str, engine, image_u8: np.ndarray, temperature: float
@@ -24,7 +24,7 @@ def timed_calls(bundle: Bundle, variant: str, engine, image_u8: np.ndarray, temp
     (or the engine cannot run one: keras)."""
     if not hasattr(engine, "features"):
         return {}
-    ood = ood_for_engine(bundle, variant, engine)
+    ood, min_confidence = uncertainty_rule(bundle, variant, engine)
     if ood is None:
         return {}
 
@@ -32,9 +32,7 @@ def timed_calls(bundle: Bundle, variant: str, engine, image_u8: np.ndarray, temp
         return calibrated_probs(engine, image_u8, temperature)
 
     def scored():
-        p = probs()
-        feats = engine.features() if ood.needs_features else None
-        return ood.frame_score(p, feats) > ood.threshold
+        return flag_frame(ood, min_confidence, engine, probs())[1]
 
     return {"probs": probs, "scored": scored}
 
@@ -74,15 +72,12 @@ def test_metrics(bundle: Bundle, variant: str, engine, images) -> dict | None:
     if not hasattr(engine, "features") or not len(images):
         return None
     t = bundle_temperature(bundle, variant)
-    ood = ood_for_engine(bundle, variant, engine)
+    ood, min_confidence = uncertainty_rule(bundle, variant, engine)
     probs, flagged = [], []
     for im in images.x:
         p = calibrated_probs(engine, im, t)
         probs.append(p)
-        if ood is not None:
-            flagged.append(bool(ood.score(p, engine.features() if ood.needs_features else None)[0] > ood.threshold))
-        else:
-            flagged.append(float(p.max()) < float(bundle.calibration.get("threshold", 0.0)))
+        flagged.append(flag_frame(ood, min_confidence, engine, p)[1])
     probs = np.stack(probs)
     return {"ece_after": round(ece(probs, images.y), 6), "flagged": round(float(np.mean(flagged)), 6),
             "rule": ood.kind if ood is not None else "max-probability", "temperature": t, "images": len(images)}

@@ -76,13 +76,27 @@ def bundle_temperature(bundle: Bundle, variant: str) -> float:
     return float(cal.get("temperature_by_variant", {}).get(variant) or cal.get("temperature") or 1.0)
 
 
-def ood_for_engine(bundle: Bundle, variant: str, engine) -> OodScore | None:
-    """The variant's fitted uncertainty score if this engine can feed it (a feature score needs the features
-    output), else None: the caller falls back to max-probability."""
+def uncertainty_rule(bundle: Bundle, variant: str, engine, min_confidence: float | None = None
+                     ) -> tuple[OodScore | None, float]:
+    """(fitted score or None, max-probability threshold): what `flag_frame` reads. The variant's fitted score
+    when the engine can feed it (a feature score needs the features output); else, or when `min_confidence` is
+    given, max-probability under that or the bundle's calibrated threshold."""
+    if min_confidence is not None:
+        return None, float(min_confidence)
     ood = load_for_variant(bundle, variant)
     if ood is not None and ood.needs_features and not getattr(engine, "has_features", False):
-        return None
-    return ood
+        ood = None
+    return ood, float(bundle.calibration.get("threshold", 0.0))
+
+
+def flag_frame(ood: OodScore | None, min_confidence: float, engine, probs: np.ndarray) -> tuple[float, bool]:
+    """(uncertainty score, uncertain?) of the frame `engine` just ran: the one "uncertain" rule, shared by
+    `Classifier`, edge-run's streams and edge-bench's measurements."""
+    if ood is not None:
+        score = ood.frame_score(probs, engine.features())
+        return score, score > ood.threshold
+    conf = float(np.max(probs))
+    return 1.0 - conf, conf < min_confidence
 
 
 # Preferred order when nothing measured says otherwise: smallest first among those that passed the check.
@@ -194,9 +208,7 @@ class Classifier:
         self.labels = self.bundle.labels
         self.pre = self.bundle.preprocessing
         self.temperature = float(temperature or bundle_temperature(self.bundle, self.variant))
-        cal = self.bundle.calibration
-        self.min_confidence = float(min_confidence if min_confidence is not None else cal.get("threshold", 0.0))
-        self.ood = None if min_confidence is not None else ood_for_engine(self.bundle, self.variant, self.engine)
+        self.ood, self.min_confidence = uncertainty_rule(self.bundle, self.variant, self.engine, min_confidence)
 
     def probs(self, image_u8: np.ndarray) -> np.ndarray:
         """Calibrated probabilities for one preprocessed (H, W, 3) uint8 image."""
@@ -204,11 +216,7 @@ class Classifier:
 
     def frame_score(self, engine, probs: np.ndarray) -> tuple[float, bool]:
         """(uncertainty score, uncertain?) of the frame `engine` (this classifier's or a stream's) just ran."""
-        if self.ood is not None:
-            score = self.ood.frame_score(probs, engine.features())
-            return score, score > self.ood.threshold
-        conf = float(np.max(probs))
-        return 1.0 - conf, conf < self.min_confidence
+        return flag_frame(self.ood, self.min_confidence, engine, probs)
 
     def classify(self, image: ImageLike) -> Prediction:
         t0 = time.perf_counter()
