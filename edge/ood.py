@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-
 def msp_score(probs: np.ndarray) -> np.ndarray:
     return 1.0 - np.asarray(probs, np.float64).max(axis=-1)
 

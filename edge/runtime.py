@@ -91,9 +91,10 @@ def uncertainty_rule(bundle: Bundle, variant: str, engine, min_confidence: float
 
 def flag_frame(ood: OodScore | None, min_confidence: float, engine, probs: np.ndarray) -> tuple[float, bool]:
     """(uncertainty score, uncertain?) of the frame `engine` just ran: the one "uncertain" rule, shared by
-    `Classifier`, edge-run's streams and edge-bench's measurements."""
+    `Classifier`, edge-run's streams and edge-bench's measurements. The features output is read (and
+    de-quantised) only for a score that uses it."""
     if ood is not None:
-        score = ood.frame_score(probs, engine.features())
+        score = ood.frame_score(probs, engine.features() if ood.needs_features else None)
         return score, score > ood.threshold
     conf = float(np.max(probs))
     return 1.0 - conf, conf < min_confidence

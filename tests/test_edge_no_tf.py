@@ -16,8 +16,8 @@ PROBE = textwrap.dedent("""
     names = [m.name for m in pkgutil.iter_modules(edge.__path__, "trashcam.edge.")]
     for n in names:
         importlib.import_module(n)
-    from trashcam.edge.runtime import Classifier
     from trashcam.edge.interpreters import load_tflite_interpreter_class
+    from trashcam.edge.runtime import Classifier
     from trashcam.edge.config import RunConfig
     from trashcam.edge.live import LiveRunner
     from trashcam.edge.export import export_edge_bundle

@@ -274,3 +274,23 @@ def test_tuned_open_set_measures_the_deployed_rule(scored_bundle, tmp_path):
     assert "--ood-data" not in steps["calibrate"]
     more = dict(fold_steps(tmp_path, "gone", tmp_path / "b", "quick", 1, tmp_path / "c", 1, ("--mixup-alpha", "0")))
     assert more["train"][-2:] == ["--mixup-alpha", "0"] and more["convert"] == steps["convert"]
+
+
+def test_flag_frame_reads_features_only_for_a_feature_score():
+    """The per-frame rule de-quantises the features output only when the score uses it (msp does not)."""
+    from trashcam.edge.ood import OodScore, Prototypes
+    from trashcam.edge.runtime import flag_frame
+
+    class Engine:
+        reads = 0
+
+        def features(self):
+            Engine.reads += 1
+            return np.array([[1.0, 0.0]], np.float32)
+
+    probs = np.array([0.7, 0.3], np.float32)
+    assert flag_frame(OodScore("msp", 0.2), 0.0, Engine(), probs) == (pytest.approx(0.3), True)
+    assert flag_frame(None, 0.8, Engine(), probs) == (pytest.approx(0.3), True)
+    assert Engine.reads == 0
+    protos = OodScore("prototypes", 0.5, Prototypes(np.array([[1.0, 0.0], [0.0, 1.0]])))
+    assert flag_frame(protos, 0.0, Engine(), probs) == (pytest.approx(0.0, abs=1e-6), False) and Engine.reads == 1
