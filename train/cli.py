@@ -21,6 +21,8 @@ EPILOG = """examples:
   edge-train --data ../shared/data/trashnet5 --out runs/trashnet         # default recipe, ~15-20 min on 2 cores
   edge-train --data DIR --out runs/seed --recipe seed --weights none     # the published notebook's recipe
   edge-train --data DIR --out runs/x --resume                            # continue an interrupted run
+  edge-train --data DIR --out runs/teacher --backbone efficientnet_lite2 --image-size 288 --split-seed 42
+  edge-train --data DIR --out runs/student --teacher runs/teacher --split-seed 42   # Lite2 distilled into Lite0
 
 recipes:
   default  EfficientNet-Lite0 (offline ImageNet weights), frozen part cached per augmented view,
@@ -72,6 +74,11 @@ HELP = {
     "frozen_inference": "forward passes through frozen layers (cached views, stage-1 features): 'tflite' (LiteRT, "
                         "float32, ~4x Keras on a CPU; checked against Keras), 'keras', or 'auto' (tflite without a GPU)",
     "cache_dir": "where decoded images are cached (default $TRASHCAM_CACHE or ~/.cache/trashcam)",
+    "teacher": "knowledge distillation: a trained bundle with the same classes and --image-size whose probabilities on "
+               "every cached view make --distill-weight of the targets (--mode cached). The model that ships keeps "
+               "the student's size and speed",
+    "distill_weight": "share of the teacher's probabilities in the targets (the rest: the smoothed labels)",
+    "distill_temperature": "softens the teacher's probabilities (> 1: softer) before they are blended",
 }
 
 

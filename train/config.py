@@ -92,6 +92,11 @@ class TrainConfig(JsonConfig):
     label_smoothing: float = 0.05
     class_weights: bool = True
     class_weight_clip: tuple[float, float] = (0.7, 1.6)
+    # knowledge distillation (mode "cached"; train/distill.py): a trained bundle with the same classes and input size
+    # whose probabilities on each cached view, softened at distill_temperature, make distill_weight of the targets
+    teacher: str = ""
+    distill_weight: float = setting(0.5, min=0, max=1)
+    distill_temperature: float = setting(1.0, above=0)
 
     # evaluation
     tta: bool = True
@@ -115,6 +120,8 @@ class TrainConfig(JsonConfig):
                 raise ConfigError(name, "must be >= 1", getattr(self, name))
         if self.fold:
             parse_fold(self.fold)
+        if self.teacher and self.mode != "cached":
+            raise ConfigError("teacher", "distillation runs in mode 'cached' only", self.teacher)
         for name in ("stage1_epochs", "stage2_epochs", "stage1_patience", "stage2_patience", "threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, "must be >= 0", getattr(self, name))

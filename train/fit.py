@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import augment
+from . import augment, distill
 from .checkpoint import Checkpoint
 from .config import TrainConfig
 from .frozen_inference import frozen_predictor
@@ -153,9 +153,10 @@ def finished(ckpt: Checkpoint | None, name: str) -> StageResult | None:
     return StageResult.from_dict(saved["result"]) if saved and saved.get("done") else None
 
 
-def _mixed(x, y, n_classes, sw, cfg: TrainConfig, rng):
-    """Smoothed one-hot targets, then MixUp (which returns its inputs unchanged at alpha 0)."""
-    t = augment.one_hot_smooth(y, n_classes, cfg.label_smoothing)
+def _mixed(x, y, n_classes, sw, cfg: TrainConfig, rng, teacher: np.ndarray | None = None):
+    """Smoothed one-hot targets (blended with the `teacher`'s probabilities of these samples, if any), then MixUp
+    (which returns its inputs unchanged at alpha 0)."""
+    t = distill.blend(augment.one_hot_smooth(y, n_classes, cfg.label_smoothing), teacher, cfg)
     x, t, sw, _, _ = augment.mixup(x, t, sw, cfg.mixup_alpha, rng)
     return x, t, sw
 
@@ -251,26 +252,35 @@ def fit_full(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarray,
     return results
 
 
-def _cache_views(model, x: np.ndarray, cfg: TrainConfig, rng, desc: str, dtype=np.float32) -> np.ndarray:
-    """`model` on `cfg.views` views of every image -> (N, V, ...). View 0 is the plain image; the rest are random
-    augmentations drawn with the recipe's parameters."""
+def _cache_views(model, x: np.ndarray, cfg: TrainConfig, rng, desc: str, dtype=np.float32, teacher=None):
+    """`model` on `cfg.views` views of every image -> (N, V, ...), and the `teacher`'s probabilities on the same
+    views (N, V, C) (None without one). View 0 is the plain image; the rest are random augmentations drawn with
+    the recipe's parameters."""
+    soft: list[np.ndarray] = []
+
     def view(xb, v):
-        return xb.astype(np.float32) if v == 0 else augment.augment_batch(xb, rng, cfg)
+        xa = xb.astype(np.float32) if v == 0 else augment.augment_batch(xb, rng, cfg)
+        if teacher is not None:  # here, the teacher sees exactly the pixels the student's cache is made from
+            soft.append(predict(teacher, xa, cfg.batch_size))
+        return xa
 
     out = [batched_predict(model, x, cfg.batch_size, f"{desc} view {v + 1}/{cfg.views}", cfg.verbose,
                            transform=lambda xb, v=v: view(xb, v)).astype(dtype) for v in range(cfg.views)]
-    return np.stack(out, 1)
+    teacher_p = np.concatenate(soft).reshape(cfg.views, len(x), -1).swapaxes(0, 1) if teacher is not None else None
+    return np.stack(out, 1), teacher_p
 
 
 def _head_stage(parts: ClassifierParts, feats: np.ndarray, train, val_feat: np.ndarray, tv: np.ndarray,
-                n_classes: int, w: np.ndarray, cfg: TrainConfig, ckpt, cache_s: float) -> StageResult:
+                n_classes: int, w: np.ndarray, cfg: TrainConfig, ckpt, cache_s: float,
+                teacher_p: np.ndarray | None = None) -> StageResult:
     """Stage 1 on cached pooled features (N, V, D): every view every epoch, it costs milliseconds. `cache_s`:
-    what computing the cache took, reported with the stage."""
+    what computing the cache took, reported with the stage. `teacher_p`: a teacher's probabilities (N, V, C)."""
     head = head_model(parts)
     f_all = feats.reshape(-1, feats.shape[-1])
     y_all, w_all = np.repeat(train.y, cfg.views), np.repeat(w, cfg.views)
+    t_all = None if teacher_p is None else teacher_p.reshape(-1, teacher_p.shape[-1])
     r = run_stage("stage1", head,
-                  lambda e: _mixed(f_all, y_all, n_classes, w_all, cfg, epoch_rng(cfg, "stage1", e)),
+                  lambda e: _mixed(f_all, y_all, n_classes, w_all, cfg, epoch_rng(cfg, "stage1", e), t_all),
                   (val_feat, tv), cfg.stage1_epochs, cfg.stage1_patience, cfg.stage1_lr, True, cfg.batch_size, ckpt,
                   cfg.verbose, _jit(cfg), n_per_epoch=len(f_all), full_model=parts.model, monitor=cfg.monitor,
                   seed=cfg.seed)
@@ -295,7 +305,7 @@ def fit_hybrid(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarra
         to_feat = keras.Model(parts.model.input, parts.model.get_layer("head_pool").output, name="features")
         to_feat = frozen_predictor(to_feat, cfg, {} if compute is None else compute, train.x[:4],
                                    len(train.x) * cfg.views + len(val.x))
-        feats = _cache_views(to_feat, train.x, cfg, rng, "cache")
+        feats, _ = _cache_views(to_feat, train.x, cfg, rng, "cache")
         val_feat = batched_predict(to_feat, val.x, cfg.batch_size, "cache val", cfg.verbose)
         s1 = _head_stage(parts, feats, train, val_feat, tv, n_classes, sw[train.y], cfg, ckpt,
                          time.perf_counter() - t0)
@@ -309,8 +319,9 @@ def fit_hybrid(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarra
 
 
 def fit_cached(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarray, cfg: TrainConfig,
-               ckpt: Checkpoint | None, compute: dict | None = None) -> list[StageResult]:
-    """Frozen part once per augmented view; epochs train only the head (stage 1) or the top blocks (stage 2)."""
+               ckpt: Checkpoint | None, compute: dict | None = None, teacher=None) -> list[StageResult]:
+    """Frozen part once per augmented view; epochs train only the head (stage 1) or the top blocks (stage 2).
+    `teacher`: a Keras model whose probabilities on each cached view join that view's targets (train/distill.py)."""
     rng = np.random.default_rng(cfg.seed)
     t_cache = time.perf_counter()
     start = stage2_index(parts, cfg.stage2_from)
@@ -319,7 +330,9 @@ def fit_cached(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarra
     compute = {} if compute is None else compute
     n_passes = len(train.x) * cfg.views + len(val.x)
     trunk = frozen_predictor(trunk, cfg, compute, train.x[:4], n_passes)
-    acts = _cache_views(trunk, train.x, cfg, rng, "cache", np.float16)  # (N, V, h', w', c)
+    if teacher is not None:
+        teacher = frozen_predictor(teacher, cfg, compute, train.x[:4], len(train.x) * cfg.views)
+    acts, teacher_p = _cache_views(trunk, train.x, cfg, rng, "cache", np.float16, teacher)  # (N, V, h', w', c)
     val_act = batched_predict(trunk, val.x, cfg.batch_size, "cache val", cfg.verbose).astype(np.float16)
     tv = augment.one_hot_smooth(val.y, n_classes, 0.0)
     w = sw[train.y]
@@ -331,7 +344,7 @@ def fit_cached(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarra
                           for v in range(cfg.views)], 1)  # (N, V, D)
         val_feat = batched_predict(to_features, val_act, cfg.batch_size, "features", 0)
         results = [_head_stage(parts, feats, train, val_feat, tv, n_classes, w, cfg, ckpt,
-                               time.perf_counter() - t_cache)]
+                               time.perf_counter() - t_cache, teacher_p)]
     else:
         results = [s1]
     stage1_weights = _stage1_weights(parts, ckpt, s1 is None)
@@ -345,7 +358,8 @@ def fit_cached(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarra
         def epoch_data(epoch):
             erng = epoch_rng(cfg, "stage2", epoch)
             pick = erng.integers(0, cfg.views, len(idx))
-            return _mixed(acts[idx, pick].astype(np.float32), train.y, n_classes, w, cfg, erng)
+            return _mixed(acts[idx, pick].astype(np.float32), train.y, n_classes, w, cfg, erng,
+                          None if teacher_p is None else teacher_p[idx, pick])
 
         s2 = run_stage("stage2", top, epoch_data, (val_act.astype(np.float32), tv), cfg.stage2_epochs,
                        cfg.stage2_patience, cfg.stage2_lr, cfg.stage2_cosine, cfg.batch_size, ckpt, cfg.verbose,

@@ -160,6 +160,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
     from .backbones.efficientnet_lite0 import Lite0WeightsError
     from .backbones.torch_legacy import TorchFileError
     from .checkpoint import Checkpoint
+    from .distill import load_teacher
     from .fit import fit_cached, fit_full, fit_hybrid
     from .frozen_inference import frozen_predictor
     from .model import build_classifier
@@ -168,6 +169,8 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
     split = _split(cfg, partial)
     split.save(partial / "split.json")
     pre = Preprocessing(input_size=(cfg.image_size, cfg.image_size), resize=cfg.resize)
+    # a wrong teacher fails here, before minutes of decoding
+    teacher = {"teacher": load_teacher(cfg.teacher, split, pre.input_size)} if cfg.teacher else {}
     cache = cfg.cache_dir or default_cache_dir()
     t0 = time.perf_counter()
     sets = {s: decode_images(split.paths(s), split.labels(s), pre, cache, desc=f"decode {s}",
@@ -205,7 +208,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
     t1 = time.perf_counter()
     with strategy.scope():
         fit = {"cached": fit_cached, "hybrid": fit_hybrid, "full": fit_full}[cfg.mode]
-        stages = fit(parts, sets["train"], sets["val"], n_classes, sw, eff, ckpt, compute)
+        stages = fit(parts, sets["train"], sets["val"], n_classes, sw, eff, ckpt, compute, **teacher)
     train_s = time.perf_counter() - t1
 
     t2 = time.perf_counter()
