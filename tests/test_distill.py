@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from trashcam.edge.temperature import apply_temperature
 from trashcam.train import distill, fit
 from trashcam.train.config import QUICK, ConfigError
 
@@ -14,7 +15,7 @@ def test_blend_mixes_labels_and_softened_teacher_probabilities():
     cfg = QUICK.replace(distill_weight=0.25, distill_temperature=2.0)
     hard = np.eye(3, dtype=np.float32)[[0, 2]]
     teacher = np.array([[0.8, 0.1, 0.1], [0.2, 0.2, 0.6]], np.float32)
-    soft = distill.soften(teacher, 2.0)
+    soft = apply_temperature(teacher, 2.0)
     # temperature 2 is the square root of the probabilities, renormalised
     np.testing.assert_allclose(soft[0], np.sqrt(teacher[0]) / np.sqrt(teacher[0]).sum(), rtol=1e-5)
     t = distill.blend(hard, teacher, cfg)

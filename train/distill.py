@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trashcam.edge.temperature import apply_temperature
+
 from .config import TrainConfig
 
 
@@ -23,7 +25,7 @@ def load_teacher(path: str, split, input_size: tuple[int, int]):
     student's input size (it sees the student's augmented views, pixel for pixel), and never to have trained on
     the student's validation or test images (`split`: the student's), which would leak them into its targets."""
     from trashcam.edge.bundle import Bundle, BundleError
-    from trashcam.edge.dataset import Split
+    from trashcam.edge.imageset import load_split
 
     from .keras_engine import load_keras_model
 
@@ -36,7 +38,10 @@ def load_teacher(path: str, split, input_size: tuple[int, int]):
     if tuple(bundle.preprocessing.input_size) != tuple(input_size):
         raise TeacherError(f"--teacher {path} takes {bundle.preprocessing.input_size} images, the student "
                            f"{input_size}: train the teacher with the student's --image-size")
-    seen = {rel for rel, _ in Split.load(bundle.path / "split.json").files.get("train", [])}
+    try:
+        seen = {rel for rel, _ in load_split(bundle).files.get("train", [])}
+    except BundleError as e:
+        raise TeacherError(f"--teacher {path}: {e}") from None
     leaked = [rel for name in ("val", "test") for rel, _ in split.files.get(name, []) if rel in seen]
     if leaked:
         raise TeacherError(f"--teacher {path} trained on {len(leaked)} of this run's validation/test images (e.g. "
@@ -44,17 +49,10 @@ def load_teacher(path: str, split, input_size: tuple[int, int]):
     return load_keras_model(bundle)
 
 
-def soften(p: np.ndarray, temperature: float) -> np.ndarray:
-    """Probabilities at a temperature (> 1: softer), computed from their logs."""
-    z = np.log(np.clip(p, 1e-7, 1.0)) / temperature
-    z -= z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
-
-
 def blend(hard: np.ndarray, teacher: np.ndarray | None, cfg: TrainConfig) -> np.ndarray:
-    """The training targets: (1 - w) x the (smoothed) labels + w x the teacher's softened probabilities."""
+    """The training targets: (1 - w) x the (smoothed) labels + w x the teacher's probabilities at the distillation
+    temperature (> 1: softer; the same softmax(log p / T) that calibration applies on the device)."""
     if teacher is None:
         return hard
     w = cfg.distill_weight
-    return ((1 - w) * hard + w * soften(teacher, cfg.distill_temperature)).astype(np.float32)
+    return ((1 - w) * hard + w * apply_temperature(teacher, cfg.distill_temperature)).astype(np.float32)
