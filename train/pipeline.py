@@ -153,7 +153,6 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
         raise TrainError(f"{out} already holds a bundle; choose another --out or pass --overwrite")
     if not cfg.resume and partial.exists():
         shutil.rmtree(partial)
-    partial.mkdir(parents=True, exist_ok=True)
 
     from . import evaluate as ev
     from . import numerics
@@ -167,10 +166,11 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
 
     strategy, compute = setup_compute(cfg)
     split = _split(cfg, partial)
-    split.save(partial / "split.json")
     pre = Preprocessing(input_size=(cfg.image_size, cfg.image_size), resize=cfg.resize)
-    # a wrong teacher fails here, before minutes of decoding
+    # a wrong teacher fails here, before minutes of decoding; bad data or a bad teacher leave no OUT.partial/ behind
     teacher = {"teacher": load_teacher(cfg.teacher, split, pre.input_size)} if cfg.teacher else {}
+    partial.mkdir(parents=True, exist_ok=True)
+    split.save(partial / "split.json")
     cache = cfg.cache_dir or default_cache_dir()
     t0 = time.perf_counter()
     sets = {s: decode_images(split.paths(s), split.labels(s), pre, cache, desc=f"decode {s}",
