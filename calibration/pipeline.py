@@ -76,6 +76,10 @@ def _calibrate_locked(bundle_dir: str | os.PathLike, config: CalibrationConfig) 
     images = folder_images(config.data, bundle) if config.data else split_images(bundle, "val", config.data_root)
     if len(images) == 0:
         raise ValueError(f"no readable validation images in {images.source}")
+    if not config.data and bundle.metadata.get("training", {}).get("config", {}).get("stage2_data") == "train+val":
+        print("WARNING: this bundle's stage 2 trained on its validation images (--stage2-data train+val): the "
+              "temperature and the uncertain threshold are fitted on images the model has seen; --data DIR with "
+              "held-out images fits them without that bias", file=sys.stderr)
     y = images.y
     base = "keras" if "keras" in names else names[0]
     ood = _ood_images(config.ood_data, bundle) if config.ood_data else None

@@ -78,6 +78,8 @@ HELP = {
                "every cached view make --distill-weight of the targets (--mode cached). The model that ships keeps "
                "the student's size and speed",
     "distill_weight": "share of the teacher's probabilities in the targets (the rest: the smoothed labels)",
+    "stage2_data": "'train+val': validation images also train stage 2 (8 cached views each) after stage 1's early "
+                   "stopping used them; needs a fixed-length stage 2. edge-calibrate then fits on seen images and warns",
     "distill_temperature": "softens the teacher's probabilities (> 1: softer) before they are blended",
 }
 

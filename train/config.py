@@ -97,6 +97,11 @@ class TrainConfig(JsonConfig):
     teacher: str = ""
     distill_weight: float = setting(0.5, min=0, max=1)
     distill_temperature: float = setting(1.0, above=0)
+    # what stage 2 trains on: "train", or "train+val" (mode "cached", fixed-length stage 2): validation images join
+    # stage 2 (8 views each, like training images) once stage 1's early stopping has used them; the stage chooses
+    # nothing on validation, so the images teach instead of only being watched. Calibration then fits on images the
+    # model has seen (edge-calibrate warns).
+    stage2_data: str = setting("train", choices=("train", "train+val"))
 
     # evaluation
     tta: bool = True
@@ -122,6 +127,10 @@ class TrainConfig(JsonConfig):
             parse_fold(self.fold)
         if self.teacher and self.mode != "cached":
             raise ConfigError("teacher", "distillation runs in mode 'cached' only", self.teacher)
+        if self.stage2_data != "train" and (self.mode != "cached" or self.stage2_patience != 0):
+            raise ConfigError("stage2_data", "validation images join stage 2 only in mode 'cached' with a "
+                              "fixed-length stage 2 (--stage2-patience 0): nothing may be chosen on them",
+                              self.stage2_data)
         for name in ("stage1_epochs", "stage2_epochs", "stage1_patience", "stage2_patience", "threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, "must be >= 0", getattr(self, name))

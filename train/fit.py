@@ -271,9 +271,10 @@ def _cache_views(model, x: np.ndarray, cfg: TrainConfig, rng, desc: str, dtype=n
 
 def _head_stage(parts: ClassifierParts, feats: np.ndarray, train, val_feat: np.ndarray, tv: np.ndarray,
                 n_classes: int, w: np.ndarray, cfg: TrainConfig, ckpt, cache_s: float,
-                teacher_p: np.ndarray | None = None) -> StageResult:
+                teacher_p: np.ndarray | None = None, n_cached: int = 0) -> StageResult:
     """Stage 1 on cached pooled features (N, V, D): every view every epoch, it costs milliseconds. `cache_s`:
-    what computing the cache took, reported with the stage. `teacher_p`: a teacher's probabilities (N, V, C)."""
+    what computing the cache of `n_cached` passes took (default: the views plus validation), reported with the
+    stage. `teacher_p`: a teacher's probabilities (N, V, C)."""
     head = head_model(parts)
     f_all = feats.reshape(-1, feats.shape[-1])
     y_all, w_all = np.repeat(train.y, cfg.views), np.repeat(w, cfg.views)
@@ -283,7 +284,7 @@ def _head_stage(parts: ClassifierParts, feats: np.ndarray, train, val_feat: np.n
                   (val_feat, tv), cfg.stage1_epochs, cfg.stage1_patience, cfg.stage1_lr, True, cfg.batch_size, ckpt,
                   cfg.verbose, _jit(cfg), n_per_epoch=len(f_all), full_model=parts.model, monitor=cfg.monitor,
                   seed=cfg.seed)
-    n = feats.shape[0] * feats.shape[1] + len(val_feat)
+    n = n_cached or feats.shape[0] * feats.shape[1] + len(val_feat)
     r.info = {"cache_seconds": round(cache_s, 1), "cached_views": n, "cache_images_per_s": round(n / cache_s, 1),
               "trainable_weights": int(sum(int(np.prod(v.shape)) for v in head.trainable_weights))}
     return finish(ckpt, parts, r)
@@ -327,14 +328,20 @@ def fit_cached(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarra
     set_stage(parts, 2, cfg)
     trunk, top, to_features = trunk_and_top(parts, start)
     compute = {} if compute is None else compute
-    n_passes = len(train.x) * cfg.views + len(val.x)
+    with_val = cfg.stage2_data == "train+val"
+    n_views = (len(train.x) + len(val.x) * with_val) * cfg.views
+    n_passes = n_views + len(val.x) * (not with_val)
     trunk = frozen_predictor(trunk, cfg, compute, train.x[:4], n_passes)
     if teacher is not None:
-        teacher = frozen_predictor(teacher, cfg, compute, train.x[:4], len(train.x) * cfg.views)
+        teacher = frozen_predictor(teacher, cfg, compute, train.x[:4], n_views)
     acts, teacher_p = _cache_views(trunk, train.x, cfg, rng, "cache", np.float16, teacher)  # (N, V, h', w', c)
-    val_act = batched_predict(trunk, val.x, cfg.batch_size, "cache val", cfg.verbose).astype(np.float16)
-    tv = augment.one_hot_smooth(val.y, n_classes, 0.0)
     w = sw[train.y]
+    if with_val:  # drawn after the training views, so those are the same as without; view 0 is the plain image
+        val_acts, val_teacher = _cache_views(trunk, val.x, cfg, rng, "cache val", np.float16, teacher)
+        val_act = val_acts[:, 0].copy()
+    else:
+        val_act = batched_predict(trunk, val.x, cfg.batch_size, "cache val", cfg.verbose).astype(np.float16)
+    tv = augment.one_hot_smooth(val.y, n_classes, 0.0)
 
     s1 = finished(ckpt, "stage1")
     if s1 is None:  # pooled features for the head; a run resumed past stage 1 needs only the activations
@@ -343,7 +350,7 @@ def fit_cached(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarra
                           for v in range(cfg.views)], 1)  # (N, V, D)
         val_feat = batched_predict(to_features, val_act, cfg.batch_size, "features", 0)
         results = [_head_stage(parts, feats, train, val_feat, tv, n_classes, w, cfg, ckpt,
-                               time.perf_counter() - t_cache, teacher_p)]
+                               time.perf_counter() - t_cache, teacher_p, n_passes)]
     else:
         results = [s1]
     stage1_weights = _stage1_weights(parts, ckpt, s1 is None)
@@ -352,19 +359,24 @@ def fit_cached(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarra
     s2 = finished(ckpt, "stage2")
     if s2 is None:
         info = set_stage(parts, 2, cfg)
-        idx = np.arange(len(train.x))
+        y2 = train.y
+        if with_val:
+            acts, y2, w = np.concatenate([acts, val_acts]), np.concatenate([y2, val.y]), np.concatenate([w, sw[val.y]])
+            teacher_p = None if teacher_p is None else np.concatenate([teacher_p, val_teacher])
+            del val_acts
+        idx = np.arange(len(acts))
 
         def epoch_data(epoch):
             erng = epoch_rng(cfg, "stage2", epoch)
             pick = erng.integers(0, cfg.views, len(idx))
-            return _mixed(acts[idx, pick].astype(np.float32), train.y, n_classes, w, cfg, erng,
+            return _mixed(acts[idx, pick].astype(np.float32), y2, n_classes, w, cfg, erng,
                           None if teacher_p is None else teacher_p[idx, pick])
 
         s2 = run_stage("stage2", top, epoch_data, (val_act.astype(np.float32), tv), cfg.stage2_epochs,
                        cfg.stage2_patience, cfg.stage2_lr, cfg.stage2_cosine, cfg.batch_size, ckpt, cfg.verbose,
                        _jit(cfg), n_per_epoch=len(idx), full_model=parts.model, monitor=cfg.monitor, seed=cfg.seed)
         s2.info = {**info, "cut_at": parts.backbone_layers[start].name, "activation_shape": list(acts.shape[2:]),
-                   "cache_mb": round(acts.nbytes / 2**20, 1)}
+                   "cache_mb": round(acts.nbytes / 2**20, 1), "trained_on": cfg.stage2_data, "images": len(idx)}
         finish(ckpt, parts, s2)
     results.append(s2)
     keep_better_stage(parts, stage1_weights, results, cfg.fixed_stage2)

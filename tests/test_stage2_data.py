@@ -1,0 +1,45 @@
+"""`--stage2-data train+val`: validation images join the fixed-length stage 2 once stage 1 has used them."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from trashcam.train.config import QUICK, ConfigError
+
+
+def test_validation_joins_only_a_stage_that_chooses_nothing_on_it():
+    assert QUICK.replace(stage2_data="train+val").stage2_data == "train+val"
+    with pytest.raises(ConfigError, match="stage2_data"):
+        QUICK.replace(stage2_data="train+val", stage2_patience=3)  # early stopping on images it trains on
+    with pytest.raises(ConfigError, match="stage2_data"):
+        QUICK.replace(stage2_data="train+val", mode="full")
+    with pytest.raises(ConfigError):
+        QUICK.replace(stage2_data="val")
+
+
+def test_stage2_trains_on_validation_images_too(tiny_backbone, synthetic_dataset, tmp_path, capsys):
+    from trashcam.calibration.config import CalibrationConfig
+    from trashcam.calibration.pipeline import calibrate_bundle
+    from trashcam.train.cli import main
+
+    def train(name, *extra):
+        out = tmp_path / name
+        rc = main(["--data", str(synthetic_dataset), "--out", str(out), "--recipe", "quick", "--backbone", "tiny",
+                   "--weights", "none", "--image-size", "32", "--stage2-from", "block2a", "--stage1-epochs", "4",
+                   "--stage2-epochs", "2", "--cache-dir", str(tmp_path / "cache"), "--quiet", *extra])
+        assert rc == 0
+        return json.loads((out / "metrics.json").read_text()), out
+
+    plain, _ = train("plain")
+    both, bundle = train("both", "--stage2-data", "train+val")
+    n = both["counts"]
+    assert plain["stages"][1]["info"]["images"] == n["train"]
+    assert both["stages"][1]["info"]["images"] == n["train"] + n["val"]
+    assert both["stages"][1]["info"]["trained_on"] == "train+val"
+    # the training images' cached views are drawn first, so stage 1 (which validation only watches) is the same run
+    assert both["stages"][0]["history"]["loss"] == plain["stages"][0]["history"]["loss"]
+    assert both["stages"][1]["history"]["loss"] != plain["stages"][1]["history"]["loss"]
+    capsys.readouterr()
+    calibrate_bundle(bundle, CalibrationConfig(plots=False, threads=1))
+    assert "trained on its validation images" in capsys.readouterr().err
