@@ -16,7 +16,7 @@ import numpy as np
 from trashcam.edge.bundle import Bundle, BundleError, atomic_write_json, bundle_lock, now_iso
 from trashcam.edge.images import is_image_file
 from trashcam.edge.interpreters import ENGINES, open_engine, variant_format
-from trashcam.edge.runtime import apply_temperature
+from trashcam.edge.temperature import apply_temperature
 
 from .config import CalibrationConfig
 from .metrics import summary

@@ -13,7 +13,8 @@ from trashcam.calibration.metrics import ece, nll, reliability_bins
 from trashcam.calibration.temperature import fit_temperature
 from trashcam.calibration.threshold import choose_threshold
 from trashcam.edge.bundle import Bundle
-from trashcam.edge.runtime import Classifier, apply_temperature
+from trashcam.edge.runtime import Classifier
+from trashcam.edge.temperature import apply_temperature
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

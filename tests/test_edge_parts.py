@@ -299,7 +299,7 @@ def _reference_temperature(probs: np.ndarray, t: float) -> np.ndarray:
 
 def test_dequantise_table_and_temperature_match_the_arithmetic_exactly(quantized_models, tiny_tflite_bundle):
     from trashcam.edge.interpreters import TFLiteEngine
-    from trashcam.edge.runtime import apply_temperature
+    from trashcam.edge.temperature import apply_temperature
 
     x = np.stack([synth_image(c, np.random.default_rng(c), (32, 32)) for c in range(3)])
     float_top1 = TFLiteEngine(tiny_tflite_bundle / "model_fp32.tflite", threads=1).predict(x).argmax(-1).tolist()
@@ -327,7 +327,7 @@ def test_dequantise_table_and_temperature_match_the_arithmetic_exactly(quantized
 def test_classifier_per_frame_path_matches_the_batch_path(clf, synthetic_dataset):
     """Classifier.probs (prepare -> invoke -> postprocess -> temperature, one frame) == predict + temperature."""
     from trashcam.edge.images import load_for_model
-    from trashcam.edge.runtime import apply_temperature
+    from trashcam.edge.temperature import apply_temperature
 
     for path in sorted(synthetic_dataset.rglob("*.*"))[::7]:
         x = load_for_model(path, clf.pre)
