@@ -211,6 +211,21 @@ def write_summary(out: Path, cfg: SpreadConfig | None = None) -> dict:
     return summary
 
 
+def compare_to(out: Path, baseline: Path) -> str:
+    """OUT's runs against BASELINE's of the same ids (benchmarks/paired.py): writes OUT/paired.json, returns markdown."""
+    from .paired import compare, to_markdown
+
+    def cfg(d: Path) -> dict | None:
+        try:
+            return json.loads((d / "spread_config.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return None  # an output from before the config was saved: the per-run test counts are still checked
+    result = compare(load_records(baseline), load_records(out), cfg(baseline), cfg(out))
+    result["baseline"] = str(baseline)
+    atomic_write_json(out / "paired.json", result)
+    return to_markdown(result, str(baseline))
+
+
 def finished(out: Path, spec: RunSpec) -> bool:
     p = out / "runs" / f"{spec.id}.json"
     try:
@@ -246,12 +261,15 @@ def spread(cfg: SpreadConfig, echo=print) -> dict:
 
 EPILOG = """\
 examples:
-  edge-spread --data ../shared/data/trashnet5 --out runs/spread --seeds 1,2,3 --onednn 0,1 --threads 1,2 \
+  edge-spread --data ../shared/data/trashnet5 --out runs/spread --seeds 1,2,3 --onednn 0,1 --threads 1,2 \\
               --split-seed 42      # 12 runs: 3 seeds x oneDNN off/on x 1/2 threads, all on one split
   edge-spread --data ../shared/data/trashnet5 --out runs/cv --folds 5 --seeds 42,43
                                      # 5-fold cross-validation, two partitions: every image tested twice
   edge-spread --data data/sample --out runs/s --recipe quick --seeds 1,2
   edge-spread --out runs/spread --summary-only --write-expected benchmarks/default_recipe_spread.json
+  edge-spread --data ../shared/data/trashnet5 --out runs/cv_tv --folds 5 --seeds 42 \\
+              --train-args "--stage2-data train+val" --baseline runs/cv
+                                     # a lever, paired fold by fold with the runs it changes
 
 Outputs: OUT/runs/<id>.json per run (seed, numerics, environment, commands, wall times, float and INT8 metrics
 with per-class F1 and confusion matrix, the misclassified test images), OUT/runs/<id>/bundle, OUT/summary.json
@@ -269,8 +287,12 @@ Exit status: 0 every run finished, 1 some run failed, 2 bad arguments.
 @click.option("--dry-run", is_flag=True, help="list the runs (and which are done) and exit")
 @click.option("--write-expected", metavar="FILE",
               help="write the INT8 mean and tolerance the slow reproduction test asserts (from this summary)")
+@click.option("--baseline", metavar="DIR", type=click.Path(exists=True, file_okay=False),
+              help="another edge-spread OUT on the same data, folds and split seed: compare run by run on the same "
+                   "test images (OUT/paired.json: per-pair difference with its interval, images fixed / broken, "
+                   "McNemar p)")
 @config_options(SpreadConfig)
-def command(summary_only: bool, dry_run: bool, write_expected: str | None, **params) -> int:
+def command(summary_only: bool, dry_run: bool, write_expected: str | None, baseline: str | None, **params) -> int:
     cfg = make_config(SpreadConfig, **given(SpreadConfig, params))
     if not cfg.out:
         return error(PROG, "--out DIR is required")
@@ -294,6 +316,12 @@ def command(summary_only: bool, dry_run: bool, write_expected: str | None, **par
         if not summary.get("metrics"):
             return error(PROG, "no finished runs to take the expected spread from", 1)
         atomic_write_json(write_expected, expected_spread(summary))
+    if baseline:
+        try:
+            paired = compare_to(out, Path(baseline))
+        except ValueError as e:
+            return error(PROG, f"--baseline {baseline}: {e}")
+        print(paired)
     return 1 if summary["runs_failed"] else 0
 
 

@@ -65,6 +65,42 @@ def test_summary_of_records_names_the_confusions_and_pools_folds():
     assert confusion_summary(recs[:1])["errors"] == 2
 
 
+def _paired_record(run_id: str, wrong: list[str], images: int = 10, data: str = "/d") -> dict:
+    return {"id": run_id, "status": "ok", "test_images": images,
+            "int8": {"accuracy": 1 - len(wrong) / images,
+                     "misclassified": [[f"{data}/glass/{w}.jpg", "glass", "metal"] for w in wrong]}}
+
+
+def test_paired_comparison_counts_fixed_and_broken_images(tmp_path):
+    from trashcam.benchmarks.paired import compare, mcnemar_exact, to_markdown
+    assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(5, 5) == 1.0
+    assert mcnemar_exact(6, 0) == pytest.approx(2 / 64) and mcnemar_exact(1, 9) == pytest.approx(22 / 1024)
+    base = [_paired_record("f1", ["a", "b", "c"]), _paired_record("f2", ["d"]), _paired_record("f3", ["e"])]
+    # relative data path in one output, absolute in the other: the same images; f3 tested another set
+    cand = [_paired_record("f1", ["a"], data="data"), _paired_record("f2", ["d", "x"]),
+            _paired_record("f3", [], images=12), _paired_record("f4", [])]
+    r = compare(base, cand, {"data": "d", "folds": 5, "split_seed": None}, {"data": "d", "folds": 5})
+    assert [p["id"] for p in r["pairs"]] == ["f1", "f2"] and r["skipped"] == ["f3: 10 vs 12 test images"]
+    assert r["pairs"][0] | {"fixed": 2, "broken": 0} == r["pairs"][0] and r["pairs"][1]["broken"] == 1
+    assert r["diff"]["mean"] == pytest.approx((0.2 - 0.1) / 2) and (r["pairs_better"], r["pairs_worse"]) == (1, 1)
+    assert r["pooled"] | {"images": 20, "baseline": 0.8, "candidate": 0.85, "fixed": 2, "broken": 1} == r["pooled"]
+    assert r["pooled"]["mcnemar_p"] == pytest.approx(1.0) and "2 images fixed, 1 broken" in to_markdown(r)
+    with pytest.raises(ValueError, match="folds"):
+        compare(base, cand, {"data": "d", "folds": 5}, {"data": "d", "folds": 10})
+    with pytest.raises(ValueError, match="no run id"):
+        compare(base, [_paired_record("g", [])])
+    # through the CLI: OUT/paired.json beside the summary; a baseline from other folds is a clear error
+    for name, recs, folds in (("base", base, 5), ("cand", cand, 5), ("other", base, 10)):
+        (tmp_path / name / "runs").mkdir(parents=True)
+        (tmp_path / name / "spread_config.json").write_text(json.dumps({"data": "d", "folds": folds}))
+        for rec in recs:
+            (tmp_path / name / "runs" / f"{rec['id']}.json").write_text(json.dumps(rec))
+    assert "Paired against" in sp.compare_to(tmp_path / "cand", tmp_path / "base")
+    assert json.loads((tmp_path / "cand" / "paired.json").read_text())["pooled"]["fixed"] == 2
+    with pytest.raises(ValueError, match="not made on the same splits"):
+        sp.compare_to(tmp_path / "cand", tmp_path / "other")
+
+
 # --------------------------------------------------------------------------------------------- k-fold
 
 
