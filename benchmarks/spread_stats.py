@@ -138,11 +138,18 @@ def summarize(records: list[dict]) -> dict[str, Any]:
         out["kfold_pooled"] = {"repetitions": pooled, "int8_accuracy": describe(p["int8_accuracy"] for p in pooled),
                                "float_accuracy": describe(p["float_accuracy"] for p in pooled)}
     m = out["metrics"]
+    acc = m["int8_accuracy"]
+    if pooled and all(r.get("fold") for r in ok):
+        # folds test different images, so their range is mostly the test sets' sampling noise: the spread of the
+        # recipe is that of whole repetitions, pooled, and needs two of them
+        acc = out["kfold_pooled"]["int8_accuracy"]
+        out["targets_over"] = "k-fold repetitions, pooled"
     out["targets"] = {
-        "int8_accuracy_mean >= 95.0 %": m["int8_accuracy"]["mean"] >= TARGETS["int8_accuracy_mean"],
+        "int8_accuracy_mean >= 95.0 %": acc["mean"] >= TARGETS["int8_accuracy_mean"],
         "int8_macro_f1_mean >= 0.95": m["int8_macro_f1"]["mean"] >= TARGETS["int8_macro_f1_mean"],
         "int8_drop_pp_mean <= 0.3": m["int8_drop_pp"]["mean"] <= TARGETS["int8_drop_pp_mean_max"],
-        "int8_accuracy max - min <= 1.0 pp": m["int8_accuracy"]["range"] * 100 <= TARGETS["int8_accuracy_range_pp_max"],
+        "int8_accuracy max - min <= 1.0 pp": (acc["range"] * 100 <= TARGETS["int8_accuracy_range_pp_max"]
+                                              if acc["n"] > 1 else None),
     }
     return out
 
@@ -201,6 +208,8 @@ def to_markdown(summary: dict, title: str = "Spread of training runs") -> str:
     if conf["named"]:
         lines += ["", "Named pairs (issue 12): " + "; ".join(
             f"{p['true']} -> {p['predicted']} {p['per_run']:.1f}/run" for p in conf["named"])]
-    lines += ["", "Targets (INT8, single pass): " + "; ".join(
-        f"{k}: {'met' if v else 'NOT met'}" for k, v in summary["targets"].items())]
+    verdict = {True: "met", False: "NOT met", None: "not measured (needs two)"}
+    over = f"; accuracy over {summary['targets_over']}" if "targets_over" in summary else ""
+    lines += ["", f"Targets (INT8, single pass{over}): "
+              + "; ".join(f"{k}: {verdict[v]}" for k, v in summary["targets"].items())]
     return "\n".join(lines) + "\n"

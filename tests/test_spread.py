@@ -60,6 +60,9 @@ def test_summary_of_records_names_the_confusions_and_pools_folds():
     assert "Wilson 95 %" in to_markdown(s)
     assert set(s["by_seed"]) == {"seed=1", "seed=2"} and s["per_class_f1"]["int8"]["glass"]["mean"] == 0.9
     assert s["targets"]["int8_accuracy_mean >= 95.0 %"] is False
+    # only folds here: the spread target is over pooled repetitions, and one repetition measures none
+    assert s["targets_over"] == "k-fold repetitions, pooled"
+    assert s["targets"]["int8_accuracy max - min <= 1.0 pp"] is None and "not measured" in to_markdown(s)
     exp = expected_spread(s, margin_pp=0.5)
     assert exp["tolerance"] == pytest.approx(1 / 30 + 0.005, abs=1e-4) and exp["measured"] is True
     assert confusion_summary(recs[:1])["errors"] == 2
