@@ -37,6 +37,7 @@ def test_stage2_trains_on_validation_images_too(tiny_backbone, synthetic_dataset
     assert plain["stages"][1]["info"]["images"] == n["train"]
     assert both["stages"][1]["info"]["images"] == n["train"] + n["val"]
     assert both["stages"][1]["info"]["trained_on"] == "train+val"
+    assert "also trained on the validation images" in (bundle / "report.md").read_text()
     # the training images' cached views are drawn first, so stage 1 (which validation only watches) is the same run
     assert both["stages"][0]["history"]["loss"] == plain["stages"][0]["history"]["loss"]
     assert both["stages"][1]["history"]["loss"] != plain["stages"][1]["history"]["loss"]

@@ -75,9 +75,11 @@ def plot_history(stages: list, path: Path) -> None:
         h = st.history
         ep = np.arange(offset, offset + len(h["loss"])) + 1
         axes[0].plot(ep, h["loss"], label=f"{st.name} train")
-        axes[0].plot(ep, h["val_loss"], "--", label=f"{st.name} val")
+        # a stage that trains on the validation images (--stage2-data train+val) cannot be judged by them
+        val = f"{st.name} val" + (" (trained on)" if (st.info or {}).get("trained_on") == "train+val" else "")
+        axes[0].plot(ep, h["val_loss"], "--", label=val)
         axes[1].plot(ep, h["accuracy"], label=f"{st.name} train")
-        axes[1].plot(ep, h["val_accuracy"], "--", label=f"{st.name} val")
+        axes[1].plot(ep, h["val_accuracy"], "--", label=val)
         offset += len(h["loss"])
     for ax, t in zip(axes, ("loss (train: MixUp + smoothed targets)", "accuracy")):
         ax.set_title(t)
@@ -162,6 +164,9 @@ def report_markdown(summary: dict[str, Any]) -> str:
         lines += ["", "Stage 2 never beat stage 1's validation loss, so stage 1's weights were kept."]
     if any(st.get("info", {}).get("fixed_length") for st in summary["stages"]):
         lines += ["", "Stage 2 has a fixed length: its last epoch is the model (\"best epoch\" is the last)."]
+    if any(st.get("info", {}).get("trained_on") == "train+val" for st in summary["stages"]):
+        lines += ["", "Stage 2 also trained on the validation images (--stage2-data train+val): its validation loss "
+                      "is on seen images, and calibration belongs on images the model never saw."]
     lines += ["", f"Wall time: {summary['seconds']['total']:.1f} s "
                   f"(decode {summary['seconds']['decode']:.1f}, train {summary['seconds']['train']:.1f}, "
                   f"evaluate {summary['seconds']['evaluate']:.1f}).", "",
