@@ -1,4 +1,4 @@
-"""`edge-calibrate BUNDLE`: temperature scaling and the "uncertain" threshold, fitted on the validation split."""
+"""`edge-calibrate BUNDLE`: temperature scaling and the "uncertain" threshold, fitted on images the model never trained on."""
 from __future__ import annotations
 
 import sys
@@ -17,11 +17,17 @@ examples:
   edge-calibrate runs/b0 --target-precision 0.98
   edge-calibrate runs/b0 --target-coverage 0.9  # flag the least confident 10 % as uncertain
   edge-calibrate runs/b0 --variants tflite-int8 --ood-data photos/not_waste/
+  edge-calibrate runs/refit                     # a --stage2-data train+val bundle: fits on its test split
 
 Fits one temperature T per variant on the saved validation split (minimum NLL of softmax(log p / T)), reports
 ECE (15 bins) before/after, writes reliability diagrams and the coverage/accuracy curve to BUNDLE/calibration/,
 and stores temperature, temperature_by_variant and threshold in metadata.json["calibration"], which
 edge-run's Classifier applies. --ood-data DIR: images of no known class; reports the share flagged uncertain.
+A refit bundle (edge-train --stage2-data train+val) trained on its validation images; --split auto then fits on
+its test split, the only images it never saw. Neither T nor the threshold changes which class wins, so its test
+accuracy still counts; ECE and the share flagged on that test split become in-sample (edge-bench marks them).
+Measured on 10 refit 5-fold models, each fitted on half its test fold and scored on the other half: INT8 ECE 2.2 %
+and 5.2 % flagged (fitted on the seen validation images: 3.8 % and 6.3 %; default bundles: 2.3 % and 5.1 %).
 Exit status: 0 ok, 2 bad bundle/data/arguments.
 """
 
@@ -47,7 +53,7 @@ def format_table(report: dict) -> str:
         c = u["candidates"][u["kind"]]
         foreign = f", {c['foreign_flagged'] * 100:.1f}% of foreign images" if "foreign_flagged" in c else ""
         lines.append(f"{name}: 'uncertain' = {u['kind']} score > {c['threshold']:.4g} "
-                     f"({u.get('chosen_by', 'asked for')}): flags {c['val_flagged'] * 100:.1f}% of validation{foreign}")
+                     f"({u.get('chosen_by', 'asked for')}): flags {c['val_flagged'] * 100:.1f}% of the fitting images{foreign}")
     return "\n".join(lines)
 
 
@@ -59,7 +65,8 @@ def config_from_params(params: dict) -> CalibrationConfig:
 
 
 @click.command(PROG, context_settings=CONTEXT, epilog=raw(EPILOG),
-               help="Temperature scaling and the 'uncertain' threshold, fitted on the validation split.")
+               help="Temperature scaling and the 'uncertain' threshold, fitted on the validation split (the test split for a "
+                    "refit bundle, which trained on its validation images).")
 @click.argument("bundle")
 @config_options(CalibrationConfig)
 @click.option("--variant", multiple=True, hidden=True)

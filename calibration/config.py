@@ -16,6 +16,9 @@ class CalibrationConfig(JsonConfig):
                                             "variant present that did not fail its check)")
     data: str | None = setting(None, "labelled folder DIR/<class>/* instead of the saved validation split",
                                metavar="DIR")
+    split: str = setting("auto", "saved split to fit on: val, test, or auto (val; test for a bundle whose stage 2 "
+                                 "trained on its validation images, --stage2-data train+val)",
+                         choices=("auto", "val", "test"))
     data_root: str | None = setting(None, "where the saved split's images live now, if moved", metavar="DIR")
     target_precision: float = setting(0.95, "threshold: lowest confidence keeping accepted predictions at least "
                                             "this accurate", above=0.0, max=1.0, metavar="P")

