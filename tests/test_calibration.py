@@ -177,3 +177,26 @@ def test_train_does_not_import_calibration_and_the_fit_uses_the_device_clip():
     p = np.array([[0.0, 0.3, 0.7]], np.float32)
     assert np.allclose(temperature.pseudo_logits(p)[0, 0], np.log(temperature.EPS))
     assert fit_temperature is temperature.fit_temperature  # calibration re-exports the one fit
+
+
+def test_crossfit_scores_each_half_with_what_the_other_half_fitted():
+    from trashcam.benchmarks.crossfit import crossfit, halves
+
+    z, y = _calibrated_sample(2000)
+    sharp = _softmax(3.0 * z)  # over-confident: the temperature fitted on either half undoes it
+    a = halves(y, 0)
+    assert all(abs(np.sum(a & (y == c)) - np.sum(~a & (y == c))) <= 1 for c in range(5))
+    r = crossfit(sharp, None, y, None, flag_rate=0.05, halvings=3)
+    assert 2.5 < r["temperature"] < 3.5 and r["ece"] < 0.04 and r["images"] == 2000
+    assert 0.03 < r["flagged"] < 0.07  # max-probability threshold fitted on the other half: about the asked 5 %
+    assert r["accuracy"] == float(np.mean(sharp.argmax(1) == y))
+
+
+def test_bench_report_marks_calibration_numbers_fitted_on_test_as_in_sample():
+    from trashcam.benchmarks.score_cost import markdown_rows
+
+    def rows(in_sample):
+        ut = {"flagged": 0.05, "ece_after": 0.02, "rule": "prototypes", "in_sample": in_sample}
+        return "\n".join(markdown_rows({"variants": [{"name": "tflite-int8", "threads": 2, "uncertainty_test": ut}]}))
+
+    assert "in-sample" in rows(True) and "in-sample" not in rows(False)
