@@ -166,7 +166,7 @@ def test_a_symlink_out_of_the_bundle_is_refused(tmp_path):
 
 
 def test_export_cannot_write_outside_its_destination(tmp_path):
-    from trashcam.edge.bundle import Bundle, BundleError
+    from trashcam.edge.bundle import BundleError
     a = tmp_path / "A"
     b = _bundle(a)
     b.metadata["variants"]["tflite-fp32"]["file"] = "../B/evil.sh"  # in memory: load would refuse it
