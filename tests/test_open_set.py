@@ -274,6 +274,16 @@ def test_tuned_open_set_measures_the_deployed_rule(scored_bundle, tmp_path):
     assert "--ood-data" not in steps["calibrate"]
     more = dict(fold_steps(tmp_path, "gone", tmp_path / "b", "quick", 1, tmp_path / "c", 1, ("--mixup-alpha", "0")))
     assert more["train"][-2:] == ["--mixup-alpha", "0"] and more["convert"] == steps["convert"]
+    # a bundle calibrated on its test split (a refit) reports its in-distribution numbers cross-fitted
+    refit = tmp_path / "refit"
+    shutil.copytree(d, refit)
+    meta = json.loads((refit / "metadata.json").read_text())
+    meta["calibration"]["split"] = "test"
+    (refit / "metadata.json").write_text(json.dumps(meta))
+    r2 = measure(refit, tmp_path, "gone", threads=1)
+    assert r2["calibrated_on"] == "test" and r2["test_flagged_in_sample"] == rec["test_flagged"]
+    assert r2["foreign_flagged"] == rec["foreign_flagged"] and 0 <= r2["test_flagged"] <= 1
+    assert "cross-fitted" in markdown([r2], summarise([r2]))
 
 
 def test_flag_frame_reads_features_only_for_a_feature_score():
