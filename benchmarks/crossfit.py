@@ -53,16 +53,22 @@ def crossfit(probs: np.ndarray, feats, y: np.ndarray, score, flag_rate: float = 
 
 
 def measure(bundle_dir: Path, variant: str, threads: int, flag_rate: float, halvings: int) -> dict:
-    from trashcam.calibration.ood import predict_with_features
     from trashcam.edge.bundle import Bundle
     from trashcam.edge.imageset import split_images
     from trashcam.edge.interpreters import open_engine
-    from trashcam.edge.ood import load_for_variant
 
     bundle = Bundle.load(bundle_dir)
-    test = split_images(bundle, "test")
-    probs, feats = predict_with_features(open_engine(bundle, variant, threads), test.x)
-    return {"bundle": str(bundle_dir), "variant": variant, "calibrated_on": bundle.calibration.get("split", "val"),
+    return {"bundle": str(bundle_dir), **bundle_crossfit(bundle, variant, open_engine(bundle, variant, threads),
+                                                         split_images(bundle, "test"), flag_rate, halvings)}
+
+
+def bundle_crossfit(bundle, variant: str, engine, test, flag_rate: float = 0.05, halvings: int = 5) -> dict:
+    """`crossfit` of an open `engine` on decoded `test` images, with the bundle's fitted score for `variant`."""
+    from trashcam.calibration.ood import predict_with_features
+    from trashcam.edge.ood import load_for_variant
+
+    probs, feats = predict_with_features(engine, test.x)
+    return {"variant": variant, "calibrated_on": bundle.calibration.get("split", "val"),
             **crossfit(probs, feats, test.y, load_for_variant(bundle, variant), flag_rate, halvings)}
 
 

@@ -80,8 +80,8 @@ def measure(bundle_dir: Path, data: Path, held_out: str, threads: int) -> dict:
            "test_flagged": float(f_in.mean()), "foreign_flagged": float(f_out.mean()),
            "auroc": auroc(s_in, s_out), "calibrated_on": bundle.calibration.get("split", "val")}
     if rec["calibrated_on"] == "test":  # a refit bundle: its in-distribution numbers, fitted there, cross-fitted
-        from .crossfit import measure as crossfit
-        x = crossfit(bundle_dir, VARIANT, threads, meta.get("flag_rate", 0.05), 5)
+        from .crossfit import bundle_crossfit
+        x = bundle_crossfit(bundle, VARIANT, clf.engine, test, meta.get("flag_rate", 0.05))
         rec.update(test_ece_in_sample=rec["test_ece"], test_flagged_in_sample=rec["test_flagged"],
                    test_ece=x["ece"], test_flagged=x["flagged"])
     return rec
