@@ -83,7 +83,8 @@ def test_metrics(bundle: Bundle, variant: str, engine, images) -> dict | None:
             "rule": ood.kind if ood is not None else "max-probability", "temperature": t, "images": len(images),
             # a refit bundle is calibrated on its test split (calibration/pipeline.py fit_split): then these are
             # the fit's own numbers, not a check of it
-            "in_sample": bundle.calibration.get("split") == "test"}
+            "in_sample": bundle.calibration.get("split") == "test",
+            "fit_split": bundle.calibration.get("split", "val")}
 
 
 def markdown_rows(result: dict) -> list[str]:
@@ -96,17 +97,19 @@ def markdown_rows(result: dict) -> list[str]:
         return "-" if v is None else f"{v * 100:.1f} %"
 
     md = ["", "## Uncertainty score", "",
-          "flagged = share called uncertain at the bundle's threshold; validation and foreign (`edge-calibrate "
-          "--ood-data`, split.json's foreign list) as edge-calibrate measured them, test here.", "",
-          "| variant | threads | score | flagged: validation | flagged: test | flagged: foreign | ECE after T: "
-          "validation | test | per-frame cost p50 (scored / probs) |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+          "flagged = share called uncertain at the bundle's threshold; on the split it was fitted on (validation, "
+          "or test for a refit bundle) and foreign (`edge-calibrate --ood-data`, split.json's foreign list) as "
+          "edge-calibrate measured them, test here.", "",
+          "| variant | threads | score | flagged: fitted on | flagged: test | flagged: foreign | ECE after T: "
+          "fitted on | test | per-frame cost p50 (scored / probs) |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for e in rows:
         u, c = e.get("uncertainty") or {}, (e.get("uncertainty") or {}).get("cost") or {}
         ut = e.get("uncertainty_test") or {}
         ins = " (in-sample: calibrated on test)" if ut.get("in_sample") else ""
+        fit = f" ({ut.get('fit_split', 'val')})"
         md.append(f"| {e['name']} | {e['threads']} | {u.get('kind') or ut.get('rule')} | "
-                  f"{pct(u.get('val_flagged'))} | {pct(ut.get('flagged'))}{ins} | "
-                  f"{pct(u.get('foreign_flagged'))} | {pct(u.get('ece_after'))} | {pct(ut.get('ece_after'))}{ins} | "
+                  f"{pct(u.get('val_flagged'))}{fit} | {pct(ut.get('flagged'))}{ins} | "
+                  f"{pct(u.get('foreign_flagged'))} | {pct(u.get('ece_after'))}{fit} | {pct(ut.get('ece_after'))}{ins} | "
                   + (f"x{c['ratio_p50']:.3f} ({c['scored_ms']['p50']:.2f} / {c['probs_ms']['p50']:.2f} ms) |"
                      if c else "- |"))
     return md

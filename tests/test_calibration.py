@@ -196,7 +196,12 @@ def test_bench_report_marks_calibration_numbers_fitted_on_test_as_in_sample():
     from trashcam.benchmarks.score_cost import markdown_rows
 
     def rows(in_sample):
-        ut = {"flagged": 0.05, "ece_after": 0.02, "rule": "prototypes", "in_sample": in_sample}
-        return "\n".join(markdown_rows({"variants": [{"name": "tflite-int8", "threads": 2, "uncertainty_test": ut}]}))
+        ut = {"flagged": 0.05, "ece_after": 0.02, "rule": "prototypes", "in_sample": in_sample,
+              "fit_split": "test" if in_sample else "val"}
+        u = {"kind": "prototypes", "val_flagged": 0.05, "ece_after": 0.03}
+        return "\n".join(markdown_rows({"variants": [{"name": "tflite-int8", "threads": 2, "uncertainty_test": ut,
+                                                       "uncertainty": u}]}))
 
     assert "in-sample" in rows(True) and "in-sample" not in rows(False)
+    # the columns edge-calibrate filled name the split they were fitted on
+    assert "| 5.0 % (test) |" in rows(True) and "| 3.0 % (val) |" in rows(False)
