@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from trashcam.train.config import QUICK, ConfigError
+from trashcam.train.config import QUICK, ConfigError, resolve
 
 
 def test_validation_joins_only_a_stage_that_chooses_nothing_on_it():
@@ -16,6 +16,13 @@ def test_validation_joins_only_a_stage_that_chooses_nothing_on_it():
         QUICK.replace(stage2_data="train+val", mode="full")
     with pytest.raises(ConfigError):
         QUICK.replace(stage2_data="val")
+    # the default recipe's refit gives way to flags that choose on validation; asked for explicitly, it errors
+    assert resolve("default").stage2_data == "train+val"
+    assert resolve("default", mode="full").stage2_data == "train"
+    assert resolve("default", stage2_patience=5).stage2_data == "train"
+    assert resolve("default", mode="cached", stage2_patience=0).stage2_data == "train+val"
+    with pytest.raises(ConfigError, match="stage2_data"):
+        resolve("default", mode="hybrid", stage2_data="train+val")
 
 
 def test_stage2_trains_on_validation_images_too(tiny_backbone, synthetic_dataset, tmp_path, capsys):
@@ -31,7 +38,8 @@ def test_stage2_trains_on_validation_images_too(tiny_backbone, synthetic_dataset
         assert rc == 0
         return json.loads((out / "metrics.json").read_text()), out
 
-    plain, plain_bundle = train("plain")
+    assert QUICK.stage2_data == "train+val"  # the quick recipe mirrors the default's refit
+    plain, plain_bundle = train("plain", "--stage2-data", "train")
     both, bundle = train("both", "--stage2-data", "train+val")
     n = both["counts"]
     assert plain["stages"][1]["info"]["images"] == n["train"]

@@ -26,7 +26,8 @@ EPILOG = """examples:
 
 recipes:
   default  EfficientNet-Lite0 (offline ImageNet weights), frozen part cached per augmented view,
-           head then top blocks fine-tuned on the cache: CPU-friendly
+           head then top blocks fine-tuned on the cache, validation images joining that fixed-length
+           stage 2 (edge-calibrate then fits on the test split): CPU-friendly
   seed     EfficientNetB0, the published notebook number for number (full fine-tuning from layer 60)
   quick    tiny version of default for the bundled sample and tests
 
@@ -79,8 +80,9 @@ HELP = {
                "the student's size and speed",
     "distill_weight": "share of the teacher's probabilities in the targets (the rest: the smoothed labels)",
     "stage2_data": "'train+val': validation images also train stage 2 (8 cached views each) after stage 1's early "
-                   "stopping used them; needs a fixed-length stage 2. +0.6 pp INT8 over 10 paired 5-fold runs; "
-                   "edge-calibrate then fits on the test split, the only images the model never saw",
+                   "stopping used them; needs mode 'cached' and a fixed-length stage 2 (a recipe's train+val becomes "
+                   "'train' with --mode full/hybrid or --stage2-patience > 0). +0.6 pp INT8 over 10 paired 5-fold "
+                   "runs; edge-calibrate then fits on the test split, the only images the model never saw",
     "distill_temperature": "softens the teacher's probabilities (> 1: softer) before they are blended",
 }
 
