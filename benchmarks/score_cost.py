@@ -93,8 +93,8 @@ def markdown_rows(result: dict) -> list[str]:
     if not rows:
         return []
 
-    def pct(v):
-        return "-" if v is None else f"{v * 100:.1f} %"
+    def pct(v, tag=""):  # a tag (which split, in-sample) only beside a number
+        return "-" if v is None else f"{v * 100:.1f} %{tag}"
 
     md = ["", "## Uncertainty score", "",
           "flagged = share called uncertain at the bundle's threshold; on the split it was fitted on (validation, "
@@ -108,8 +108,8 @@ def markdown_rows(result: dict) -> list[str]:
         ins = " (in-sample: calibrated on test)" if ut.get("in_sample") else ""
         fit = f" ({ut.get('fit_split', 'val')})"
         md.append(f"| {e['name']} | {e['threads']} | {u.get('kind') or ut.get('rule')} | "
-                  f"{pct(u.get('val_flagged'))}{fit} | {pct(ut.get('flagged'))}{ins} | "
-                  f"{pct(u.get('foreign_flagged'))} | {pct(u.get('ece_after'))}{fit} | {pct(ut.get('ece_after'))}{ins} | "
+                  f"{pct(u.get('val_flagged'), fit)} | {pct(ut.get('flagged'), ins)} | "
+                  f"{pct(u.get('foreign_flagged'))} | {pct(u.get('ece_after'), fit)} | {pct(ut.get('ece_after'), ins)} | "
                   + (f"x{c['ratio_p50']:.3f} ({c['scored_ms']['p50']:.2f} / {c['probs_ms']['p50']:.2f} ms) |"
                      if c else "- |"))
     return md

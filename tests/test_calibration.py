@@ -205,3 +205,7 @@ def test_bench_report_marks_calibration_numbers_fitted_on_test_as_in_sample():
     assert "in-sample" in rows(True) and "in-sample" not in rows(False)
     # the columns edge-calibrate filled name the split they were fitted on
     assert "| 5.0 % (test) |" in rows(True) and "| 3.0 % (val) |" in rows(False)
+    # a variant without calibration numbers shows a bare dash, no split tag
+    bare = "\n".join(markdown_rows({"variants": [{"name": "onnx", "threads": 2,
+                                                   "uncertainty_test": {"rule": "msp", "fit_split": "val"}}]}))
+    assert "| - | - | - | - | - |" in bare and "- (" not in bare
