@@ -15,6 +15,7 @@ reports how much a chosen setting moved the test accuracy and how sure that is.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import PurePath
 from typing import Any
 
@@ -37,14 +38,21 @@ def _wrong(record: dict) -> set[str]:
     return {"/".join(PurePath(path).parts[-2:]) for path, *_ in record["int8"]["misclassified"]}
 
 
+def _split_settings(cfg: dict) -> dict[str, Any]:
+    # one folder given as ../shared/... in one output and /work/shared/... in the other is the same data
+    data = cfg.get("data")
+    return {k: cfg.get(k) for k in SAME_SPLIT} | ({"data": os.path.realpath(data)} if data else {})
+
+
 def compare(baseline: list[dict], candidate: list[dict], baseline_cfg: dict | None = None,
             candidate_cfg: dict | None = None) -> dict[str, Any]:
     """Pair finished runs by id; refuse outputs whose runs of one id cannot have tested the same images."""
     if baseline_cfg and candidate_cfg:
-        differ = [k for k in SAME_SPLIT if baseline_cfg.get(k) != candidate_cfg.get(k)]
+        b, c = _split_settings(baseline_cfg), _split_settings(candidate_cfg)
+        differ = [k for k in SAME_SPLIT if b[k] != c[k]]
         if differ:
             raise ValueError("the two outputs were not made on the same splits: they differ in "
-                             + ", ".join(f"{k} ({baseline_cfg.get(k)!r} vs {candidate_cfg.get(k)!r})" for k in differ))
+                             + ", ".join(f"{k} ({b[k]!r} vs {c[k]!r})" for k in differ))
     base = {r["id"]: r for r in baseline if r.get("status") == "ok"}
     pairs, skipped = [], []
     for r in sorted((r for r in candidate if r.get("status") == "ok"), key=lambda r: r["id"]):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -90,6 +91,11 @@ def test_paired_comparison_counts_fixed_and_broken_images(tmp_path):
     assert r["pooled"]["mcnemar_p"] == pytest.approx(1.0) and "2 images fixed, 1 broken" in to_markdown(r)
     with pytest.raises(ValueError, match="folds"):
         compare(base, cand, {"data": "d", "folds": 5}, {"data": "d", "folds": 10})
+    # one data folder spelled relative in one output's config and absolute in the other's is the same data
+    r2 = compare(base, cand, {"data": "d", "folds": 5}, {"data": str(Path("d").resolve()), "folds": 5})
+    assert [p["id"] for p in r2["pairs"]] == ["f1", "f2"]
+    with pytest.raises(ValueError, match="data"):
+        compare(base, cand, {"data": "d", "folds": 5}, {"data": "other", "folds": 5})
     with pytest.raises(ValueError, match="no run id"):
         compare(base, [_paired_record("g", [])])
     # through the CLI: OUT/paired.json beside the summary; a baseline from other folds is a clear error
