@@ -68,7 +68,7 @@ def bundle_crossfit(bundle, variant: str, engine, test, flag_rate: float = 0.05,
     from trashcam.edge.ood import load_for_variant
 
     probs, feats = predict_with_features(engine, test.x)
-    return {"variant": variant, "calibrated_on": bundle.calibration.get("split", "val"),
+    return {"variant": variant, "calibrated_on": bundle.calibrated_on,
             **crossfit(probs, feats, test.y, load_for_variant(bundle, variant), flag_rate, halvings)}
 
 

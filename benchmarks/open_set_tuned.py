@@ -78,7 +78,7 @@ def measure(bundle_dir: Path, data: Path, held_out: str, threads: int) -> dict:
            "test_images": len(test), "foreign_images": len(foreign), "foreign_skipped": len(foreign.skipped),
            "test_accuracy": float(np.mean(p_in.argmax(1) == test.y)), "test_ece": ece(p_in, test.y),
            "test_flagged": float(f_in.mean()), "foreign_flagged": float(f_out.mean()),
-           "auroc": auroc(s_in, s_out), "calibrated_on": bundle.calibration.get("split", "val")}
+           "auroc": auroc(s_in, s_out), "calibrated_on": bundle.calibrated_on}
     if rec["calibrated_on"] == "test":  # a refit bundle: its in-distribution numbers, fitted there, cross-fitted
         from .crossfit import bundle_crossfit
         x = bundle_crossfit(bundle, VARIANT, clf.engine, test, meta.get("flag_rate", 0.05))

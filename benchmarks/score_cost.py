@@ -79,7 +79,7 @@ def test_metrics(bundle: Bundle, variant: str, engine, images) -> dict | None:
         probs.append(p)
         flagged.append(flag_frame(ood, min_confidence, engine, p)[1])
     probs = np.stack(probs)
-    fit_split = bundle.calibration.get("split", "val")
+    fit_split = bundle.calibrated_on
     return {"ece_after": round(ece(probs, images.y), 6), "flagged": round(float(np.mean(flagged)), 6),
             "rule": ood.kind if ood is not None else "max-probability", "temperature": t, "images": len(images),
             # a refit bundle is calibrated on its test split (calibration/pipeline.py fit_split): then these are

@@ -220,6 +220,12 @@ class Bundle:
     def calibration(self) -> dict[str, Any]:
         return self.metadata.get("calibration", {})
 
+    @property
+    def calibrated_on(self) -> str:
+        """The split edge-calibrate fitted on: "val", or "test" for a bundle whose stage 2 trained on val
+        (then test-split calibration numbers are in-sample)."""
+        return self.calibration.get("split", "val")
+
     def file(self, rel: str) -> Path:
         """`rel` inside the bundle. Names come from metadata a user may have edited (or been sent): an absolute
         path, `..`, or a symlink whose real path lies outside the bundle is refused, for reading and writing."""
