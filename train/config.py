@@ -154,6 +154,7 @@ def refit_possible(mode: str, stage2_patience: int) -> bool:
     """Validation images may join stage 2 only where nothing is chosen on them: cached views, fixed length."""
     return mode == "cached" and stage2_patience == 0
 
+
 def parse_fold(fold: str) -> tuple[int, int]:
     """"k/K" -> (k, K) with 1 <= k <= K and K >= 2; ConfigError otherwise."""
     k, sep, n = str(fold).partition("/")
@@ -237,5 +238,3 @@ def resolve(recipe: str, **overrides: Any) -> TrainConfig:
         # the recipe's refit is a default, not a request: `--mode full` or early stopping train on train alone
         overrides["stage2_data"] = "train"
     return preset.replace(**overrides)
-
-
