@@ -23,6 +23,12 @@ def test_validation_joins_only_a_stage_that_chooses_nothing_on_it():
     assert resolve("default", mode="cached", stage2_patience=0).stage2_data == "train+val"
     with pytest.raises(ConfigError, match="stage2_data"):
         resolve("default", mode="hybrid", stage2_data="train+val")
+    # the refit's 18 epochs are the train-only recipe's 22 in image-steps: on train alone it runs 22 again
+    assert resolve("default").stage2_epochs == 18
+    assert resolve("default", mode="full").stage2_epochs == 22
+    assert resolve("default", stage2_data="train").stage2_epochs == 22
+    assert resolve("default", stage2_data="train", stage2_epochs=10).stage2_epochs == 10
+    assert resolve("quick").stage2_epochs == QUICK.stage2_epochs == resolve("quick", mode="full").stage2_epochs
 
 
 def test_stage2_trains_on_validation_images_too(tiny_backbone, synthetic_dataset, tmp_path, capsys):

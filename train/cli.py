@@ -81,7 +81,8 @@ HELP = {
     "distill_weight": "share of the teacher's probabilities in the targets (the rest: the smoothed labels)",
     "stage2_data": "'train+val': validation images also train stage 2 (8 cached views each) after stage 1's early "
                    "stopping used them; needs mode 'cached' and a fixed-length stage 2 (a recipe's train+val becomes "
-                   "'train' with --mode full/hybrid or --stage2-patience > 0). +0.6 pp INT8 over 10 paired 5-fold "
+                   "'train' with --mode full/hybrid or --stage2-patience > 0, and the default recipe's 18 epochs "
+                   "become 22, the same image-steps). +0.6 pp INT8 over 10 paired 5-fold "
                    "runs; edge-calibrate then fits on the test split, the only images the model never saw",
     "distill_temperature": "softens the teacher's probabilities (> 1: softer) before they are blended",
 }
