@@ -85,3 +85,17 @@ def test_augment_batch_in_keras_style_is_uint8_valued_and_in_range():
     out = augment.augment_batch(x, np.random.default_rng(0), SEED)
     assert out.dtype == np.float32 and out.min() >= 0 and out.max() <= 255
     assert np.array_equal(out, np.floor(out))  # PIL's brightness step hands back integers
+
+
+@pytest.mark.parametrize("cfg", [DEFAULT, SEED], ids=["trashcam", "keras"])
+def test_augment_batch_in_sub_batches_equals_the_whole_batch_at_once(cfg):
+    """Sub-batching is for speed only: the same draws and the same float32 arithmetic as one warp of all images."""
+    x = np.random.default_rng(1).integers(0, 256, (augment.SUB_BATCH * 2 + 5, 12, 12, 3), dtype=np.uint8)
+    got = augment.augment_batch(x, np.random.default_rng(7), cfg)
+    p = augment.sample_params(np.random.default_rng(7), len(x), 12, 12, cfg)
+    whole = augment.warp(x, p["transforms"]).numpy()
+    if cfg.augment_style == "keras":
+        want = augment.keras_intensity(whole, p["channel_shift"], p["brightness"])
+    else:
+        want = np.clip(whole * p["brightness"][:, None, None, None] + p["channel_shift"][:, None, None, :], 0, 255)
+    assert got.dtype == np.float32 and np.array_equal(got, want.astype(np.float32))
