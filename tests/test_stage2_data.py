@@ -51,6 +51,10 @@ def test_stage2_trains_on_validation_images_too(tiny_backbone, synthetic_dataset
     assert both["stages"][1]["info"]["images"] == n["train"] + n["val"]
     assert both["stages"][1]["info"]["trained_on"] == "train+val"
     assert "also trained on the validation images" in (bundle / "report.md").read_text()
+    # nothing to learn from a loss on images it trains on: the refit's stage 2 is not validated
+    s2 = both["stages"][1]
+    assert s2["best_val_loss"] is None and s2["history"]["val_loss"] == [] and len(s2["history"]["loss"]) == 2
+    assert plain["stages"][1]["best_val_loss"] is not None and len(plain["stages"][1]["history"]["val_loss"]) == 2
     # the training images' cached views are drawn first, so stage 1 (which validation only watches) is the same run
     assert both["stages"][0]["history"]["loss"] == plain["stages"][0]["history"]["loss"]
     assert both["stages"][1]["history"]["loss"] != plain["stages"][1]["history"]["loss"]

@@ -75,11 +75,10 @@ def plot_history(stages: list, path: Path) -> None:
         h = st.history
         ep = np.arange(offset, offset + len(h["loss"])) + 1
         axes[0].plot(ep, h["loss"], label=f"{st.name} train")
-        # a stage that trains on the validation images (--stage2-data train+val) cannot be judged by them
-        val = f"{st.name} val" + (" (trained on)" if (st.info or {}).get("trained_on") == "train+val" else "")
-        axes[0].plot(ep, h["val_loss"], "--", label=val)
         axes[1].plot(ep, h["accuracy"], label=f"{st.name} train")
-        axes[1].plot(ep, h["val_accuracy"], "--", label=val)
+        if h.get("val_loss"):  # a stage that trains on the validation images (the refit) is not validated
+            axes[0].plot(ep, h["val_loss"], "--", label=f"{st.name} val")
+            axes[1].plot(ep, h["val_accuracy"], "--", label=f"{st.name} val")
         offset += len(h["loss"])
     for ax, t in zip(axes, ("loss (train: MixUp + smoothed targets)", "accuracy")):
         ax.set_title(t)
@@ -158,15 +157,16 @@ def report_markdown(summary: dict[str, Any]) -> str:
              f"| stage | epochs | best epoch | best {summary.get('monitor', 'val_loss')} | seconds | img/s |",
              "|---|---|---|---|---|---|"]
     for st in summary["stages"]:
-        lines.append(f"| {st['name']} | {st['epochs_run']} | {st['best_epoch'] + 1} | {st['best_val_loss']:.4f} "
+        monitored = "-" if st["best_val_loss"] is None else f"{st['best_val_loss']:.4f}"
+        lines.append(f"| {st['name']} | {st['epochs_run']} | {st['best_epoch'] + 1} | {monitored} "
                      f"| {st['seconds']:.1f} | {st['images_per_s']:.1f} |")
     if any(st.get("info", {}).get("kept") is False for st in summary["stages"]):
         lines += ["", "Stage 2 never beat stage 1's validation loss, so stage 1's weights were kept."]
     if any(st.get("info", {}).get("fixed_length") for st in summary["stages"]):
         lines += ["", "Stage 2 has a fixed length: its last epoch is the model (\"best epoch\" is the last)."]
     if any(st.get("info", {}).get("trained_on") == "train+val" for st in summary["stages"]):
-        lines += ["", "Stage 2 also trained on the validation images (--stage2-data train+val): its validation loss "
-                      "is on seen images, and calibration belongs on images the model never saw."]
+        lines += ["", "Stage 2 also trained on the validation images (--stage2-data train+val), so it was not "
+                      "validated, and calibration belongs on images the model never saw."]
     lines += ["", f"Wall time: {summary['seconds']['total']:.1f} s "
                   f"(decode {summary['seconds']['decode']:.1f}, train {summary['seconds']['train']:.1f}, "
                   f"evaluate {summary['seconds']['evaluate']:.1f}).", "",
