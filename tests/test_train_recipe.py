@@ -233,6 +233,38 @@ def test_stage2_is_discarded_when_it_never_beats_stage1():
     assert parts.model.weights == "stage2" and s2.info["kept"] is True
 
 
+def test_fit_epoch_averages_as_fit_does_and_its_batch_order_follows_the_seed():
+    """At LR 0 nothing moves, so the epoch's means are the compiled (sample-weighted) loss and accuracy over all
+    samples, as `evaluate` computes them; a seed gives one batch order, so the same seed trains the same weights."""
+    import keras
+
+    from trashcam.train.fit import fit_epoch
+    from trashcam.train.model import compile_for
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(37, 4)).astype(np.float32)  # 37: the last batch is short
+    t = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 37)]
+    w = rng.uniform(0.5, 2.0, 37).astype(np.float32)
+
+    def model(lr):
+        keras.utils.set_random_seed(0)
+        inp = keras.Input((4,))
+        m = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(inp))
+        compile_for(m, lr, False)
+        return m
+
+    frozen = model(0.0)
+    got = fit_epoch(frozen, x, t, w, 8, seed=5)
+    want = frozen.evaluate(x, t, sample_weight=w, batch_size=8, verbose=0, return_dict=True)
+    assert got["loss"][0] == pytest.approx(want["loss"], rel=1e-5)
+    assert got["accuracy"][0] == pytest.approx(want["accuracy"], rel=1e-5)
+    a, b, c = model(0.1), model(0.1), model(0.1)
+    for m, seed in ((a, 5), (b, 5), (c, 6)):
+        fit_epoch(m, x, t, w, 8, seed)
+    assert np.array_equal(a.get_weights()[0], b.get_weights()[0])
+    assert not np.array_equal(a.get_weights()[0], c.get_weights()[0])
+
+
 def test_fixed_length_stage_runs_every_epoch_and_keeps_the_last_weights():
     """patience 0: no early stopping even when validation gets worse every epoch, and the last epoch's weights
     (not the best epoch's) are the result."""
