@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import PurePath
 from typing import Any
 
-from .spread_stats import describe
+from .spread_stats import describe, wrong_images
 
 # What must match for two outputs' runs of one id to have tested the same images.
 SAME_SPLIT = ("data", "folds", "split_seed")
@@ -31,11 +30,6 @@ def mcnemar_exact(fixed: int, broken: int) -> float:
     if n == 0:
         return 1.0
     return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
-
-
-def _wrong(record: dict) -> set[str]:
-    # class/file: the same image whether the data folder was given as a relative or an absolute path
-    return {"/".join(PurePath(path).parts[-2:]) for path, *_ in record["int8"]["misclassified"]}
 
 
 def _split_settings(cfg: dict) -> dict[str, Any]:
@@ -62,7 +56,7 @@ def compare(baseline: list[dict], candidate: list[dict], baseline_cfg: dict | No
         if b["test_images"] != r["test_images"]:
             skipped.append(f"{r['id']}: {b['test_images']} vs {r['test_images']} test images")
             continue
-        wb, wc = _wrong(b), _wrong(r)
+        wb, wc = wrong_images(b), wrong_images(r)
         pairs.append({"id": r["id"], "images": r["test_images"], "baseline": b["int8"]["accuracy"],
                       "candidate": r["int8"]["accuracy"], "diff": r["int8"]["accuracy"] - b["int8"]["accuracy"],
                       "fixed": len(wb - wc), "broken": len(wc - wb)})

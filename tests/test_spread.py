@@ -10,8 +10,8 @@ import pytest
 
 from conftest import REPO, SAMPLE, SHARED, run_cli
 from trashcam.benchmarks import spread as sp
-from trashcam.benchmarks.spread_stats import (confusion_summary, describe, expected_spread, summarize, t975,
-                                              to_markdown)
+from trashcam.benchmarks.spread_stats import (churn, confusion_summary, describe, expected_spread, summarize,
+                                              t975, to_markdown)
 from trashcam.edge.config import ConfigError
 from trashcam.train.config import TrainConfig, parse_fold
 from trashcam.train.data import fold_split
@@ -108,6 +108,19 @@ def test_paired_comparison_counts_fixed_and_broken_images(tmp_path):
     assert json.loads((tmp_path / "cand" / "paired.json").read_text())["pooled"]["fixed"] == 2
     with pytest.raises(ValueError, match="not made on the same splits"):
         sp.compare_to(tmp_path / "cand", tmp_path / "other")
+
+
+def test_churn_counts_the_images_two_runs_on_one_split_disagree_on():
+    def rec(seed: int, wrong: list[str], fold: str | None = None, onednn: int = 1) -> dict:
+        return {**_paired_record(f"s{seed}o{onednn}{fold}", wrong, images=100), "seed": seed, "fold": fold,
+                "numerics": {"split_seed": 7, "fold": fold}}
+    recs = [rec(1, ["a", "b"]), rec(2, ["b", "c"]), rec(1, ["a"], onednn=0), rec(3, ["x", "y", "z"], fold="1/5")]
+    c = churn(recs)  # pairs: 1-2 differ on a, c (2); 1-1' on b (1); 2-1' on a, b, c (3); the fold-1 run pairs none
+    assert c["pairs"] == 3 and c["discordant_share"]["mean"] == pytest.approx(0.02)
+    assert c["by_kind"]["seed"]["mean"] == pytest.approx(0.025) and c["by_kind"]["numerics"]["mean"] == 0.01
+    # coin flips over 2 images in 100: sd sqrt(0.02 / 2 / 100) = 1 pp a run; 3 runs span 1.693 sd on average
+    assert c["run_sd"] == pytest.approx(0.01) and c["implied_range"] == pytest.approx(0.01693)
+    assert churn(recs[3:]) is None
 
 
 # --------------------------------------------------------------------------------------------- k-fold
