@@ -82,7 +82,7 @@ def train_head(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, n_c
     from trashcam.train import augment
     from trashcam.train.config import DEFAULT as cfg
     from trashcam.train.data import class_weights
-    from trashcam.train.fit import run_stage
+    from trashcam.train.loop import run_stage
 
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)

@@ -212,7 +212,8 @@ def test_mirrored_strategy_trains_on_two_logical_cpus(synthetic_dataset, tmp_pat
 def test_stage2_is_discarded_when_it_never_beats_stage1():
     from types import SimpleNamespace
 
-    from trashcam.train.fit import StageResult, keep_better_stage
+    from trashcam.train.fit import keep_better_stage
+    from trashcam.train.loop import StageResult
 
     class Model:
         weights = "stage2"
@@ -238,7 +239,7 @@ def test_fit_epoch_averages_as_fit_does_and_its_batch_order_follows_the_seed():
     samples, as `evaluate` computes them; a seed gives one batch order, so the same seed trains the same weights."""
     import keras
 
-    from trashcam.train.fit import fit_epoch
+    from trashcam.train.loop import fit_epoch
     from trashcam.train.model import compile_for
 
     rng = np.random.default_rng(0)
@@ -270,7 +271,7 @@ def test_fixed_length_stage_runs_every_epoch_and_keeps_the_last_weights():
     (not the best epoch's) are the result."""
     import keras
 
-    from trashcam.train.fit import run_stage
+    from trashcam.train.loop import run_stage
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((4,))
@@ -315,7 +316,7 @@ def test_saved_model_carries_no_optimizer_state(tiny_backbone, tmp_path):
 def test_calibrated_validation_loss_ignores_confidence_scale_but_not_ranking():
     """An under-confident model (MixUp-like) and a sharper one with the same ranking tie on the calibrated loss;
     raw cross-entropy would prefer one of them. A model that ranks worse loses on both."""
-    from trashcam.train.fit import validation_loss
+    from trashcam.train.loop import validation_loss
 
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(300, 5)) + 3 * np.eye(5)[rng.integers(0, 5, 300)]

@@ -212,7 +212,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
     train_s = time.perf_counter() - t1
 
     t2 = time.perf_counter()
-    # Under multiworker, evaluate a local copy: Keras' predict fails on the distributed model (see fit.local_predict).
+    # Under multiworker, evaluate a local copy: Keras' predict fails on the distributed model (see loop.local_predict).
     eval_model = _weights_only(parts.model) if cfg.strategy == "multiworker" else parts.model
     eval_model = frozen_predictor(eval_model, cfg, compute, sets["test"].x[:4],
                                   len(sets["test"].x) * len(ev.evaluation_passes(cfg.tta_passes, cfg.tta)))
