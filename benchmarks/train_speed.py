@@ -2,10 +2,13 @@
 
     python -m trashcam.benchmarks.train_speed --recipe default --json runs/train_speed.json
     python -m trashcam.benchmarks.train_speed --recipe seed --weights none --repeats 3
+    python -m trashcam.benchmarks.train_speed --per-layer --json runs/train_speed.json   # + stage 2 by layer kind
 
 It times what a recipe's epochs cost on this machine: full-network inference, stage 1 and stage 2 of the `full`
 mode, and the pieces of the `cached` mode (trunk pass per view, stage-2 step on cached activations, head step on
 features). Content does not change speed, so random images are used; threads and oneDNN are recorded.
+`--per-layer` adds where a cached stage-2 step spends its time: forward + backward of each layer alone, summed by
+kind (1x1 convolution, depthwise, BatchNorm, ...), to tell arithmetic from overhead.
 """
 from __future__ import annotations
 
@@ -31,7 +34,46 @@ def _time(fn, warmup: int, repeats: int, n: int) -> dict:
             "seconds": [round(t, 4) for t in ts], "images_per_call": n}
 
 
-def measure(recipe: str = "default", batches: int = 3, warmup: int = 1, repeats: int = 3, **overrides) -> dict:
+def layer_kind(layer) -> str:
+    kind = type(layer).__name__
+    if hasattr(layer, "kernel_size"):
+        kind += f"[{layer.kernel_size[0]}x{layer.kernel_size[1]} s{layer.strides[0]}]"
+    return kind
+
+
+def stage2_by_layer(top, batch_size: int, warmup: int, repeats: int) -> dict:
+    """Forward + backward (input and trainable weights) of each layer of the cached stage-2 model on its own,
+    median ms per batch summed by `layer_kind`; one layer per tf.function adds a little dispatch to each."""
+    import tensorflow as tf
+
+    def rand(t):
+        return tf.random.normal((batch_size,) + tuple(t.shape[1:]))
+
+    by_kind: dict[str, float] = {}
+    for layer in top.layers[1:]:
+        xs = [rand(t) for t in layer.input] if isinstance(layer.input, (list, tuple)) else [rand(layer.input)]
+
+        @tf.function
+        def step(xs, layer=layer):
+            with tf.GradientTape() as tape:
+                tape.watch(xs)
+                y = layer(xs if len(xs) > 1 else xs[0], training=False)
+                loss = tf.reduce_sum(y)
+            return [g for g in tape.gradient(loss, xs + layer.trainable_weights) if g is not None]
+
+        def run():
+            for g in step(xs):
+                g.numpy()
+        t = _time(run, warmup + 1, repeats, batch_size)
+        by_kind[layer_kind(layer)] = by_kind.get(layer_kind(layer), 0.0) + t["seconds_median"] * 1e3
+    total = sum(by_kind.values())
+    return {"ms_per_batch": round(total, 1), "ms_per_image": round(total / batch_size, 2),
+            "by_kind": {k: {"ms_per_batch": round(v, 1), "share": round(v / total, 3)}
+                        for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])}}
+
+
+def measure(recipe: str = "default", batches: int = 3, warmup: int = 1, repeats: int = 3, per_layer: bool = False,
+            **overrides) -> dict:
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
@@ -67,6 +109,7 @@ def measure(recipe: str = "default", batches: int = 3, warmup: int = 1, repeats:
     set_stage(parts, 2, cfg)
     compile_for(top, 1e-4, False)
     out["cached_stage2_train"] = _time(fit(top, acts), warmup, repeats, n)
+    by_layer = stage2_by_layer(top, cfg.batch_size, warmup, repeats) if per_layer else None
     head = head_model(parts)
     compile_for(head, 1e-3, False)
     f = feats.predict(acts, batch_size=cfg.batch_size, verbose=0)
@@ -74,6 +117,7 @@ def measure(recipe: str = "default", batches: int = 3, warmup: int = 1, repeats:
     return {
         "recipe": cfg.recipe, "backbone": cfg.backbone, "image_size": cfg.image_size, "batch_size": cfg.batch_size,
         "stage2_from": cfg.stage2_from, "cut_at": parts.backbone_layers[start].name, "results": out,
+        **({"cached_stage2_by_layer": by_layer} if by_layer else {}),
         "environment": {"cpu_count": os.cpu_count(), "threads": cfg.threads or "all",
                         "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
                         "tensorflow": tf.__version__, "keras": keras.__version__, "python": sys.version.split()[0],
@@ -105,12 +149,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=int, default=3, help="batches per timed call")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--per-layer", action="store_true", help="also time each stage-2 layer alone, summed by kind")
     p.add_argument("--json", help="write the result here")
     a = p.parse_args(argv)
-    res = measure(a.recipe, a.batches, a.warmup, a.repeats, backbone=a.backbone, weights=a.weights,
+    res = measure(a.recipe, a.batches, a.warmup, a.repeats, a.per_layer, backbone=a.backbone, weights=a.weights,
                   image_size=a.image_size, stage2_from=a.stage2_from, batch_size=a.batch_size, threads=a.threads)
     for k, v in res["results"].items():
         print(f"{k:24s} {v['images_per_s']:8.1f} img/s")
+    for k, v in res.get("cached_stage2_by_layer", {}).get("by_kind", {}).items():
+        print(f"  stage 2, {k:28s} {v['ms_per_batch']:8.1f} ms a batch  {100 * v['share']:5.1f} %")
     if a.json:
         from trashcam.edge.bundle import atomic_write_json
         atomic_write_json(a.json, res)
