@@ -200,12 +200,34 @@ def load_records(out: Path) -> list[dict]:
     return records
 
 
-def write_summary(out: Path, cfg: SpreadConfig | None = None) -> dict:
+def merged_records(out: Path, merge: tuple[Path, ...]) -> list[dict]:
+    """OUT's run records and those of other outputs, as one distribution. A record's id is made unique by its
+    output's name, so the same seed and numerics run under two recipes or code versions count as two runs; all must
+    have tested the same images (one split, or the same folds), else the spread would mix splits."""
+    records = [dict(r, source=str(out)) for r in load_records(out)]
+    for d in merge:
+        recs = load_records(d)
+        if not recs:
+            raise ValueError(f"{d} has no run records (DIR/runs/*.json)")
+        records += [dict(r, id=f"{d.name}/{r['id']}", source=str(d)) for r in recs]
+    split = {(r.get("numerics") or {}).get("split_seed") for r in records if not r.get("fold")}
+    folds = {(r.get("numerics") or {}).get("split_seed") for r in records if r.get("fold")}
+    if len(split) > 1 or (split and folds):
+        raise ValueError("the outputs were not made on one split: "
+                         f"split seeds {sorted(map(str, split))}, {len(folds)} fold partition(s)")
+    return records
+
+
+def write_summary(out: Path, cfg: SpreadConfig | None = None, merge: tuple[Path, ...] = ()) -> dict:
     from .spread_stats import summarize, to_markdown
-    summary = summarize(load_records(out))
+    records = merged_records(out, merge) if merge else load_records(out)
+    summary = summarize(records)
+    if merge:
+        summary["merged_from"] = list(dict.fromkeys(r["source"] for r in records))
     if cfg is not None:
         summary["config"] = cfg.to_dict()
     summary["environment"] = collect()
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "summary.json", summary)
     atomic_write_bytes(out / "summary.md", to_markdown(summary).encode())
     return summary
@@ -267,6 +289,8 @@ examples:
                                      # 5-fold cross-validation, two partitions: every image tested twice
   edge-spread --data data/sample --out runs/s --recipe quick --seeds 1,2
   edge-spread --out runs/spread --summary-only --write-expected benchmarks/default_recipe_spread.json
+  edge-spread --out runs/all --summary-only --merge runs/onednn0 --merge runs/threads1
+                                     # one summary over several outputs on the same split
   edge-spread --data ../shared/data/trashnet5 --out runs/cv_tv --folds 5 --seeds 42 \\
               --train-args "--stage2-data train+val" --baseline runs/cv
                                      # a lever, paired fold by fold with the runs it changes
@@ -287,12 +311,16 @@ Exit status: 0 every run finished, 1 some run failed, 2 bad arguments.
 @click.option("--dry-run", is_flag=True, help="list the runs (and which are done) and exit")
 @click.option("--write-expected", metavar="FILE",
               help="write the INT8 mean and tolerance the slow reproduction test asserts (from this summary)")
+@click.option("--merge", metavar="DIR", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="with --summary-only: pool the runs of other outputs on the same split into OUT's summary, e.g. "
+                   "the same seeds with other numerics (repeat the option)")
 @click.option("--baseline", metavar="DIR", type=click.Path(exists=True, file_okay=False),
               help="another edge-spread OUT on the same data, folds and split seed: compare run by run on the same "
                    "test images (OUT/paired.json: per-pair difference with its interval, images fixed / broken, "
                    "McNemar p)")
 @config_options(SpreadConfig)
-def command(summary_only: bool, dry_run: bool, write_expected: str | None, baseline: str | None, **params) -> int:
+def command(summary_only: bool, dry_run: bool, write_expected: str | None, merge: tuple[str, ...],
+            baseline: str | None, **params) -> int:
     cfg = make_config(SpreadConfig, **given(SpreadConfig, params))
     if not cfg.out:
         return error(PROG, "--out DIR is required")
@@ -301,8 +329,13 @@ def command(summary_only: bool, dry_run: bool, write_expected: str | None, basel
         for spec in grid(cfg):
             print(f"{spec.id}{'  (done)' if finished(out, spec) else ''}")
         return 0
+    if merge and not summary_only:
+        return error(PROG, "--merge DIR pools finished runs: use it with --summary-only")
     if summary_only:
-        summary = write_summary(out)
+        try:
+            summary = write_summary(out, merge=tuple(Path(d) for d in merge))
+        except ValueError as e:
+            return error(PROG, f"--merge: {e}")
     else:
         if not cfg.data:
             return error(PROG, "--data DIR is required (or --summary-only)")

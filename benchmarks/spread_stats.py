@@ -210,7 +210,8 @@ def _pct(d: dict, key: str = "mean") -> str:
 
 def to_markdown(summary: dict, title: str = "Spread of training runs") -> str:
     lines = [f"# {title}", "", f"Runs: {summary['runs_ok']} finished of {summary['runs']}"
-             + (f"; failed: {', '.join(summary['runs_failed'])}" if summary["runs_failed"] else ""), ""]
+             + (f"; failed: {', '.join(summary['runs_failed'])}" if summary["runs_failed"] else "")
+             + (f" (pooled from {', '.join(summary['merged_from'])})" if summary.get("merged_from") else ""), ""]
     if not summary.get("metrics"):
         return "\n".join(lines) + "\n"
     lines += ["| metric | n | mean | 95 % CI of mean | std | min | max | max - min |", "|---" * 8 + "|"]

@@ -110,6 +110,26 @@ def test_paired_comparison_counts_fixed_and_broken_images(tmp_path):
         sp.compare_to(tmp_path / "cand", tmp_path / "other")
 
 
+def test_merge_pools_outputs_on_one_split_and_refuses_mixed_splits(tmp_path):
+    def output(name: str, split_seed, *recs) -> Path:
+        (tmp_path / name / "runs").mkdir(parents=True)
+        for r in recs:
+            r["numerics"] = {"split_seed": split_seed}
+            r["int8"]["misclassified"] = [[f"/d/glass/{k}.jpg", "glass", "metal"] for k in range(r["id"] == "r1")]
+            (tmp_path / name / "runs" / f"{r['id']}.json").write_text(json.dumps(r))
+        return tmp_path / name
+    a = output("a", 42, _record(0, 1, 1), _record(1, 2, 2))
+    b = output("onednn0", 42, _record(0, 1, 3))  # the same run id as one of a's: still its own run
+    c = output("other_split", 7, _record(0, 1, 0))
+    s = sp.write_summary(tmp_path / "all", merge=(a, b))
+    assert s["runs_ok"] == 3 and s["metrics"]["int8_accuracy"]["min"] == pytest.approx(26 / 30)
+    assert "pooled from" in (tmp_path / "all" / "summary.md").read_text()
+    assert sorted(r["id"] for r in sp.merged_records(a, (b,))) == ["onednn0/r0", "r0", "r1"]
+    with pytest.raises(ValueError, match="one split"):
+        sp.merged_records(a, (c,))
+    p = run_cli("-m", "trashcam.benchmarks.spread", "--out", str(a), "--merge", str(b), "--data", str(tmp_path))
+    assert p.returncode == 2 and "--summary-only" in p.stderr
+
 def test_churn_counts_the_images_two_runs_on_one_split_disagree_on():
     def rec(seed: int, wrong: list[str], fold: str | None = None, onednn: int = 1) -> dict:
         return {**_paired_record(f"s{seed}o{onednn}{fold}", wrong, images=100), "seed": seed, "fold": fold,
