@@ -259,11 +259,13 @@ def test_fit_epoch_averages_as_fit_does_and_its_batch_order_follows_the_seed():
     want = frozen.evaluate(x, t, sample_weight=w, batch_size=8, verbose=0, return_dict=True)
     assert got[0] == pytest.approx(want["loss"], rel=1e-5)
     assert got[1] == pytest.approx(want["accuracy"], rel=1e-5)
-    a, b, c = model(0.1), model(0.1), model(0.1)
-    for m, seed in ((a, 5), (b, 5), (c, 6)):
-        fit_epoch(m, x, t, w, 8, seed)
+    a, b, c, gpu_way = model(0.1), model(0.1), model(0.1), model(0.1)
+    means = [fit_epoch(m, x, t, w, 8, seed) for m, seed in ((a, 5), (b, 5), (c, 6))]
     assert np.array_equal(a.get_weights()[0], b.get_weights()[0])
     assert not np.array_equal(a.get_weights()[0], c.get_weights()[0])
+    # `fit` over the same shuffle (what a GPU runs): the same batches, so the same weights to the bit
+    assert fit_epoch(gpu_way, x, t, w, 8, 5, pipelined=True) == pytest.approx(means[0], rel=1e-5)
+    assert all(np.array_equal(u, v) for u, v in zip(a.get_weights(), gpu_way.get_weights()))
 
 
 def test_fixed_length_stage_runs_every_epoch_and_keeps_the_last_weights():

@@ -66,6 +66,7 @@ def run_stage(name: str, model, epoch_data: Callable[[int], tuple], val: tuple |
     from tqdm.auto import tqdm
 
     drop_remainder = tf.distribute.get_strategy().num_replicas_in_sync > 1
+    on_gpu = bool(tf.config.list_physical_devices("GPU"))
     full = full_model or model
     saved = ckpt.stage(name) if ckpt else None
     res, start, wait, best_weights = StageResult(name), 0, 0, None
@@ -106,7 +107,7 @@ def run_stage(name: str, model, epoch_data: Callable[[int], tuple], val: tuple |
             h = model.fit(x, t, sample_weight=w, batch_size=batch_size, epochs=1, verbose=0, shuffle=True).history
             loss, acc = h["loss"][0], h["accuracy"][0]
         else:
-            loss, acc = fit_epoch(model, x, t, w, batch_size, epoch_seed(seed, name, epoch))
+            loss, acc = fit_epoch(model, x, t, w, batch_size, epoch_seed(seed, name, epoch), pipelined=on_gpu)
         res.images_seen += len(x)
         vals = validation_loss(model, val[0], val[1], batch_size) if val is not None else {}
         cur_lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
@@ -140,13 +141,21 @@ def run_stage(name: str, model, epoch_data: Callable[[int], tuple], val: tuple |
     return res
 
 
-def fit_epoch(model, x: np.ndarray, t: np.ndarray, w: np.ndarray, batch_size: int, seed: int
-              ) -> tuple[float, float]:
-    """One epoch of `train_on_batch` over a shuffle drawn from `seed` -> (mean loss, accuracy), per-sample means
-    as `Model.fit` reports them (its compiled accuracy ignores sample weights).
-    Not `fit` on one replica: on a 2-core CPU its input pipeline left a core idle ~45 % of the time, 64 ms an image
-    against 35-40 ms this way for the same stage-2 step (Lite0 from block5a at 288 px, Keras 3.15)."""
+def fit_epoch(model, x: np.ndarray, t: np.ndarray, w: np.ndarray, batch_size: int, seed: int,
+              pipelined: bool = False) -> tuple[float, float]:
+    """One epoch over a shuffle drawn from `seed` -> (mean loss, accuracy), per-sample means as `Model.fit`
+    reports them (its compiled accuracy ignores sample weights).
+
+    The same batches in the same order either way, and the same weights to the bit (tests/test_train_recipe.py);
+    only the execution differs. On a CPU, `train_on_batch`: `fit`'s input pipeline left one of two cores idle ~45 %
+    of the time, 64 ms an image against 35-40 ms this way for the same stage-2 step (Lite0 from block5a at 288 px,
+    Keras 3.15). `pipelined` (a GPU): `fit` over the pre-shuffled arrays, whose input pipeline feeds the device
+    while it computes, where `train_on_batch` would wait for each batch's loss to come back."""
     order = np.random.default_rng([seed, 1]).permutation(len(x))  # a stream apart from the epoch's MixUp draws
+    if pipelined:
+        h = model.fit(x[order], t[order], sample_weight=w[order], batch_size=batch_size, epochs=1, verbose=0,
+                      shuffle=False).history
+        return float(h["loss"][0]), float(h["accuracy"][0])
     loss = correct = 0.0
     for i in range(0, len(x), batch_size):
         j = order[i:i + batch_size]
