@@ -103,11 +103,9 @@ def run_stage(name: str, model, epoch_data: Callable[[int], tuple], val: tuple |
         if _multiworker():  # Keras' fit fails under MultiWorkerMirroredStrategy: train/distributed.py
             from .distributed import distributed_epoch
             loss, acc = distributed_epoch(model, x, t, w, batch_size, seed=epoch)
-        elif drop_remainder:
-            h = model.fit(x, t, sample_weight=w, batch_size=batch_size, epochs=1, verbose=0, shuffle=True).history
-            loss, acc = h["loss"][0], h["accuracy"][0]
-        else:
-            loss, acc = fit_epoch(model, x, t, w, batch_size, epoch_seed(seed, name, epoch), pipelined=on_gpu)
+        else:  # several replicas stay on Keras' fit, as before train_on_batch came in; now over the seeded order
+            loss, acc = fit_epoch(model, x, t, w, batch_size, epoch_seed(seed, name, epoch),
+                                  pipelined=on_gpu or drop_remainder)
         res.images_seen += len(x)
         vals = validation_loss(model, val[0], val[1], batch_size) if val is not None else {}
         cur_lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
