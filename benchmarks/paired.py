@@ -57,20 +57,27 @@ def compare(baseline: list[dict], candidate: list[dict], baseline_cfg: dict | No
             skipped.append(f"{r['id']}: {b['test_images']} vs {r['test_images']} test images")
             continue
         wb, wc = wrong_images(b), wrong_images(r)
+        listed = wb is not None and wc is not None  # older records lack the list: accuracy only
         pairs.append({"id": r["id"], "images": r["test_images"], "baseline": b["int8"]["accuracy"],
                       "candidate": r["int8"]["accuracy"], "diff": r["int8"]["accuracy"] - b["int8"]["accuracy"],
-                      "fixed": len(wb - wc), "broken": len(wc - wb)})
+                      "fixed": len(wb - wc) if listed else None, "broken": len(wc - wb) if listed else None})
     if not pairs:
         raise ValueError("no run id finished in both outputs" + (f" with equal test sets ({'; '.join(skipped)})"
                                                                  if skipped else ""))
     images = sum(p["images"] for p in pairs)
-    fixed, broken = sum(p["fixed"] for p in pairs), sum(p["broken"] for p in pairs)
+    listed = [p for p in pairs if p["fixed"] is not None]
+    fixed, broken = sum(p["fixed"] for p in listed), sum(p["broken"] for p in listed)
     right_b = round(sum(p["baseline"] * p["images"] for p in pairs))
     right_c = round(sum(p["candidate"] * p["images"] for p in pairs))
     return {"pairs": pairs, "skipped": skipped, "diff": describe(p["diff"] for p in pairs),
             "pairs_better": sum(p["diff"] > 0 for p in pairs), "pairs_worse": sum(p["diff"] < 0 for p in pairs),
             "pooled": {"images": images, "baseline": right_b / images, "candidate": right_c / images,
-                       "fixed": fixed, "broken": broken, "mcnemar_p": mcnemar_exact(fixed, broken)}}
+                       "fixed": fixed, "broken": broken, "listed_pairs": len(listed),
+                       "mcnemar_p": mcnemar_exact(fixed, broken) if listed else None}}
+
+
+def _count(v: int | None) -> str:
+    return "-" if v is None else str(v)
 
 
 def to_markdown(result: dict, baseline: str = "baseline") -> str:
@@ -79,12 +86,15 @@ def to_markdown(result: dict, baseline: str = "baseline") -> str:
     lines = [f"# Paired against {baseline}", "", "| run | test images | baseline INT8 | this INT8 | difference | "
              "fixed | broken |", "|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {q['id']} | {q['images']} | {100 * q['baseline']:.2f} % | {100 * q['candidate']:.2f} % | "
-              f"{100 * q['diff']:+.2f} pp | {q['fixed']} | {q['broken']} |" for q in result["pairs"]]
+              f"{100 * q['diff']:+.2f} pp | {_count(q['fixed'])} | {_count(q['broken'])} |" for q in result["pairs"]]
     lines += ["", f"Mean difference over {d['n']} pairs: {100 * d['mean']:+.2f} pp{ci}; better in "
                   f"{result['pairs_better']}, worse in {result['pairs_worse']}.",
               f"Pooled over {p['images']} paired test predictions: {100 * p['baseline']:.2f} % -> "
-              f"{100 * p['candidate']:.2f} %; {p['fixed']} images fixed, {p['broken']} broken (exact McNemar "
-              f"p = {p['mcnemar_p']:.3f})."]
+              f"{100 * p['candidate']:.2f} %"
+              + (f"; {p['fixed']} images fixed, {p['broken']} broken (exact McNemar p = {p['mcnemar_p']:.3f}"
+                 + (f", over the {p['listed_pairs']} pairs whose runs listed their mistakes"
+                    if p["listed_pairs"] < len(result["pairs"]) else "") + ")."
+                 if p["mcnemar_p"] is not None else "; no run listed its mistakes, so no fixed/broken count.")]
     if result["skipped"]:
         lines += ["", "Not paired (different test sets): " + "; ".join(result["skipped"])]
     return "\n".join(lines) + "\n"

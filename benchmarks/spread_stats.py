@@ -112,9 +112,11 @@ def grouped(records: list[dict], key) -> dict[str, dict]:
     return {k: describe(v) for k, v in sorted(groups.items())}
 
 
-def wrong_images(record: dict) -> set[str]:
-    """The run's INT8 mistakes as class/file: the same image whether the data folder was relative or absolute."""
-    return {"/".join(PurePath(path).parts[-2:]) for path, *_ in record["int8"]["misclassified"]}
+def wrong_images(record: dict) -> set[str] | None:
+    """The run's INT8 mistakes as class/file: the same image whether the data folder was relative or absolute.
+    None for a record written before runs listed their mistakes (its accuracy still counts, its churn cannot)."""
+    listed = record.get("int8", {}).get("misclassified")
+    return None if listed is None else {"/".join(PurePath(path).parts[-2:]) for path, *_ in listed}
 
 
 def churn(records: list[dict]) -> dict[str, Any] | None:
@@ -127,6 +129,8 @@ def churn(records: list[dict]) -> dict[str, Any] | None:
     seed under other numerics show how much of the churn float rounding alone causes."""
     groups: dict[tuple, list[dict]] = {}
     for r in records:
+        if wrong_images(r) is None:
+            continue
         num = r.get("numerics") or {}
         split = num.get("split_seed", r["seed"])
         groups.setdefault((split, r.get("fold"), r["test_images"]), []).append(r)

@@ -98,6 +98,13 @@ def test_paired_comparison_counts_fixed_and_broken_images(tmp_path):
         compare(base, cand, {"data": "d", "folds": 5}, {"data": "other", "folds": 5})
     with pytest.raises(ValueError, match="no run id"):
         compare(base, [_paired_record("g", [])])
+    # older records without the list of mistakes still pair on accuracy; McNemar reads the runs that listed them
+    unlisted = [{**b, "int8": {"accuracy": b["int8"]["accuracy"]}} for b in base]
+    r3 = compare(unlisted, cand)
+    assert r3["pairs"][0]["fixed"] is None and r3["pooled"]["mcnemar_p"] is None
+    assert "no run listed its mistakes" in to_markdown(r3)
+    r4 = compare(unlisted[:1] + base[1:], cand)
+    assert r4["pooled"]["listed_pairs"] == 1 and "over the 1 pairs" in to_markdown(r4)
     # through the CLI: OUT/paired.json beside the summary; a baseline from other folds is a clear error
     for name, recs, folds in (("base", base, 5), ("cand", cand, 5), ("other", base, 10)):
         (tmp_path / name / "runs").mkdir(parents=True)
@@ -141,6 +148,10 @@ def test_churn_counts_the_images_two_runs_on_one_split_disagree_on():
     # coin flips over 2 images in 100: sd sqrt(0.02 / 2 / 100) = 1 pp a run; 3 runs span 1.693 sd on average
     assert c["run_sd"] == pytest.approx(0.01) and c["implied_range"] == pytest.approx(0.01693)
     assert churn(recs[3:]) is None
+    # a record written before runs listed their mistakes: left out of the churn, not a KeyError
+    old = rec(4, ["q"])
+    del old["int8"]["misclassified"]
+    assert churn(recs + [old])["pairs"] == 3
 
 
 # --------------------------------------------------------------------------------------------- k-fold
