@@ -91,21 +91,22 @@ def run_stage(name: str, model, epoch_data: Callable[[int], tuple], val: tuple |
     bar = tqdm(range(start, epochs if not stopped else start), desc=name, unit="epoch", disable=verbose < 1,
                leave=True)
     for epoch in bar:
-        keras.utils.set_random_seed(epoch_seed(seed, name, epoch))
+        e_seed = epoch_seed(seed, name, epoch)
+        keras.utils.set_random_seed(e_seed)
         x, t, w = epoch_data(epoch)
         if drop_remainder:  # tf.distribute with several replicas fails on a batch it cannot split evenly
             if len(x) < batch_size:
                 raise ValueError(f"{len(x)} training samples are fewer than one global batch ({batch_size}); "
                                  "lower --batch-size")
-            keep = np.random.default_rng(epoch).permutation(len(x))[:len(x) - len(x) % batch_size]
+            # which samples sit out follows --seed too (a stream apart from the batch order's)
+            keep = np.random.default_rng([e_seed, 2]).permutation(len(x))[:len(x) - len(x) % batch_size]
             x, t, w = x[keep], t[keep], w[keep]
         t0 = time.perf_counter()
         if _multiworker():  # Keras' fit fails under MultiWorkerMirroredStrategy: train/distributed.py
             from .distributed import distributed_epoch
-            loss, acc = distributed_epoch(model, x, t, w, batch_size, seed=epoch)
+            loss, acc = distributed_epoch(model, x, t, w, batch_size, seed=e_seed)
         else:  # several replicas stay on Keras' fit, as before train_on_batch came in; now over the seeded order
-            loss, acc = fit_epoch(model, x, t, w, batch_size, epoch_seed(seed, name, epoch),
-                                  pipelined=on_gpu or drop_remainder)
+            loss, acc = fit_epoch(model, x, t, w, batch_size, e_seed, pipelined=on_gpu or drop_remainder)
         res.images_seen += len(x)
         vals = validation_loss(model, val[0], val[1], batch_size) if val is not None else {}
         cur_lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
