@@ -57,10 +57,10 @@ def compare(baseline: list[dict], candidate: list[dict], baseline_cfg: dict | No
             skipped.append(f"{r['id']}: {b['test_images']} vs {r['test_images']} test images")
             continue
         wb, wc = wrong_images(b), wrong_images(r)
-        listed = wb is not None and wc is not None  # older records lack the list: accuracy only
+        both = wb is not None and wc is not None  # older records lack the list: accuracy only
         pairs.append({"id": r["id"], "images": r["test_images"], "baseline": b["int8"]["accuracy"],
                       "candidate": r["int8"]["accuracy"], "diff": r["int8"]["accuracy"] - b["int8"]["accuracy"],
-                      "fixed": len(wb - wc) if listed else None, "broken": len(wc - wb) if listed else None})
+                      "fixed": len(wb - wc) if both else None, "broken": len(wc - wb) if both else None})
     if not pairs:
         raise ValueError("no run id finished in both outputs" + (f" with equal test sets ({'; '.join(skipped)})"
                                                                  if skipped else ""))

@@ -127,17 +127,18 @@ def churn(records: list[dict]) -> dict[str, Any] | None:
     would scatter around the recipe's with sd sqrt(D / 2) / N, and k runs would span RANGE_SD[k] times that: the
     spread to expect from the runs' churn, read off hundreds of images rather than off k accuracies. Pairs of one
     seed under other numerics show how much of the churn float rounding alone causes."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in records:
-        if wrong_images(r) is None:
+    groups: dict[tuple, list[tuple[dict, set[str]]]] = {}
+    for r in records:  # each run's mistakes read once, not once per pair it is in
+        wrong = wrong_images(r)
+        if wrong is None:
             continue
         num = r.get("numerics") or {}
         split = num.get("split_seed", r["seed"])
-        groups.setdefault((split, r.get("fold"), r["test_images"]), []).append(r)
+        groups.setdefault((split, r.get("fold"), r["test_images"]), []).append((r, wrong))
     pairs = []
     for (_, _, images), rs in groups.items():
-        for a, b in combinations(rs, 2):
-            pairs.append({"images": images, "discordant": len(wrong_images(a) ^ wrong_images(b)),
+        for (a, wa), (b, wb) in combinations(rs, 2):
+            pairs.append({"images": images, "discordant": len(wa ^ wb),
                           "kind": "numerics" if a["seed"] == b["seed"] else "seed"})
     if not pairs:
         return None
