@@ -99,3 +99,17 @@ def test_augment_batch_in_sub_batches_equals_the_whole_batch_at_once(cfg):
     else:
         want = np.clip(whole * p["brightness"][:, None, None, None] + p["channel_shift"][:, None, None, :], 0, 255)
     assert got.dtype == np.float32 and np.array_equal(got, want.astype(np.float32))
+
+
+def test_random_crops_are_windows_of_each_sample_at_random_places():
+    rng = np.random.default_rng(0)
+    x = np.arange(64 * 18 * 18 * 2, dtype=np.float32).reshape(64, 18, 18, 2)
+    c = augment.random_crops(x, 13, rng)
+    assert c.shape == (64, 13, 13, 2)
+    places = set()
+    for i in range(len(x)):  # the top-left cell locates the window; the whole window must match it
+        y0, x0 = np.argwhere(x[i, :, :, 0] == c[i, 0, 0, 0])[0]
+        np.testing.assert_array_equal(c[i], x[i, y0:y0 + 13, x0:x0 + 13])
+        places.add((y0, x0))
+    assert len(places) > 20 and max(p[0] for p in places) == 5 and min(p[1] for p in places) == 0
+    assert augment.random_crops(x, 18, rng) is x  # a window of the whole side is the sample itself

@@ -165,6 +165,22 @@ def test_edge_train_end_to_end_learns_the_synthetic_task(tiny_backbone, syntheti
     assert main(args) == 2
 
 
+def test_stage2_on_crops_of_the_cached_activations_still_learns_whole_images(tiny_backbone, synthetic_dataset,
+                                                                           tmp_path):
+    from trashcam.train.cli import main
+
+    out = tmp_path / "bundle"
+    assert main(["--data", str(synthetic_dataset), "--out", str(out), "--recipe", "quick", "--backbone", "tiny",
+                 "--weights", "none", "--image-size", "32", "--stage2-from", "block2a", "--stage1-epochs", "25",
+                 "--stage2-epochs", "3", "--stage1-lr", "0.01", "--stage2-lr", "0.003", "--stage2-crop", "0.5",
+                 "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
+    stage2 = json.loads((out / "metrics.json").read_text())["stages"][1]
+    assert stage2["info"]["activation_shape"][:2] == [8, 8] and stage2["info"]["crop"] == [4, 4]
+    b = Bundle.load(out)
+    assert b.preprocessing.input_size == (32, 32)  # the model that ships takes whole images
+    assert b.metadata["metrics"]["test_accuracy"] >= 0.85
+
+
 def test_resume_skips_finished_stage(tiny_backbone, synthetic_dataset, tmp_path):
     from trashcam.train.cli import main
 

@@ -175,6 +175,18 @@ def tta_views(x_u8: np.ndarray, passes: tuple[str, ...]) -> list[np.ndarray]:
     return views
 
 
+def random_crops(x: np.ndarray, side: int, rng: np.random.Generator) -> np.ndarray:
+    """A `side` x `side` window of each (N, H, W, C) sample at a uniform random place: stage 2's crop of the cached
+    activations, where the arithmetic of every later layer shrinks with the area while objects keep the scale
+    they have at test time (the model still sees whole images there)."""
+    n, h, w = x.shape[:3]
+    if side >= min(h, w):
+        return x
+    rows = rng.integers(0, h - side + 1, n)[:, None] + np.arange(side)
+    cols = rng.integers(0, w - side + 1, n)[:, None] + np.arange(side)
+    return x[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
 def one_hot_smooth(y: np.ndarray, n_classes: int, smoothing: float) -> np.ndarray:
     """One-hot targets with label smoothing: 1 - eps + eps/K on the true class, eps/K elsewhere."""
     t = np.full((len(y), n_classes), smoothing / n_classes, np.float32)

@@ -84,6 +84,9 @@ HELP = {
                    "'train' with --mode full/hybrid or --stage2-patience > 0, and the default recipe's 18 epochs "
                    "become 22, the same image-steps). +0.6 pp INT8 over 10 paired 5-fold "
                    "runs; edge-calibrate then fits on the test split, the only images the model never saw",
+    "stage2_crop": "stage 2 (--mode cached) trains on a random crop of each cached activation, this fraction of its "
+                   "side (0.72: 13 of 18 cells at 288 px, about half the arithmetic); the model still takes whole "
+                   "images. 1: whole activations",
     "distill_temperature": "softens the teacher's probabilities (> 1: softer) before they are blended",
 }
 

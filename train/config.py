@@ -102,6 +102,9 @@ class TrainConfig(JsonConfig):
     # nothing on validation, so the images teach instead of only being watched. Calibration then fits on images the
     # model has seen (edge-calibrate warns).
     stage2_data: str = setting("train", choices=("train", "train+val"))
+    # stage 2 ("cached") trains on a random crop of each cached activation, this fraction of its side (0.72: 13 of
+    # 18 cells at 288 px, ~half the arithmetic of every unfrozen layer); 1: whole activations. Test sees whole images.
+    stage2_crop: float = setting(1.0, above=0, max=1)
 
     # evaluation
     tta: bool = True
@@ -131,6 +134,8 @@ class TrainConfig(JsonConfig):
             raise ConfigError("stage2_data", "validation images join stage 2 only in mode 'cached' with a "
                               "fixed-length stage 2 (--stage2-patience 0): nothing may be chosen on them",
                               self.stage2_data)
+        if self.stage2_crop < 1 and self.mode != "cached":
+            raise ConfigError("stage2_crop", "applies to cached activations: mode 'cached' only", self.stage2_crop)
         for name in ("stage1_epochs", "stage2_epochs", "stage1_patience", "stage2_patience", "threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, "must be >= 0", getattr(self, name))

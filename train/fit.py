@@ -17,7 +17,7 @@ from .checkpoint import Checkpoint
 from .config import TrainConfig
 from .frozen_inference import frozen_predictor
 from .loop import StageResult, epoch_rng, finish, finished, predict, run_stage
-from .model import ClassifierParts, head_model, set_stage, stage2_index, trunk_and_top
+from .model import ClassifierParts, any_size, head_model, set_stage, stage2_index, trunk_and_top
 
 
 def _mixed(x, y, n_classes, sw, cfg: TrainConfig, rng, teacher: np.ndarray | None = None):
@@ -194,20 +194,24 @@ def fit_cached(parts: ClassifierParts, train, val, n_classes: int, sw: np.ndarra
             teacher_p = None if teacher_p is None else np.concatenate([teacher_p, val_teacher])
             del val_acts
         idx = np.arange(len(acts))
+        crop = max(1, round(acts.shape[2] * cfg.stage2_crop))
+        cropped = crop < min(acts.shape[2:4])
 
         def epoch_data(epoch):
             erng = epoch_rng(cfg, "stage2", epoch)
             pick = erng.integers(0, cfg.views, len(idx))
-            return _mixed(acts[idx, pick].astype(np.float32), y2, n_classes, w, cfg, erng,
+            x = augment.random_crops(acts[idx, pick], crop, erng) if cropped else acts[idx, pick]
+            return _mixed(x.astype(np.float32), y2, n_classes, w, cfg, erng,
                           None if teacher_p is None else teacher_p[idx, pick])
 
         # the refit trains on the validation images: a loss on them would only say they were learnt (~1e-15)
         val2 = None if with_val else (val_act.astype(np.float32), tv)
-        s2 = run_stage("stage2", top, epoch_data, val2, cfg.stage2_epochs,
+        s2 = run_stage("stage2", any_size(top) if cropped else top, epoch_data, val2, cfg.stage2_epochs,
                        cfg.stage2_patience, cfg.stage2_lr, cfg.stage2_cosine, cfg.batch_size, ckpt, cfg.verbose,
                        _jit(cfg), n_per_epoch=len(idx), full_model=parts.model, monitor=cfg.monitor, seed=cfg.seed)
         s2.info = {**info, "cut_at": parts.backbone_layers[start].name, "activation_shape": list(acts.shape[2:]),
-                   "cache_mb": round(acts.nbytes / 2**20, 1), "trained_on": cfg.stage2_data, "images": len(idx)}
+                   "cache_mb": round(acts.nbytes / 2**20, 1), "trained_on": cfg.stage2_data, "images": len(idx),
+                   **({"crop": [crop, crop]} if cropped else {})}
         finish(ckpt, parts, s2)
     results.append(s2)
     keep_better_stage(parts, stage1_weights, results, cfg.fixed_stage2)

@@ -101,6 +101,14 @@ def trunk_and_top(parts: ClassifierParts, start: int):
     return trunk, top, features
 
 
+def any_size(model):
+    """`model` with its input's height and width left open, sharing every layer (so every weight) with it: stage 2
+    trains on crops of the cached activations and validates on whole ones."""
+    import keras
+    return keras.models.clone_model(model, input_tensors=keras.Input((None, None, model.input.shape[-1])),
+                                    clone_function=lambda layer: layer)
+
+
 def head_model(parts: ClassifierParts):
     """Pooled features -> probabilities, sharing the head's weights with the full model."""
     import keras
