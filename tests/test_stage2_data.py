@@ -29,6 +29,11 @@ def test_validation_joins_only_a_stage_that_chooses_nothing_on_it():
     assert resolve("default", stage2_data="train").stage2_epochs == 22
     assert resolve("default", stage2_data="train", stage2_epochs=10).stage2_epochs == 10
     assert resolve("quick").stage2_epochs == QUICK.stage2_epochs == resolve("quick", mode="full").stage2_epochs
+    # stage 2's crops are of cached activations: they give way to --mode full/hybrid, and the quick recipe has none
+    assert resolve("default").stage2_crop == 0.83 and resolve("default", mode="full").stage2_crop == 1.0
+    assert resolve("default", stage2_data="train").stage2_crop == 0.83 and QUICK.stage2_crop == 1.0
+    with pytest.raises(ConfigError, match="stage2_crop"):
+        resolve("default", mode="hybrid", stage2_crop=0.5)
 
 
 def test_stage2_trains_on_validation_images_too(tiny_backbone, synthetic_dataset, tmp_path, capsys):
