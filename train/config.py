@@ -186,8 +186,8 @@ SEED = TrainConfig(recipe="seed", backbone="efficientnet_b0", mode="full", augme
 # default's validation split: a few images either way, so the issue's 5-pass set stands).
 # Stage 2 has a fixed length (cosine to 0, last weights): with early stopping on 303 validation images, seed 1
 # stopped fine-tuning after 6 of 24 epochs (its validation loss rises for the first epochs after a lucky stage-1
-# minimum) and kept stage 1's model: 91.4 % against 94.4 % for seed 42, same split (docs/accuracy.md). On train alone it runs
-# 22 epochs, not 24, to keep edge-train within 20 min on 2 cores.
+# minimum) and kept stage 1's model: 91.4 % against 94.4 % for seed 42, same split (docs/accuracy.md). On train
+# alone it runs 22 epochs, not 24, to keep edge-train within 20 min on 2 cores.
 # Stage 2 also trains on the validation images (the refit): it chooses nothing on them, and they are 21 % more
 # images. Paired on two 5-fold partitions: +0.59 pp INT8 (95 % CI +0.07..+1.11, McNemar p 0.025), pooled 95.31 %.
 # The refit runs 18 epochs: 18 x 1,620 images are the image-steps of 22 x 1,335 on train alone, so it costs no more
@@ -249,11 +249,12 @@ def resolve(recipe: str, **overrides: Any) -> TrainConfig:
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if overrides.get("backbone", preset.backbone) != preset.backbone:
         overrides = {**backbone_defaults(preset, overrides["backbone"], overrides), **overrides}
-    if "stage2_data" not in overrides and not refit_possible(overrides.get("mode", preset.mode),
-                                                             overrides.get("stage2_patience", preset.stage2_patience)):
+    mode = overrides.get("mode", preset.mode)
+    if "stage2_data" not in overrides and not refit_possible(mode, overrides.get("stage2_patience",
+                                                                               preset.stage2_patience)):
         # the recipe's refit is a default, not a request: `--mode full` or early stopping train on train alone
         overrides["stage2_data"] = "train"
-    if overrides.get("mode", preset.mode) != "cached" and "stage2_crop" not in overrides:
+    if mode != "cached" and "stage2_crop" not in overrides:
         overrides["stage2_crop"] = 1.0  # crops are of cached activations; full and hybrid train on whole images
     if preset.stage2_data != "train" and overrides.get("stage2_data") == "train":
         overrides = {**TRAIN_ONLY.get(recipe, {}), **overrides}
