@@ -288,7 +288,7 @@ examples:
   edge-spread --data ../shared/data/trashnet5 --out runs/cv --folds 5 --seeds 42,43
                                      # 5-fold cross-validation, two partitions: every image tested twice
   edge-spread --data data/sample --out runs/s --recipe quick --seeds 1,2
-  edge-spread --out runs/spread --summary-only --write-expected benchmarks/default_recipe_spread.json
+  edge-spread --out runs/spread --summary-only --write-expected train/default_recipe_spread.json
   edge-spread --out runs/all --summary-only --merge runs/onednn0 --merge runs/threads1
                                      # one summary over several outputs on the same split
   edge-spread --data ../shared/data/trashnet5 --out runs/cv_tv --folds 5 --seeds 42 \\
@@ -348,7 +348,9 @@ def command(summary_only: bool, dry_run: bool, write_expected: str | None, merge
     if write_expected:
         if not summary.get("metrics"):
             return error(PROG, "no finished runs to take the expected spread from", 1)
-        atomic_write_json(write_expected, expected_spread(summary))
+        # keep what was added by hand or by other runs (data, cv, source): report.md quotes them
+        old = json.loads(Path(write_expected).read_text()) if Path(write_expected).is_file() else {}
+        atomic_write_json(write_expected, {**old, **expected_spread(summary)})
     if baseline:
         try:
             paired = compare_to(out, Path(baseline))

@@ -18,7 +18,7 @@ from trashcam.train.data import fold_split
 
 # The one place the slow test's expected spread lives; it must hold numbers measured with edge-spread (see the
 # file's "comment"), not one run's result.
-EXPECTED = REPO / "benchmarks" / "default_recipe_spread.json"
+EXPECTED = REPO / "train" / "default_recipe_spread.json"
 
 # ------------------------------------------------------------------------------------------- statistics
 
@@ -136,6 +136,13 @@ def test_merge_pools_outputs_on_one_split_and_refuses_mixed_splits(tmp_path):
         sp.merged_records(a, (c,))
     p = run_cli("-m", "trashcam.benchmarks.spread", "--out", str(a), "--merge", str(b), "--data", str(tmp_path))
     assert p.returncode == 2 and "--summary-only" in p.stderr
+    # --write-expected refreshes what it computes and keeps what report.md also quotes (data, cv, source)
+    exp = tmp_path / "expected.json"
+    exp.write_text(json.dumps({"int8_accuracy_mean": 0.5, "cv": [{"pooled": 0.9}], "source": "by hand"}))
+    p = run_cli("-m", "trashcam.benchmarks.spread", "--out", str(a), "--summary-only", "--write-expected", str(exp))
+    kept = json.loads(exp.read_text())
+    assert p.returncode == 0 and kept["cv"] == [{"pooled": 0.9}] and kept["source"] == "by hand"
+    assert kept["runs"] == 2 and kept["int8_accuracy_mean"] != 0.5 and kept["measured"] is True
 
 def test_churn_counts_the_images_two_runs_on_one_split_disagree_on():
     def rec(seed: int, wrong: list[str], fold: str | None = None, onednn: int = 1) -> dict:

@@ -217,6 +217,20 @@ QUICK = DEFAULT.replace(recipe="quick", image_size=160, views=2, stage1_epochs=1
 
 RECIPES: dict[str, TrainConfig] = {c.recipe: c for c in (SEED, DEFAULT, QUICK)}
 
+# Fields that say where and how a run executes, not what it trains: a measured distribution spans seeds, splits
+# and numerics, so a run that sets only these is still a draw from its recipe's (train/measured.py).
+RUN_FIELDS = frozenset({"data", "out", "seed", "split_seed", "fold", "threads", "cache_dir", "resume", "verbose",
+                        "strategy", "precision", "jit_compile", "frozen_inference"})
+
+
+def overridden(cfg: TrainConfig) -> list[str]:
+    """The recipe fields where `cfg` differs from its preset (metrics.json records them; report.md names them)."""
+    preset = RECIPES.get(cfg.recipe)
+    if preset is None:
+        return []
+    return [f.name for f in dataclasses.fields(TrainConfig)
+            if f.name not in RUN_FIELDS and getattr(cfg, f.name) != getattr(preset, f.name)]
+
 
 # Recipe fields whose value belongs to the backbone (its BackboneSpec attribute): a layer index such as the seed's
 # "60" names a different block in another backbone.

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from . import augment
+from .measured import band_text
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[str, Any]:
@@ -153,9 +154,11 @@ def report_markdown(summary: dict[str, Any]) -> str:
              f"Test split: {ev['plain']['images']} images. Accuracy plain {ev['plain']['accuracy']:.2%}"
              + (f", TTA ({len(ev['tta_passes'])} passes) {ev['tta']['accuracy']:.2%}" if "tta" in ev else "")
              + f"; weighted F1 {best['weighted_f1']:.3f}, macro F1 {best['macro_f1']:.3f}.", "",
-             _one_draw(summary), "",
-             f"| stage | epochs | best epoch | best {summary.get('monitor', 'val_loss')} | seconds | img/s |",
-             "|---|---|---|---|---|---|"]
+             _one_draw(summary), ""]
+    band = band_text(summary)
+    lines += ([band, ""] if band else []) + [
+        f"| stage | epochs | best epoch | best {summary.get('monitor', 'val_loss')} | seconds | img/s |",
+        "|---|---|---|---|---|---|"]
     for st in summary["stages"]:
         monitored = "-" if st["best_val_loss"] is None else f"{st['best_val_loss']:.4f}"
         lines.append(f"| {st['name']} | {st['epochs_run']} | {st['best_epoch'] + 1} | {monitored} "

@@ -19,7 +19,7 @@ import numpy as np
 from trashcam.edge.bundle import Bundle, Preprocessing, atomic_write_bytes, atomic_write_json
 from trashcam.edge.dataset import DatasetError, Split, make_split, require_every_class
 
-from .config import TrainConfig
+from .config import TrainConfig, overridden
 from .data import FOREIGN, class_weights, decode_images, default_cache_dir, fold_split
 
 
@@ -226,7 +226,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
     _weights_only(parts.model).save(tmp_model)
     tmp_model.replace(partial / "model.keras")
     summary: dict[str, Any] = {
-        "recipe": cfg.recipe, "backbone": cfg.backbone, "labels": split.classes, "evaluation": evaluation,
+        "recipe": cfg.recipe, "overrides": overridden(cfg), "backbone": cfg.backbone, "labels": split.classes, "evaluation": evaluation,
         "monitor": cfg.monitor,
         "stages": [{"name": s.name, "epochs_run": s.epochs_run, "best_epoch": s.best_epoch,
                     "best_val_loss": s.best_val_loss, "seconds": round(s.seconds, 1),
