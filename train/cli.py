@@ -45,7 +45,8 @@ HELP = {
     "weights": "'imagenet' (default), 'none' (random init) or a path to a Keras weights file",
     "image_size": "square input size in pixels",
     "mode": "'cached': frozen part computed once per view, both stages on the cache (fastest on CPU); 'hybrid': "
-            "stage 1 on cached features, stage 2 on freshly augmented images; 'full': both stages fresh (the seed's way)",
+            "stage 1 on cached features, stage 2 on freshly augmented images; 'full': both stages fresh "
+            "(the seed's way)",
     "views": "augmented views per training image cached for stage 1 ('cached', 'hybrid') and stage 2 ('cached')",
     "stage2_from": "first backbone layer that trains in stage 2: an index (60) or a name prefix (block6a); with "
                    "--backbone, that backbone's own start where the recipe used its backbone's",
@@ -73,7 +74,8 @@ HELP = {
     "precision": "auto (mixed_float16 on GPU, float32 on CPU) | float32 | mixed_float16 | mixed_bfloat16",
     "threads": "CPU threads for TensorFlow and LiteRT (0: all cores)",
     "frozen_inference": "forward passes through frozen layers (cached views, stage-1 features): 'tflite' (LiteRT, "
-                        "float32, ~4x Keras on a CPU; checked against Keras), 'keras', or 'auto' (tflite without a GPU)",
+                        "float32, ~4x Keras on a CPU; checked against Keras), 'keras', or 'auto' (tflite without a "
+                        "GPU)",
     "cache_dir": "where decoded images are cached (default $TRASHCAM_CACHE or ~/.cache/trashcam)",
     "teacher": "knowledge distillation: a trained bundle with the same classes and --image-size whose probabilities on "
                "every cached view make --distill-weight of the targets (--mode cached). The model that ships keeps "

@@ -226,8 +226,8 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
     _weights_only(parts.model).save(tmp_model)
     tmp_model.replace(partial / "model.keras")
     summary: dict[str, Any] = {
-        "recipe": cfg.recipe, "overrides": overridden(cfg), "backbone": cfg.backbone, "labels": split.classes, "evaluation": evaluation,
-        "monitor": cfg.monitor,
+        "recipe": cfg.recipe, "overrides": overridden(cfg), "backbone": cfg.backbone, "labels": split.classes,
+        "evaluation": evaluation, "monitor": cfg.monitor,
         "stages": [{"name": s.name, "epochs_run": s.epochs_run, "best_epoch": s.best_epoch,
                     "best_val_loss": s.best_val_loss, "seconds": round(s.seconds, 1),
                     "images_per_s": round(s.images_per_s, 1), "history": s.history, "info": s.info} for s in stages],
