@@ -286,6 +286,37 @@ def test_tuned_open_set_measures_the_deployed_rule(scored_bundle, tmp_path):
     assert "cross-fitted" in markdown([r2], summarise([r2]))
 
 
+def test_field_foreign_measures_reviewed_foreign_images_on_new_ones_only(scored_bundle, tmp_path):
+    """benchmarks/field_foreign: the held-out class's images split into new ones (measured) and a review pool
+    (fitted); the relative score ranks a frame like a reviewed foreign object above the prototypes alone."""
+    from PIL import Image
+
+    from trashcam.benchmarks.field_foreign import crossfit_flagged, fold, markdown, relative_score, summarise
+    from trashcam.edge.ood import Prototypes
+
+    d, _ = scored_bundle
+    rng = np.random.default_rng(5)
+    (tmp_path / "gone").mkdir()
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "gone" / f"{i}.jpg")
+    (tmp_path / "gone" / "broken.jpg").write_bytes(b"not a jpeg")
+    rec = fold(d, tmp_path, "gone", (2, 100), 0.05, threads=1)
+    assert rec["new_images"] == 6 and rec["pool"] == 6
+    got = {(r["score"], r["reviewed"]) for r in rec["rows"]}
+    assert got == {("prototypes", 0), ("auto", 2), ("relative", 2), ("auto", 6), ("relative", 6)}
+    assert all(0 <= r["new_foreign_flagged"] <= 1 and 0 <= r["in_dist_flagged"] <= 1 for r in rec["rows"])
+    s = summarise([rec, {**rec, "held_out": "other"}])
+    assert len(s) == 5 and s[0]["score"] == "prototypes" and len(s[0]["per_fold"]) == 2
+    assert "| relative | 6 |" in markdown([rec], summarise([rec]))
+    share, _ = crossfit_flagged(np.arange(1000.0), 0.05)
+    assert 0.02 < share < 0.08
+    x = np.eye(4)[[0, 0, 1, 1]] + 0.01
+    protos = Prototypes.fit(x, np.array([0, 0, 1, 1]))
+    foreign = np.array([[0.6, 0.0, 0.0, 0.8]])
+    rel = relative_score(protos, foreign, 1)
+    assert rel(foreign)[0] > rel(x[:1])[0] and rel(foreign)[0] > protos.score(foreign)[0]
+
+
 def test_flag_frame_reads_features_only_for_a_feature_score():
     """The per-frame rule de-quantises the features output only when the score uses it (msp does not)."""
     from trashcam.edge.ood import OodScore, Prototypes

@@ -1,0 +1,140 @@
+"""What reviewing a site's foreign objects buys the "uncertain" score (issue 15's field loop), leave-one-class-out.
+
+On each fold bundle of benchmarks/open_set_tuned.py (class k never trained, INT8, calibrated), class k plays a site's
+foreign object. Its images are split once into "new" images, on which flagging is measured and nothing is fitted,
+and a pool that a user would review into `_foreign/`: the first n of it are the reviewed images R. Scores, each
+thresholded at `--flag-rate` of the bundle's calibration split (cross-fitted: threshold on one half, flagged counted
+on the other, both ways):
+- `prototypes`: what ships with no foreign images (nearest of 16 class centres, cosine);
+- `auto`: what edge-calibrate does today with foreign images, the kind among msp / mahalanobis / combined /
+  prototypes that flags most of R;
+- `relative`: the prototypes' distance minus the distance to the nearest of a few centres of R's features, so a
+  frame that looks like a reviewed foreign object scores high even where it is near a class.
+
+    python -m trashcam.benchmarks.field_foreign --loco runs/loco --data ../shared/data/trashnet5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .open_set_tuned import VARIANT, step_done
+
+
+def outputs(clf, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(calibrated probabilities, pooled features) of each preprocessed image, as the device computes them."""
+    probs, feats = [], []
+    for im in x:
+        probs.append(clf.probs(im))
+        feats.append(clf.engine.features().reshape(-1))
+    return np.stack(probs), np.stack(feats)
+
+
+def relative_score(protos, foreign_feats: np.ndarray, k: int):
+    """score(feats) = distance to the nearest class centre - distance to the nearest of k centres of foreign_feats."""
+    from trashcam.edge.ood import Prototypes, spherical_kmeans, unit_rows
+    fc = spherical_kmeans(unit_rows(np.asarray(foreign_feats, np.float64)), k)
+    return lambda f: protos.score(f) - Prototypes(fc).score(f)
+
+
+def crossfit_flagged(score_in: np.ndarray, rate: float, seed: int = 0) -> tuple[float, float]:
+    """(flagged share of in-distribution images, threshold from all of them): threshold on one half at `rate`,
+    counted on the other half, both ways, averaged."""
+    from trashcam.edge.ood import threshold_for_rate
+    idx = np.random.default_rng(seed).permutation(len(score_in))
+    a, b = idx[:len(idx) // 2], idx[len(idx) // 2:]
+    share = np.mean([np.mean(score_in[t] > threshold_for_rate(score_in[f], rate)) for f, t in ((a, b), (b, a))])
+    return float(share), threshold_for_rate(score_in, rate)
+
+
+def fold(bundle_dir: Path, data: Path, held_out: str, sizes: tuple[int, ...], rate: float, threads: int) -> dict:
+    from trashcam.calibration.ood import _subsample, fit_ood
+    from trashcam.edge.bundle import Bundle
+    from trashcam.edge.imageset import decode, split_images
+    from trashcam.edge.ood import Prototypes
+    from trashcam.edge.runtime import Classifier
+
+    bundle = Bundle.load(bundle_dir)
+    clf = Classifier(bundle, VARIANT, threads)
+    train = split_images(bundle, "train")
+    keep = _subsample(train.y, 1000)  # what edge-calibrate fits its statistics on (ood_fit_images)
+    _, train_f = outputs(clf, train.x[keep])
+    cal = split_images(bundle, bundle.calibrated_on or "val")
+    cal_p, cal_f = outputs(clf, cal.x)
+    paths = sorted(p for p in (data / held_out).iterdir() if p.is_file())
+    fx = decode(paths, np.full(len(paths), -1), bundle.preprocessing, str(data / held_out), "decode foreign")
+    fp, ff = outputs(clf, fx.x)
+    order = np.random.default_rng(0).permutation(len(fx.x))  # unreadable images were skipped by decode
+    new, pool = order[:len(order) // 2], order[len(order) // 2:]
+    new_p, new_f, rev_p, rev_f = fp[new], ff[new], fp[pool], ff[pool]
+
+    protos = Prototypes.fit(train_f, train.y[keep])
+    rows = []
+
+    def row(name: str, n: int, score_fn, extra: dict | None = None) -> None:
+        in_flag, thr = crossfit_flagged(score_fn(cal_p, cal_f), rate)
+        rows.append({"score": name, "reviewed": n, "in_dist_flagged": in_flag,
+                     "new_foreign_flagged": float(np.mean(score_fn(new_p, new_f) > thr)), **(extra or {})})
+
+    row("prototypes", 0, lambda p, f: protos.score(f))
+    for n in sizes:
+        n = min(n, len(pool))
+        score, rep = fit_ood(cal_p, cal_f, train_f, train.y[keep], rate, "auto", (rev_p[:n], rev_f[:n]))
+        row("auto", n, lambda p, f: score.score(p, f), {"picked": rep["kind"]})
+        k = min(16, math.ceil(n / 4))
+        rel = relative_score(protos, rev_f[:n], k)
+        row("relative", n, lambda p, f: rel(f), {"foreign_centres": k})
+    return {"held_out": held_out, "new_images": len(new), "pool": len(pool), "calibration_images": len(cal),
+            "rows": rows}
+
+
+def summarise(folds: list[dict]) -> list[dict]:
+    keys = sorted({(r["score"], r["reviewed"]) for f in folds for r in f["rows"]}, key=lambda k: (k[1], k[0]))
+    out = []
+    for name, n in keys:
+        rs = [r for f in folds for r in f["rows"] if (r["score"], r["reviewed"]) == (name, n)]
+        flagged = [r["new_foreign_flagged"] for r in rs]
+        out.append({"score": name, "reviewed": n, "new_foreign_flagged_mean": float(np.mean(flagged)),
+                    "worst": float(np.min(flagged)), "per_fold": flagged,
+                    "in_dist_flagged_mean": float(np.mean([r["in_dist_flagged"] for r in rs]))})
+    return out
+
+
+def markdown(folds: list[dict], summary: list[dict]) -> str:
+    pct = lambda v: f"{100 * v:.1f} %"  # noqa: E731
+    held = [f["held_out"] for f in folds]
+    md = ["# Reviewed foreign images and the uncertain score (leave-one-class-out, INT8)", "",
+          "| score | reviewed images | new foreign flagged, mean | worst | " + " | ".join(held)
+          + " | in-distribution flagged (cross-fitted) |", "|---" * (5 + len(held)) + "|"]
+    for s in summary:
+        md.append(f"| {s['score']} | {s['reviewed']} | {pct(s['new_foreign_flagged_mean'])} | {pct(s['worst'])} | "
+                  + " | ".join(pct(v) for v in s["per_fold"]) + f" | {pct(s['in_dist_flagged_mean'])} |")
+    return "\n".join(md) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--loco", required=True, type=Path, help="an open_set_tuned --out folder: <class>/bundle")
+    p.add_argument("--data", required=True, type=Path, help="the DIR/<class>/*.jpg it was trained on")
+    p.add_argument("--sizes", default="10,30,1000", help="reviewed images per fold (capped at the pool)")
+    p.add_argument("--flag-rate", type=float, default=0.05)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args(argv)
+    sizes = tuple(int(s) for s in a.sizes.split(","))
+    folds = [fold(d / "bundle", a.data.resolve(), d.name, sizes, a.flag_rate, a.threads)
+             for d in sorted(a.loco.iterdir()) if step_done(d / "bundle", "calibrate")]
+    if not folds:
+        raise SystemExit(f"no fold bundles under {a.loco}")
+    summary = summarise(folds)
+    (a.loco / "field_foreign.json").write_text(json.dumps({"folds": folds, "summary": summary}, indent=1))
+    (a.loco / "field_foreign.md").write_text(markdown(folds, summary))
+    print(markdown(folds, summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
