@@ -245,20 +245,24 @@ def test_open_set_experiment_runs_every_score_on_cached_features(tmp_path):
     assert (tmp_path / "open_set.md").read_text().count("| a |") == 1
 
 
+def held_out_class(folder, n: int, seed: int) -> None:
+    """`n` random-noise JPEGs and one unreadable file: a class the fold model never trained on."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    folder.mkdir()
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+
+
 def test_tuned_open_set_measures_the_deployed_rule(scored_bundle, tmp_path):
     """benchmarks/open_set_tuned: the fold's INT8 model flags foreign images by the bundle's own score and
     threshold, and calibration never sees the held-out class (no --ood-data: nothing is chosen on it)."""
-    from PIL import Image
-
     from trashcam.benchmarks.open_set_tuned import fold_steps, markdown, measure, summarise
     from trashcam.edge.runtime import Classifier
 
     d, _ = scored_bundle
-    rng = np.random.default_rng(3)
-    (tmp_path / "gone").mkdir()
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "gone" / f"{i}.jpg")
-    (tmp_path / "gone" / "broken.jpg").write_bytes(b"not a jpeg")
+    held_out_class(tmp_path / "gone", 6, seed=3)
     rec = measure(d, tmp_path, "gone", threads=1)
     assert rec["foreign_images"] == 6 and rec["foreign_skipped"] == 1 and rec["score"] == DEFAULT_KIND
     clf = Classifier(d, "tflite-int8", threads=1)
@@ -289,17 +293,11 @@ def test_tuned_open_set_measures_the_deployed_rule(scored_bundle, tmp_path):
 def test_field_foreign_measures_reviewed_foreign_images_on_new_ones_only(scored_bundle, tmp_path):
     """benchmarks/field_foreign: the held-out class's images split into new ones (measured) and a review pool
     (fitted); the relative score ranks a frame like a reviewed foreign object above the prototypes alone."""
-    from PIL import Image
-
     from trashcam.benchmarks.field_foreign import crossfit_flagged, fold, markdown, relative_score, summarise
     from trashcam.edge.ood import Prototypes
 
     d, _ = scored_bundle
-    rng = np.random.default_rng(5)
-    (tmp_path / "gone").mkdir()
-    for i in range(12):
-        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "gone" / f"{i}.jpg")
-    (tmp_path / "gone" / "broken.jpg").write_bytes(b"not a jpeg")
+    held_out_class(tmp_path / "gone", 12, seed=5)
     rec = fold(d, tmp_path, "gone", (2, 100), 0.05, threads=1)
     assert rec["new_images"] == 6 and rec["pool"] == 6
     got = {(r["score"], r["reviewed"]) for r in rec["rows"]}
