@@ -24,6 +24,9 @@ import numpy as np
 
 from .open_set_tuned import VARIANT, step_done
 
+# the kinds edge-calibrate's auto chose among by the foreign images they flag, before the relative score
+PICKED_FROM = ("prototypes", "msp", "mahalanobis", "combined")
+
 
 def outputs(clf, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(calibrated probabilities, pooled features) of each preprocessed image, as the device computes them."""
@@ -83,8 +86,10 @@ def fold(bundle_dir: Path, data: Path, held_out: str, sizes: tuple[int, ...], ra
     row("prototypes", 0, lambda p, f: protos.score(f))
     for n in sizes:
         n = min(n, len(pool))
-        score, rep = fit_ood(cal_p, cal_f, train_f, train.y[keep], rate, "auto", (rev_p[:n], rev_f[:n]))
-        row("auto", n, lambda p, f: score.score(p, f), {"picked": rep["kind"]})
+        fitted = {k: fit_ood(cal_p, cal_f, train_f, train.y[keep], rate, k, (rev_p[:n], rev_f[:n]))
+                  for k in PICKED_FROM}
+        best = max(PICKED_FROM, key=lambda k: fitted[k][1]["candidates"][k]["foreign_flagged"])
+        row("auto", n, fitted[best][0].score, {"picked": best})
         k = min(16, math.ceil(n / 4))
         rel = relative_score(protos, rev_f[:n], k)
         row("relative", n, lambda p, f: rel(f), {"foreign_centres": k})
