@@ -80,12 +80,13 @@ def fold(bundle_dir: Path, data: Path, held_out: str, sizes: tuple[int, ...], ra
 
     def row(name: str, n: int, score_fn, extra: dict | None = None) -> None:
         in_flag, thr = crossfit_flagged(score_fn(cal_p, cal_f), rate)
-        rows.append({"score": name, "reviewed": n, "in_dist_flagged": in_flag,
+        rows.append({"score": name, "reviewed": n, "asked": asked, "in_dist_flagged": in_flag,
                      "new_foreign_flagged": float(np.mean(score_fn(new_p, new_f) > thr)), **(extra or {})})
 
+    asked = 0
     row("prototypes", 0, lambda p, f: protos.score(f))
-    for n in sizes:
-        n = min(n, len(pool))
+    for asked in sizes:
+        n = min(asked, len(pool))
         fitted = {k: fit_ood(cal_p, cal_f, train_f, train.y[keep], rate, k, (rev_p[:n], rev_f[:n]))
                   for k in PICKED_FROM}
         best = max(PICKED_FROM, key=lambda k: fitted[k][1]["candidates"][k]["foreign_flagged"])
@@ -98,12 +99,14 @@ def fold(bundle_dir: Path, data: Path, held_out: str, sizes: tuple[int, ...], ra
 
 
 def summarise(folds: list[dict]) -> list[dict]:
-    keys = sorted({(r["score"], r["reviewed"]) for f in folds for r in f["rows"]}, key=lambda k: (k[1], k[0]))
+    """Per score and asked-for number of reviewed images (a fold's pool caps it: "reviewed" lists what each got)."""
+    keys = sorted({(r["score"], r["asked"]) for f in folds for r in f["rows"]}, key=lambda k: (k[1], k[0]))
     out = []
     for name, n in keys:
-        rs = [r for f in folds for r in f["rows"] if (r["score"], r["reviewed"]) == (name, n)]
+        rs = [r for f in folds for r in f["rows"] if (r["score"], r["asked"]) == (name, n)]
         flagged = [r["new_foreign_flagged"] for r in rs]
-        out.append({"score": name, "reviewed": n, "new_foreign_flagged_mean": float(np.mean(flagged)),
+        out.append({"score": name, "asked": n, "reviewed": sorted({r["reviewed"] for r in rs}),
+                    "new_foreign_flagged_mean": float(np.mean(flagged)),
                     "worst": float(np.min(flagged)), "per_fold": flagged,
                     "in_dist_flagged_mean": float(np.mean([r["in_dist_flagged"] for r in rs]))})
     return out
@@ -116,7 +119,9 @@ def markdown(folds: list[dict], summary: list[dict]) -> str:
           "| score | reviewed images | new foreign flagged, mean | worst | " + " | ".join(held)
           + " | in-distribution flagged (cross-fitted) |", "|---" * (5 + len(held)) + "|"]
     for s in summary:
-        md.append(f"| {s['score']} | {s['reviewed']} | {pct(s['new_foreign_flagged_mean'])} | {pct(s['worst'])} | "
+        got = s["reviewed"]
+        n = str(got[0]) if len(got) == 1 else f"{min(got)}-{max(got)} (all of the pool)"
+        md.append(f"| {s['score']} | {n} | {pct(s['new_foreign_flagged_mean'])} | {pct(s['worst'])} | "
                   + " | ".join(pct(v) for v in s["per_fold"]) + f" | {pct(s['in_dist_flagged_mean'])} |")
     return "\n".join(md) + "\n"
 
