@@ -8,8 +8,9 @@ on the other, both ways):
 - `prototypes`: what ships with no foreign images (nearest of 16 class centres, cosine);
 - `auto`: what edge-calibrate does today with foreign images, the kind among msp / mahalanobis / combined /
   prototypes that flags most of R;
-- `relative`: the prototypes' distance minus the distance to the nearest of a few centres of R's features, so a
-  frame that looks like a reviewed foreign object scores high even where it is near a class.
+- `relative` (edge/ood.py RelativePrototypes, auto's choice with foreign images since this measurement): the
+  prototypes' distance minus the distance to the nearest of a few centres of R's features, so a frame that looks
+  like a reviewed foreign object scores high even where it is near a class.
 
     python -m trashcam.benchmarks.field_foreign --loco runs/loco --data ../shared/data/trashnet5
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -37,13 +37,6 @@ def outputs(clf, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(probs), np.stack(feats)
 
 
-def relative_score(protos, foreign_feats: np.ndarray, k: int):
-    """score(feats) = distance to the nearest class centre - distance to the nearest of k centres of foreign_feats."""
-    from trashcam.edge.ood import Prototypes, spherical_kmeans, unit_rows
-    fc = spherical_kmeans(unit_rows(np.asarray(foreign_feats, np.float64)), k)
-    return lambda f: protos.score(f) - Prototypes(fc).score(f)
-
-
 def crossfit_flagged(score_in: np.ndarray, rate: float, seed: int = 0) -> tuple[float, float]:
     """(flagged share of in-distribution images, threshold from all of them): threshold on one half at `rate`,
     counted on the other half, both ways, averaged."""
@@ -58,7 +51,7 @@ def fold(bundle_dir: Path, data: Path, held_out: str, sizes: tuple[int, ...], ra
     from trashcam.calibration.ood import _subsample, fit_ood
     from trashcam.edge.bundle import Bundle
     from trashcam.edge.imageset import decode, split_images
-    from trashcam.edge.ood import Prototypes
+    from trashcam.edge.ood import Prototypes, RelativePrototypes
     from trashcam.edge.runtime import Classifier
 
     bundle = Bundle.load(bundle_dir)
@@ -91,9 +84,8 @@ def fold(bundle_dir: Path, data: Path, held_out: str, sizes: tuple[int, ...], ra
                   for k in PICKED_FROM}
         best = max(PICKED_FROM, key=lambda k: fitted[k][1]["candidates"][k]["foreign_flagged"])
         row("auto", n, fitted[best][0].score, {"picked": best})
-        k = min(16, math.ceil(n / 4))
-        rel = relative_score(protos, rev_f[:n], k)
-        row("relative", n, lambda p, f: rel(f), {"foreign_centres": k})
+        rel = RelativePrototypes.fit_foreign(protos, rev_f[:n])
+        row("relative", n, lambda p, f: rel.score(f), {"foreign_centres": len(rel.foreign)})
     return {"held_out": held_out, "new_images": len(new), "pool": len(pool), "calibration_images": len(cal),
             "rows": rows}
 

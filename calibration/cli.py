@@ -52,6 +52,8 @@ def format_table(report: dict) -> str:
             continue
         c = u["candidates"][u["kind"]]
         foreign = f", {c['foreign_flagged'] * 100:.1f}% of foreign images" if "foreign_flagged" in c else ""
+        if "foreign_flagged_in_sample" in c:
+            foreign += " (each half scored with centres fitted on the other half)"
         lines.append(f"{name}: 'uncertain' = {u['kind']} score > {c['threshold']:.4g} "
                      f"({u.get('chosen_by', 'asked for')}): flags {c['val_flagged'] * 100:.1f}% of the fitting images{foreign}")
     return "\n".join(lines)

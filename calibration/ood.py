@@ -6,7 +6,8 @@ Per variant, with the variant's own outputs (an INT8 model's features are its de
   threshold too low);
 - the threshold flagging `flag_rate` of the VALIDATION images (after the variant's temperature);
 - with foreign images (`--ood-data`, or the `foreign` list of the bundle's split that `edge-train --add-data`
-  fills from DIR/_foreign/), the share they flag, and for `ood_score="auto"` the kind that flags most of them.
+  fills from DIR/_foreign/), the share each kind flags, and for `ood_score="auto"` the relative score: centres of
+  those images become a second table, and a frame near them is flagged even where it lies near a class.
 Arrays go to `ood/<variant>.npz` (listed with its sha256), the rest to calibration["ood_by_variant"][variant].
 """
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from trashcam.edge.bundle import Bundle, atomic_write_bytes
-from trashcam.edge.ood import KINDS as OOD_KINDS, Mahalanobis, OodScore, Prototypes, msp_score, threshold_for_rate
+from trashcam.edge.ood import (KINDS as OOD_KINDS, Mahalanobis, OodScore, Prototypes, RelativePrototypes, msp_score,
+                                threshold_for_rate)
 
 # What leave-one-class-out chose when no foreign images say otherwise: the fine-tuned default recipe trained without
 # each class in turn, INT8, edge-calibrate's defaults (benchmarks/open_set_tuned.py, runs of 2026-12-02). Prototypes
@@ -26,6 +28,8 @@ from trashcam.edge.ood import KINDS as OOD_KINDS, Mahalanobis, OodScore, Prototy
 # experiment benchmarks/open_set.py) 34.9 % (worst 25.6 %) at 5.4 %, AUROC 0.833. On the same fold models' outputs:
 # Mahalanobis alone 25.7 %, max-probability 25.8 %, the nearest of every train feature (not deployable) 43.4 %.
 DEFAULT_KIND = "prototypes"
+# What `auto` uses once there are reviewed foreign images (--ood-data, --add-data's _foreign/): MEASURED_BELOW
+RELATIVE_WITH_FOREIGN = "relative"
 KINDS = ("auto", *OOD_KINDS)
 OOD_DIR = "ood"
 
@@ -85,26 +89,52 @@ def fit_ood(val_probs: np.ndarray, val_feats: np.ndarray | None, train_feats: np
         protos = Prototypes.fit(train_feats, train_y)
         candidates["prototypes"] = OodScore("prototypes", threshold_for_rate(protos.score(val_feats), flag_rate),
                                             protos)
+    have_foreign = foreign is not None and len(foreign[0])
+    if "prototypes" in candidates and have_foreign and foreign[1] is not None:
+        rel = RelativePrototypes.fit_foreign(protos, foreign[1])
+        candidates["relative"] = OodScore("relative", threshold_for_rate(rel.score(val_feats), flag_rate), rel)
     report: dict[str, Any] = {"flag_rate": flag_rate, "candidates": {}}
     for name, c in candidates.items():
         row = {"threshold": c.threshold,
                "val_flagged": float(np.mean(c.score(val_probs, val_feats) > c.threshold))}
-        if foreign is not None and len(foreign[0]):
+        if have_foreign:
             row["foreign_flagged"] = float(np.mean(c.score(*foreign) > c.threshold))
+        if name == "relative":  # fitted on these images: say what it does on new ones
+            row["foreign_flagged_in_sample"] = row["foreign_flagged"]
+            row["foreign_flagged"] = relative_crossfit(protos, val_feats, foreign[1], flag_rate)
         report["candidates"][name] = row
     if kind == "auto":
-        have_foreign = foreign is not None and len(foreign[0])
-        if have_foreign:  # the field's own foreign objects decide; ties keep the experiment's choice
+        if "relative" in candidates:
+            kind = RELATIVE_WITH_FOREIGN
+        elif have_foreign:  # the field's own foreign objects decide; ties keep the experiment's choice
             order = [DEFAULT_KIND] + [k for k in candidates if k != DEFAULT_KIND]
             kind = max((k for k in order if k in candidates),
                        key=lambda k: report["candidates"][k]["foreign_flagged"])
         else:
             kind = DEFAULT_KIND if DEFAULT_KIND in candidates else "msp"
         report["chosen_by"] = "foreign images" if have_foreign else "default"
+    elif kind == "relative" and not have_foreign:
+        raise ValueError("the relative score needs reviewed foreign images: --ood-data DIR, or the _foreign/ "
+                         "images of edge-train --add-data")
     elif kind not in candidates:
         raise ValueError(f"the {kind} score needs the model's feature output; re-run edge-convert")
     report["kind"] = kind
     return candidates[kind], report
+
+
+def relative_crossfit(protos: Prototypes, val_feats: np.ndarray, foreign_feats: np.ndarray, flag_rate: float,
+                      seed: int = 0) -> float:
+    """Share of the foreign images the relative score flags with its foreign centres fitted on the other half of
+    them (both ways): what it does on foreign objects it was not fitted on. In sample it flags nearly all."""
+    idx = np.random.default_rng(seed).permutation(len(foreign_feats))
+    halves = (idx[:len(idx) // 2], idx[len(idx) // 2:])
+    if min(map(len, halves)) == 0:
+        return float("nan")
+    hits = []
+    for fit, new in (halves, halves[::-1]):
+        rel = RelativePrototypes.fit_foreign(protos, foreign_feats[fit])
+        hits.append(rel.score(foreign_feats[new]) > threshold_for_rate(rel.score(val_feats), flag_rate))
+    return float(np.mean(np.concatenate(hits)))
 
 
 def save_ood(bundle: Bundle, variant: str, score: OodScore, extra: dict[str, Any]) -> dict[str, Any]:

@@ -11,11 +11,13 @@ Scores (all "higher = more foreign"):
                its top directions exact and the rest isotropic (see DEFAULT_RANK)
 - combined:    z-scored mahalanobis + z-scored msp, each standardised on in-distribution validation images
 - prototypes:  1 - cosine similarity of the pooled features to the nearest of a few k-means centres per class
+- relative:    prototypes minus the same distance to centres of a site's reviewed foreign images (needs them)
 The leave-one-class-out experiments (benchmarks/open_set.py, open_set_tuned.py) also measure energy and kNN, which
 need logits or a feature bank the deployed models do not carry.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -244,9 +246,52 @@ class Prototypes:
         return cls(arrays[f"{prefix}centroids"])
 
 
+def foreign_centres(n: int) -> int:
+    """Centres kept for `n` reviewed foreign images: one per 4 images, at most a class's worth."""
+    return max(1, min(PROTOTYPES_PER_CLASS, math.ceil(n / 4)))
+
+
+@dataclass
+class RelativePrototypes(Prototypes):
+    """The prototypes' distance minus the distance to the nearest centre of a site's reviewed foreign images
+    (`_foreign/`): a frame that looks like a foreign object the site has already seen scores high even where it lies
+    near a class, which the class centres alone cannot tell (benchmarks/field_foreign.py measured it)."""
+
+    foreign: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # (F, D) float32, unit rows
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.foreign = np.ascontiguousarray(np.asarray(self.foreign, np.float32))
+
+    @classmethod
+    def fit_foreign(cls, protos: Prototypes, foreign_feats: np.ndarray, seed: int = 0) -> "RelativePrototypes":
+        x = unit_rows(np.asarray(foreign_feats, np.float64))
+        return cls(protos.centroids, spherical_kmeans(x, foreign_centres(len(x)), seed))
+
+    def score(self, feats: np.ndarray) -> np.ndarray:
+        f = unit_rows(np.atleast_2d(np.asarray(feats, np.float64)))
+        return ((f @ self.foreign.T.astype(np.float64)).max(axis=1)
+                - (f @ self.centroids.T.astype(np.float64)).max(axis=1))
+
+    def score_one(self, v: np.ndarray) -> float:
+        """(nearest foreign cosine - nearest class cosine): the difference of the two distances, per frame."""
+        near = float(_row_dots(self.foreign, v).max()) - float(_row_dots(self.centroids, v).max())
+        return near / max(float(v @ v), 1e-24) ** 0.5
+
+    def meta(self) -> dict:
+        return {"prototypes": len(self.centroids), "foreign_prototypes": len(self.foreign)}
+
+    def arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        return {f"{prefix}centroids": self.centroids, f"{prefix}foreign_centroids": self.foreign}
+
+    @classmethod
+    def from_arrays(cls, arrays, prefix: str = "", shrinkage: float = 0.0) -> "RelativePrototypes":
+        return cls(arrays[f"{prefix}centroids"], arrays[f"{prefix}foreign_centroids"])
+
+
 # Each kind of score -> the feature statistics it reads (None: the probabilities alone).
 FEATURE_STATS: dict[str, type | None] = {"msp": None, "mahalanobis": Mahalanobis, "combined": Mahalanobis,
-                                         "prototypes": Prototypes}
+                                         "prototypes": Prototypes, "relative": RelativePrototypes}
 KINDS = tuple(FEATURE_STATS)
 
 
@@ -256,7 +301,7 @@ class OodScore:
 
     kind: str = "msp"
     threshold: float = float("inf")
-    stats: Mahalanobis | Prototypes | None = None
+    stats: Mahalanobis | Prototypes | RelativePrototypes | None = None
     # combined: (mean, std) of each part on in-distribution validation images
     norm: dict[str, tuple[float, float]] = field(default_factory=dict)
 

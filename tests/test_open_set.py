@@ -93,6 +93,42 @@ def test_prototypes_score_is_the_cosine_distance_to_the_nearest_class_centre():
     assert spherical_kmeans(unit[:3], 8).shape == (3, 30)  # fewer rows than centres: one centre per row
 
 
+def test_relative_score_flags_what_looks_like_reviewed_foreign_images():
+    """relative = prototypes' distance - distance to centres of reviewed foreign images; per frame as in a batch;
+    edge-calibrate's auto takes it once there are foreign images, and says what it flags on images it was not
+    fitted on."""
+    from trashcam.calibration.ood import fit_ood
+    from trashcam.edge.ood import OodScore, Prototypes, RelativePrototypes, foreign_centres
+
+    rng = np.random.default_rng(6)
+    blobs = rng.normal(size=(3, 30)) * 3
+    x = np.repeat(blobs, 60, axis=0) + rng.normal(size=(180, 30)) * 0.4
+    y = np.repeat([0, 1, 2], 60)
+    near = blobs[0] + rng.normal(size=30) * 0.3  # a foreign kind that lies near class 0
+    foreign = near + rng.normal(size=(40, 30)) * 0.4
+    protos = Prototypes.fit(x[::2], y[::2], per_class=4)
+    rel = RelativePrototypes.fit_foreign(protos, foreign[:20])
+    assert len(rel.foreign) == foreign_centres(20) == 5 and foreign_centres(1) == 1 and foreign_centres(999) == 16
+    q = np.concatenate([x[1::2][:5], foreign[20:25]]).astype(np.float32)
+    np.testing.assert_allclose([rel.score_one(v) for v in q], rel.score(q), atol=1e-5)
+    back = OodScore.from_meta(json.loads(json.dumps(OodScore("relative", 0.0, rel).to_meta())), rel.arrays())
+    assert back.to_meta()["foreign_prototypes"] == 5
+    np.testing.assert_allclose(back.score(np.full((10, 3), 1 / 3), q), rel.score(q), atol=1e-6)
+    probs = np.full((90, 3), 1 / 3)
+    val = x[1::2]
+    plain, _ = fit_ood(probs, val, x[::2], y[::2], 0.05, "prototypes")
+    got, rep = fit_ood(probs, val, x[::2], y[::2], 0.05, "auto", (np.full((20, 3), 1 / 3), foreign[:20]))
+    assert rep["kind"] == "relative" and rep["chosen_by"] == "foreign images"
+    row = rep["candidates"]["relative"]
+    assert 0 <= row["foreign_flagged"] <= row["foreign_flagged_in_sample"] <= 1
+    new = foreign[20:]  # never fitted on: the relative score flags more of them than the prototypes do
+    assert np.mean(got.score(None, new) > got.threshold) > np.mean(plain.score(None, new) > plain.threshold)
+    _, rep = fit_ood(probs, val, x[::2], y[::2], 0.05, "auto")
+    assert rep["kind"] == "prototypes" and "relative" not in rep["candidates"]
+    with pytest.raises(ValueError, match="needs reviewed foreign images"):
+        fit_ood(probs, val, x[::2], y[::2], 0.05, "relative")
+
+
 def test_auroc_ties_and_threshold_edges():
     from trashcam.edge.ood import auroc, threshold_for_rate
     assert auroc(np.array([0.0, 0.0]), np.array([0.0])) == pytest.approx(0.5)
@@ -292,9 +328,8 @@ def test_tuned_open_set_measures_the_deployed_rule(scored_bundle, tmp_path):
 
 def test_field_foreign_measures_reviewed_foreign_images_on_new_ones_only(scored_bundle, tmp_path):
     """benchmarks/field_foreign: the held-out class's images split into new ones (measured) and a review pool
-    (fitted); the relative score ranks a frame like a reviewed foreign object above the prototypes alone."""
-    from trashcam.benchmarks.field_foreign import crossfit_flagged, fold, markdown, relative_score, summarise
-    from trashcam.edge.ood import Prototypes
+    (fitted)."""
+    from trashcam.benchmarks.field_foreign import crossfit_flagged, fold, markdown, summarise
 
     d, _ = scored_bundle
     held_out_class(tmp_path / "gone", 12, seed=5)
@@ -308,11 +343,6 @@ def test_field_foreign_measures_reviewed_foreign_images_on_new_ones_only(scored_
     assert "| relative | 6 |" in markdown([rec], summarise([rec]))
     share, _ = crossfit_flagged(np.arange(1000.0), 0.05)
     assert 0.02 < share < 0.08
-    x = np.eye(4)[[0, 0, 1, 1]] + 0.01
-    protos = Prototypes.fit(x, np.array([0, 0, 1, 1]))
-    foreign = np.array([[0.6, 0.0, 0.0, 0.8]])
-    rel = relative_score(protos, foreign, 1)
-    assert rel(foreign)[0] > rel(x[:1])[0] and rel(foreign)[0] > protos.score(foreign)[0]
 
 
 def test_flag_frame_reads_features_only_for_a_feature_score():
