@@ -33,7 +33,8 @@ class CalibrationConfig(JsonConfig):
     # the "uncertain" score (calibration/ood.py), fitted per variant
     ood_score: str = setting("auto", "uncertainty score: auto (prototypes; with reviewed foreign images, "
                                      "relative: the prototypes' distance minus the distance to centres of those "
-                                     "images), msp, mahalanobis, combined, prototypes, relative", choices=("auto", *OOD_KINDS), flag="--uncertainty-score")
+                                     "images), msp, mahalanobis, combined, prototypes, relative",
+                             choices=("auto", *OOD_KINDS), flag="--uncertainty-score")
     flag_rate: float = setting(0.05, "the score's threshold flags this share of validation images", above=0.0,
                                max=0.99, metavar="R")
     ood_fit_images: int = setting(1000, "train images (at most) for the score's class statistics", min=2)
