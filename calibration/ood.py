@@ -102,9 +102,10 @@ def fit_ood(val_probs: np.ndarray, val_feats: np.ndarray | None, train_feats: np
                "val_flagged": float(np.mean(c.score(val_probs, val_feats) > c.threshold))}
         if have_foreign:
             row["foreign_flagged"] = float(np.mean(c.score(*foreign) > c.threshold))
-        if name == "relative":  # fitted on these images: say what it does on new ones
+        crossfit = relative_crossfit(protos, val_feats, foreign[1], flag_rate) if name == "relative" else None
+        if crossfit is not None:  # fitted on these images: say what it does on new ones
             row["foreign_flagged_in_sample"] = row["foreign_flagged"]
-            row["foreign_flagged"] = relative_crossfit(protos, val_feats, foreign[1], flag_rate)
+            row["foreign_flagged"] = crossfit
         report["candidates"][name] = row
     if kind == "auto":
         if "relative" in candidates:
@@ -126,13 +127,14 @@ def fit_ood(val_probs: np.ndarray, val_feats: np.ndarray | None, train_feats: np
 
 
 def relative_crossfit(protos: Prototypes, val_feats: np.ndarray, foreign_feats: np.ndarray, flag_rate: float,
-                      seed: int = 0) -> float:
+                      seed: int = 0) -> float | None:
     """Share of the foreign images the relative score flags with its foreign centres fitted on the other half of
-    them (both ways): what it does on foreign objects it was not fitted on. In sample it flags nearly all."""
+    them (both ways): what it does on foreign objects it was not fitted on. In sample it flags nearly all.
+    None for a single image (no JSON NaN in the report)."""
     idx = np.random.default_rng(seed).permutation(len(foreign_feats))
     halves = (idx[:len(idx) // 2], idx[len(idx) // 2:])
     if min(map(len, halves)) == 0:
-        return float("nan")
+        return None
     hits = []
     for fit, new in (halves, halves[::-1]):
         rel = RelativePrototypes.fit_foreign(protos, foreign_feats[fit])

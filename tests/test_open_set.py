@@ -123,6 +123,8 @@ def test_relative_score_flags_what_looks_like_reviewed_foreign_images():
     assert 0 <= row["foreign_flagged"] <= row["foreign_flagged_in_sample"] <= 1
     new = foreign[20:]  # never fitted on: the relative score flags more of them than the prototypes do
     assert np.mean(got.score(None, new) > got.threshold) > np.mean(plain.score(None, new) > plain.threshold)
+    _, rep = fit_ood(probs, val, x[::2], y[::2], 0.05, "auto", (np.full((1, 3), 1 / 3), foreign[:1]))
+    assert rep["kind"] == "relative" and 0 <= rep["candidates"]["relative"]["foreign_flagged"] <= 1  # one image
     _, rep = fit_ood(probs, val, x[::2], y[::2], 0.05, "auto")
     assert rep["kind"] == "prototypes" and "relative" not in rep["candidates"]
     with pytest.raises(ValueError, match="needs reviewed foreign images"):
