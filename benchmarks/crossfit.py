@@ -30,6 +30,16 @@ def halves(y: np.ndarray, seed: int) -> np.ndarray:
     return mask
 
 
+def flagged_crossfit(score_in: np.ndarray, rate: float, seed: int = 0) -> tuple[float, float]:
+    """For a score that needs no temperature: (share of in-distribution images flagged, threshold from all of them),
+    the share thresholded on one random half at `rate` and counted on the other, both ways, averaged."""
+    from trashcam.edge.ood import threshold_for_rate
+    idx = np.random.default_rng(seed).permutation(len(score_in))
+    a, b = idx[:len(idx) // 2], idx[len(idx) // 2:]
+    share = np.mean([np.mean(score_in[t] > threshold_for_rate(score_in[f], rate)) for f, t in ((a, b), (b, a))])
+    return float(share), threshold_for_rate(score_in, rate)
+
+
 def crossfit(probs: np.ndarray, feats, y: np.ndarray, score, flag_rate: float = 0.05, halvings: int = 5) -> dict:
     """`score`: the bundle's OodScore (None: max-probability). -> mean T, ECE and share flagged, cross-fitted."""
     from trashcam.calibration.metrics import ece

@@ -22,57 +22,29 @@ from pathlib import Path
 
 import numpy as np
 
-from .open_set_tuned import VARIANT, step_done
+from .crossfit import flagged_crossfit
+from .loco_features import fold_features
+from .open_set_tuned import step_done
 
 # the kinds edge-calibrate's auto chose among by the foreign images they flag, before the relative score
 PICKED_FROM = ("prototypes", "msp", "mahalanobis", "combined")
 
 
-def outputs(clf, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(calibrated probabilities, pooled features) of each preprocessed image, as the device computes them."""
-    probs, feats = [], []
-    for im in x:
-        probs.append(clf.probs(im))
-        feats.append(clf.engine.features().reshape(-1))
-    return np.stack(probs), np.stack(feats)
-
-
-def crossfit_flagged(score_in: np.ndarray, rate: float, seed: int = 0) -> tuple[float, float]:
-    """(flagged share of in-distribution images, threshold from all of them): threshold on one half at `rate`,
-    counted on the other half, both ways, averaged."""
-    from trashcam.edge.ood import threshold_for_rate
-    idx = np.random.default_rng(seed).permutation(len(score_in))
-    a, b = idx[:len(idx) // 2], idx[len(idx) // 2:]
-    share = np.mean([np.mean(score_in[t] > threshold_for_rate(score_in[f], rate)) for f, t in ((a, b), (b, a))])
-    return float(share), threshold_for_rate(score_in, rate)
-
-
 def fold(bundle_dir: Path, data: Path, held_out: str, sizes: tuple[int, ...], rate: float, threads: int) -> dict:
-    from trashcam.calibration.ood import _subsample, fit_ood
-    from trashcam.edge.bundle import Bundle
-    from trashcam.edge.imageset import decode, split_images
+    from trashcam.calibration.ood import fit_ood
     from trashcam.edge.ood import Prototypes, RelativePrototypes
-    from trashcam.edge.runtime import Classifier
 
-    bundle = Bundle.load(bundle_dir)
-    clf = Classifier(bundle, VARIANT, threads)
-    train = split_images(bundle, "train")
-    keep = _subsample(train.y, 1000)  # what edge-calibrate fits its statistics on (ood_fit_images)
-    _, train_f = outputs(clf, train.x[keep])
-    cal = split_images(bundle, bundle.calibrated_on or "val")
-    cal_p, cal_f = outputs(clf, cal.x)
-    paths = sorted(p for p in (data / held_out).iterdir() if p.is_file())
-    fx = decode(paths, np.full(len(paths), -1), bundle.preprocessing, str(data / held_out), "decode foreign")
-    fp, ff = outputs(clf, fx.x)
-    order = np.random.default_rng(0).permutation(len(fx.x))  # unreadable images were skipped by decode
+    F = fold_features(bundle_dir, data, held_out, threads)
+    train_f, train_y, cal_p, cal_f = F["train_f"], F["train_y"], F["cal_p"], F["cal_f"]
+    order = np.random.default_rng(0).permutation(len(F["foreign_f"]))
     new, pool = order[:len(order) // 2], order[len(order) // 2:]
-    new_p, new_f, rev_p, rev_f = fp[new], ff[new], fp[pool], ff[pool]
+    new_p, new_f, rev_p, rev_f = F["foreign_p"][new], F["foreign_f"][new], F["foreign_p"][pool], F["foreign_f"][pool]
 
-    protos = Prototypes.fit(train_f, train.y[keep])
+    protos = Prototypes.fit(train_f, train_y)
     rows = []
 
     def row(name: str, n: int, score_fn, extra: dict | None = None) -> None:
-        in_flag, thr = crossfit_flagged(score_fn(cal_p, cal_f), rate)
+        in_flag, thr = flagged_crossfit(score_fn(cal_p, cal_f), rate)
         rows.append({"score": name, "reviewed": n, "asked": asked, "in_dist_flagged": in_flag,
                      "new_foreign_flagged": float(np.mean(score_fn(new_p, new_f) > thr)), **(extra or {})})
 
@@ -80,13 +52,13 @@ def fold(bundle_dir: Path, data: Path, held_out: str, sizes: tuple[int, ...], ra
     row("prototypes", 0, lambda p, f: protos.score(f))
     for asked in sizes:
         n = min(asked, len(pool))
-        fitted = {k: fit_ood(cal_p, cal_f, train_f, train.y[keep], rate, k, (rev_p[:n], rev_f[:n]))
+        fitted = {k: fit_ood(cal_p, cal_f, train_f, train_y, rate, k, (rev_p[:n], rev_f[:n]))
                   for k in PICKED_FROM}
         best = max(PICKED_FROM, key=lambda k: fitted[k][1]["candidates"][k]["foreign_flagged"])
         row("auto", n, fitted[best][0].score, {"picked": best})
         rel = RelativePrototypes.fit_foreign(protos, rev_f[:n])
         row("relative", n, lambda p, f: rel.score(f), {"foreign_centres": len(rel.foreign)})
-    return {"held_out": held_out, "new_images": len(new), "pool": len(pool), "calibration_images": len(cal),
+    return {"held_out": held_out, "new_images": len(new), "pool": len(pool), "calibration_images": len(cal_f),
             "rows": rows}
 
 

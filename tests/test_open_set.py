@@ -331,7 +331,8 @@ def test_tuned_open_set_measures_the_deployed_rule(scored_bundle, tmp_path):
 def test_field_foreign_measures_reviewed_foreign_images_on_new_ones_only(scored_bundle, tmp_path):
     """benchmarks/field_foreign: the held-out class's images split into new ones (measured) and a review pool
     (fitted)."""
-    from trashcam.benchmarks.field_foreign import crossfit_flagged, fold, markdown, summarise
+    from trashcam.benchmarks.crossfit import flagged_crossfit
+    from trashcam.benchmarks.field_foreign import fold, markdown, summarise
 
     d, _ = scored_bundle
     held_out_class(tmp_path / "gone", 12, seed=5)
@@ -343,8 +344,10 @@ def test_field_foreign_measures_reviewed_foreign_images_on_new_ones_only(scored_
     s = summarise([rec, {**rec, "held_out": "other"}])
     assert len(s) == 5 and s[0]["score"] == "prototypes" and len(s[0]["per_fold"]) == 2
     assert "| relative | 6 |" in markdown([rec], summarise([rec]))
-    share, _ = crossfit_flagged(np.arange(1000.0), 0.05)
+    share, _ = flagged_crossfit(np.arange(1000.0), 0.05)
     assert 0.02 < share < 0.08
+    assert fold(d, tmp_path, "gone", (2, 100), 0.05, threads=1) == rec  # the second read comes from the cache
+    assert (d.parent / "features_int8.npz").is_file()
 
 
 def test_flag_frame_reads_features_only_for_a_feature_score():

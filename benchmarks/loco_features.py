@@ -1,0 +1,64 @@
+"""The INT8 outputs of one leave-one-class-out fold bundle, as the device computes them, for the post-hoc score
+experiments (field_foreign, synthetic_foreign, feature_power): the train images edge-calibrate fits its statistics
+on, the calibration split its threshold comes from, and every image of the held-out class. Cached beside the bundle
+(`<fold>/features_int8.npz`, keyed by the model file's sha256 and the calibration), so each experiment re-reads them in a second.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .open_set_tuned import VARIANT
+
+CACHE = "features_int8.npz"
+
+
+def outputs(clf, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(calibrated probabilities, pooled features) of each preprocessed image, as the device computes them."""
+    probs, feats = [], []
+    for im in x:
+        probs.append(clf.probs(im))
+        feats.append(clf.engine.features().reshape(-1))
+    return np.stack(probs), np.stack(feats)
+
+
+def fold_features(bundle_dir: Path, data: Path, held_out: str, threads: int = 2) -> dict[str, np.ndarray]:
+    """train_f, train_y (edge-calibrate's subsample), cal_p, cal_f, cal_y, foreign_p, foreign_f (sorted file order,
+    unreadable files skipped)."""
+    from trashcam.edge.bundle import Bundle
+
+    bundle = Bundle.load(bundle_dir)
+    # the probabilities are calibrated (temperature), so a re-calibration is a different cache too
+    key = hashlib.sha256((bundle.metadata["files"][bundle.variants[VARIANT]["file"]]["sha256"]
+                          + json.dumps(bundle.calibration, sort_keys=True)).encode()).hexdigest()
+    cache = bundle_dir.parent / CACHE
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as z:
+            if str(z["key"]) == key:
+                return {k: z[k] for k in z.files if k != "key"}
+    out = _compute(bundle, data, held_out, threads)
+    tmp = cache.with_name(CACHE + ".partial.npz")
+    np.savez(tmp, key=np.array(key), **out)
+    tmp.replace(cache)
+    return out
+
+
+def _compute(bundle, data: Path, held_out: str, threads: int) -> dict[str, np.ndarray]:
+    from trashcam.calibration.ood import _subsample
+    from trashcam.edge.imageset import decode, split_images
+    from trashcam.edge.runtime import Classifier
+
+    clf = Classifier(bundle, VARIANT, threads)
+    train = split_images(bundle, "train")
+    keep = _subsample(train.y, 1000)  # what edge-calibrate fits its statistics on (ood_fit_images)
+    _, train_f = outputs(clf, train.x[keep])
+    cal = split_images(bundle, bundle.calibrated_on or "val")
+    cal_p, cal_f = outputs(clf, cal.x)
+    paths = sorted(p for p in (data / held_out).iterdir() if p.is_file())
+    fx = decode(paths, np.full(len(paths), -1), bundle.preprocessing, str(data / held_out), "decode foreign")
+    foreign_p, foreign_f = outputs(clf, fx.x)
+    return {"train_f": train_f, "train_y": train.y[keep], "cal_p": cal_p, "cal_f": cal_f, "cal_y": cal.y,
+            "foreign_p": foreign_p, "foreign_f": foreign_f}
