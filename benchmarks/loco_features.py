@@ -1,7 +1,8 @@
 """The INT8 outputs of one leave-one-class-out fold bundle, as the device computes them, for the post-hoc score
 experiments (field_foreign, synthetic_foreign, feature_power): the train images edge-calibrate fits its statistics
 on, the calibration split its threshold comes from, and every image of the held-out class. Cached beside the bundle
-(`<fold>/features_int8.npz`, keyed by the model file's sha256 and the calibration), so each experiment re-reads them in a second.
+(`<fold>/features_int8.npz`, keyed by the model file's sha256 and the calibration), so each experiment re-reads them
+in a second.
 """
 from __future__ import annotations
 
