@@ -350,6 +350,31 @@ def test_field_foreign_measures_reviewed_foreign_images_on_new_ones_only(scored_
     assert (d.parent / "features_int8.npz").is_file()
 
 
+def test_feature_power_and_synthetic_negatives_measure_without_foreign_images():
+    """benchmarks/feature_power scores each power and k-means seed on cached fold outputs; synthetic_foreign's
+    images are made of train images of more than one class, shaped like them."""
+    from trashcam.benchmarks.feature_power import fold, markdown, powered, summarise
+    from trashcam.benchmarks.synthetic_foreign import IMAGE_KINDS, other_class_pairs
+
+    rng = np.random.default_rng(3)
+    np.testing.assert_allclose(powered(np.array([-4.0, 0.0, 9.0]), 0.5), [-2.0, 0.0, 3.0])
+    blobs = np.abs(rng.normal(size=(3, 20))) * 3
+    F = {"train_f": np.repeat(blobs, 30, 0) + np.abs(rng.normal(size=(90, 20))), "train_y": np.repeat([0, 1, 2], 30),
+         "cal_f": np.repeat(blobs, 20, 0) + np.abs(rng.normal(size=(60, 20))),
+         "foreign_f": np.abs(rng.normal(size=(25, 20))) * 3}
+    rows = fold(F, (1.0, 0.5), (0, 1), 0.05)
+    assert [(r["power"], r["seed"]) for r in rows] == [(1.0, 0), (1.0, 1), (0.5, 0), (0.5, 1)]
+    s = summarise({"a": rows, "b": rows})
+    assert [x["power"] for x in s] == [1.0, 0.5] and len(s[0]["by_seed"]) == 2 and set(s[0]["per_fold"]) == {"a", "b"}
+    assert all(0 <= x["foreign_flagged_mean"] <= 1 for x in s) and "| 0.5 |" in markdown(s)
+    x, y = rng.integers(0, 255, (12, 32, 32, 3), dtype=np.uint8), np.repeat([0, 1, 2], 4)
+    i, j = other_class_pairs(y, 50, rng)
+    assert np.all(y[i] != y[j])
+    for make in IMAGE_KINDS.values():
+        out = make(x, y, 5, rng)
+        assert out.shape == (5, 32, 32, 3) and out.dtype == np.uint8
+
+
 def test_flag_frame_reads_features_only_for_a_feature_score():
     """The per-frame rule de-quantises the features output only when the score uses it (msp does not)."""
     from trashcam.edge.ood import OodScore, Prototypes
