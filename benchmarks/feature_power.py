@@ -1,7 +1,8 @@
 """Does square-rooting the pooled features before the prototypes' cosine flag more foreign objects (issue 15, no
-foreign images)? Measured on two LOCO runs (docs/foreign-objects.md): +5.5 pp on seed 42's fold models, -2.0 pp on
-seed 1's, so the deployed score keeps the features as they are. Leave-one-class-out, on the fold bundles of benchmarks/open_set_tuned.py (class k never trained,
-INT8 outputs as the device computes them, benchmarks/loco_features.py).
+foreign images)? Leave-one-class-out, on the fold bundles of benchmarks/open_set_tuned.py (class k never trained,
+INT8 outputs as the device computes them, benchmarks/loco_features.py). Measured on two LOCO runs
+(docs/foreign-objects.md): +5.1 pp on seed 42's fold models, where it was chosen, and -2.0 pp on seed 1's, so the
+deployed score keeps the features as they are.
 
 For each feature power p (sign(f) * |f| ** p; 1 = the features as they are) and each k-means seed, the prototypes
 score is fitted on edge-calibrate's train images, thresholded at `--flag-rate` of the calibration split
@@ -12,15 +13,10 @@ The k-means seed moves a fold by up to 15 pp, so each power is reported as the m
 """
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import numpy as np
 
 from .crossfit import flagged_crossfit
-from .loco_features import fold_features
-from .open_set_tuned import step_done
+from .loco_features import fold_dirs, fold_features, loco_parser, pct, table_head, write_results
 
 
 def powered(x: np.ndarray, power: float) -> np.ndarray:
@@ -60,11 +56,10 @@ def summarise(folds: dict[str, list[dict]]) -> list[dict]:
 
 
 def markdown(summary: list[dict]) -> str:
-    pct = lambda v: f"{100 * v:.1f} %"  # noqa: E731
     held = list(summary[0]["per_fold"])
-    md = ["# Feature power before the prototypes' cosine (leave-one-class-out, INT8, mean over k-means seeds)", "",
-          "| power | foreign flagged, mean | by seed | worst fold | " + " | ".join(held)
-          + " | in-distribution flagged (cross-fitted) | AUROC |", "|---" * (6 + len(held)) + "|"]
+    md = table_head("Feature power before the prototypes' cosine (leave-one-class-out, INT8, mean over k-means seeds)",
+                    ["power", "foreign flagged, mean", "by seed", "worst fold"], held,
+                    ["in-distribution flagged (cross-fitted)", "AUROC"])
     for s in summary:
         md.append(f"| {s['power']:g} | {pct(s['foreign_flagged_mean'])} | "
                   + " / ".join(f"{100 * v:.1f}" for v in s["by_seed"]) + f" | {pct(s['worst_fold'])} | "
@@ -74,24 +69,15 @@ def markdown(summary: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--loco", required=True, type=Path, help="an open_set_tuned --out folder: <class>/bundle")
-    p.add_argument("--data", required=True, type=Path, help="the DIR/<class>/*.jpg it was trained on")
+    p = loco_parser(__doc__)
     p.add_argument("--powers", default="1,0.5")
     p.add_argument("--seeds", type=int, default=5, help="k-means seeds 0..N-1")
-    p.add_argument("--flag-rate", type=float, default=0.05)
-    p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
     powers = tuple(float(s) for s in a.powers.split(","))
     folds = {d.name: fold(fold_features(d / "bundle", a.data.resolve(), d.name, a.threads), powers,
-                          tuple(range(a.seeds)), a.flag_rate)
-             for d in sorted(a.loco.iterdir()) if step_done(d / "bundle", "calibrate")}
-    if not folds:
-        raise SystemExit(f"no fold bundles under {a.loco}")
+                          tuple(range(a.seeds)), a.flag_rate) for d in fold_dirs(a.loco)}
     summary = summarise(folds)
-    (a.loco / "feature_power.json").write_text(json.dumps({"folds": folds, "summary": summary}, indent=1))
-    (a.loco / "feature_power.md").write_text(markdown(summary))
-    print(markdown(summary))
+    write_results(a.loco, "feature_power", {"folds": folds, "summary": summary}, markdown(summary))
     return 0
 
 

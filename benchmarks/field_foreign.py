@@ -16,15 +16,12 @@ on the other, both ways):
 """
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
 from .crossfit import flagged_crossfit
-from .loco_features import fold_features
-from .open_set_tuned import step_done
+from .loco_features import fold_dirs, fold_features, loco_parser, pct, table_head, write_results
 
 # the kinds edge-calibrate's auto chose among by the foreign images they flag, before the relative score
 PICKED_FROM = ("prototypes", "msp", "mahalanobis", "combined")
@@ -77,11 +74,10 @@ def summarise(folds: list[dict]) -> list[dict]:
 
 
 def markdown(folds: list[dict], summary: list[dict]) -> str:
-    pct = lambda v: f"{100 * v:.1f} %"  # noqa: E731
     held = [f["held_out"] for f in folds]
-    md = ["# Reviewed foreign images and the uncertain score (leave-one-class-out, INT8)", "",
-          "| score | reviewed images | new foreign flagged, mean | worst | " + " | ".join(held)
-          + " | in-distribution flagged (cross-fitted) |", "|---" * (5 + len(held)) + "|"]
+    md = table_head("Reviewed foreign images and the uncertain score (leave-one-class-out, INT8)",
+                    ["score", "reviewed images", "new foreign flagged, mean", "worst"], held,
+                    ["in-distribution flagged (cross-fitted)"])
     for s in summary:
         got = s["reviewed"]
         n = str(got[0]) if len(got) == 1 else f"{min(got)}-{max(got)} (all of the pool)"
@@ -91,22 +87,13 @@ def markdown(folds: list[dict], summary: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--loco", required=True, type=Path, help="an open_set_tuned --out folder: <class>/bundle")
-    p.add_argument("--data", required=True, type=Path, help="the DIR/<class>/*.jpg it was trained on")
+    p = loco_parser(__doc__)
     p.add_argument("--sizes", default="10,30,1000", help="reviewed images per fold (capped at the pool)")
-    p.add_argument("--flag-rate", type=float, default=0.05)
-    p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
     sizes = tuple(int(s) for s in a.sizes.split(","))
-    folds = [fold(d / "bundle", a.data.resolve(), d.name, sizes, a.flag_rate, a.threads)
-             for d in sorted(a.loco.iterdir()) if step_done(d / "bundle", "calibrate")]
-    if not folds:
-        raise SystemExit(f"no fold bundles under {a.loco}")
+    folds = [fold(d / "bundle", a.data.resolve(), d.name, sizes, a.flag_rate, a.threads) for d in fold_dirs(a.loco)]
     summary = summarise(folds)
-    (a.loco / "field_foreign.json").write_text(json.dumps({"folds": folds, "summary": summary}, indent=1))
-    (a.loco / "field_foreign.md").write_text(markdown(folds, summary))
-    print(markdown(folds, summary))
+    write_results(a.loco, "field_foreign", {"folds": folds, "summary": summary}, markdown(folds, summary))
     return 0
 
 

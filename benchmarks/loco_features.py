@@ -6,13 +6,14 @@ in a second.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
-from .open_set_tuned import VARIANT
+from .open_set_tuned import VARIANT, step_done
 
 CACHE = "features_int8.npz"
 
@@ -63,3 +64,38 @@ def _compute(bundle, data: Path, held_out: str, threads: int) -> dict[str, np.nd
     foreign_p, foreign_f = outputs(clf, fx.x)
     return {"train_f": train_f, "train_y": train.y[keep], "cal_p": cal_p, "cal_f": cal_f, "cal_y": cal.y,
             "foreign_p": foreign_p, "foreign_f": foreign_f}
+
+
+def pct(v: float) -> str:
+    return f"{100 * v:.1f} %"
+
+
+def loco_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every LOCO score experiment takes: the fold bundles, their data, the flag rate and threads."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--loco", required=True, type=Path, help="an open_set_tuned --out folder: <class>/bundle")
+    p.add_argument("--data", required=True, type=Path, help="the DIR/<class>/*.jpg it was trained on")
+    p.add_argument("--flag-rate", type=float, default=0.05)
+    p.add_argument("--threads", type=int, default=2)
+    return p
+
+
+def fold_dirs(loco: Path) -> list[Path]:
+    """The calibrated folds under an open_set_tuned --out folder (<class>/bundle), by class name."""
+    dirs = [d for d in sorted(loco.iterdir()) if step_done(d / "bundle", "calibrate")]
+    if not dirs:
+        raise SystemExit(f"no fold bundles under {loco}")
+    return dirs
+
+
+def write_results(loco: Path, name: str, record: dict, md: str) -> None:
+    """LOCO/<name>.json and .md, and the table on stdout."""
+    (loco / f"{name}.json").write_text(json.dumps(record, indent=1))
+    (loco / f"{name}.md").write_text(md)
+    print(md)
+
+
+def table_head(title: str, lead: list[str], held: list[str], tail: list[str]) -> list[str]:
+    """A markdown title and table header: the lead columns, one per held-out class, then the tail columns."""
+    cols = [*lead, *held, *tail]
+    return [f"# {title}", "", "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]

@@ -14,15 +14,14 @@ measured on every image of class k, against the prototypes score that ships with
 """
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
 from .crossfit import flagged_crossfit
-from .loco_features import fold_features, outputs
-from .open_set_tuned import VARIANT, step_done
+from .loco_features import (fold_dirs, fold_features, loco_parser, outputs, pct, table_head,
+                            write_results)
+from .open_set_tuned import VARIANT
 
 KINDS = ("mixup", "mosaic", "jigsaw", "midpoints")
 
@@ -122,11 +121,10 @@ def summarise(folds: list[dict]) -> list[dict]:
 
 
 def markdown(folds: list[dict], summary: list[dict]) -> str:
-    pct = lambda v: f"{100 * v:.1f} %"  # noqa: E731
     held = [f["held_out"] for f in folds]
-    md = ["# Synthetic foreign images for the relative score, no real ones (leave-one-class-out, INT8)", "",
-          "| negatives | seed | foreign flagged, mean | worst | " + " | ".join(held)
-          + " | in-distribution flagged (cross-fitted) | AUROC |", "|---" * (6 + len(held)) + "|"]
+    md = table_head("Synthetic foreign images for the relative score, no real ones (leave-one-class-out, INT8)",
+                    ["negatives", "seed", "foreign flagged, mean", "worst"], held,
+                    ["in-distribution flagged (cross-fitted)", "AUROC"])
     for s in summary:
         for p in s["seeds"]:
             md.append(f"| {s['kind']} | {p['seed']} | {pct(p['foreign_flagged_mean'])} | {pct(p['worst'])} | "
@@ -136,25 +134,15 @@ def markdown(folds: list[dict], summary: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--loco", required=True, type=Path, help="an open_set_tuned --out folder: <class>/bundle")
-    p.add_argument("--data", required=True, type=Path, help="the DIR/<class>/*.jpg it was trained on")
+    p = loco_parser(__doc__)
     p.add_argument("--images", type=int, default=400, help="synthetic images of each kind per fold and seed")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--flag-rate", type=float, default=0.05)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, help="JSON and markdown stem (default: LOCO/synthetic_foreign)")
     a = p.parse_args(argv)
     seeds = tuple(int(s) for s in a.seeds.split(","))
     folds = [fold(d / "bundle", a.data.resolve(), d.name, a.images, seeds, a.flag_rate, a.threads)
-             for d in sorted(a.loco.iterdir()) if step_done(d / "bundle", "calibrate")]
-    if not folds:
-        raise SystemExit(f"no fold bundles under {a.loco}")
+             for d in fold_dirs(a.loco)]
     summary = summarise(folds)
-    stem = a.out or a.loco / "synthetic_foreign"
-    stem.with_suffix(".json").write_text(json.dumps({"folds": folds, "summary": summary}, indent=1))
-    stem.with_suffix(".md").write_text(markdown(folds, summary))
-    print(markdown(folds, summary))
+    write_results(a.loco, "synthetic_foreign", {"folds": folds, "summary": summary}, markdown(folds, summary))
     return 0
 
 
