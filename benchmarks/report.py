@@ -106,7 +106,8 @@ def format_table(result: dict) -> str:
         lines.append(_pick_line(result))
     for s in result.get("skipped", []):
         lines.append(f"skipped {s['name']}: {s['reason']}")
-    return "\n".join(lines)
+    from .score_cost import console_lines
+    return "\n".join(lines + console_lines(result))
 
 
 def to_markdown(result: dict) -> str:

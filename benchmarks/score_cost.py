@@ -87,6 +87,24 @@ def test_metrics(bundle: Bundle, variant: str, engine, images) -> dict | None:
             "in_sample": fit_split == "test", "fit_split": fit_split}
 
 
+def console_lines(result: dict) -> list[str]:
+    """One line per (variant, threads) whose score was timed: what it costs a frame and what it flags."""
+    out = []
+    for e in result.get("variants", []):
+        u = e.get("uncertainty") or {}
+        c = u.get("cost")
+        if not c:
+            continue
+        shares = [f"{u[k] * 100:.1f} % of {what}" for k, what in
+                  (("val_flagged", "the images it was fitted on"), ("foreign_flagged", "foreign images"))
+                  if u.get(k) is not None]
+        flags = ", flags " + " and ".join(shares) if shares else ""
+        out.append(f"uncertainty score of {e['name']} @ {e['threads']} thr: {u.get('kind')}, per frame "
+                   f"x{c['ratio_p50']:.3f} p50 ({c['scored_ms']['p50']:.2f} ms scored / {c['probs_ms']['p50']:.2f} ms "
+                   f"probabilities only){flags}")
+    return out
+
+
 def markdown_rows(result: dict) -> list[str]:
     """Lines for report.md: one row per (variant, threads) that has a score."""
     rows = [e for e in result.get("variants", []) if e.get("uncertainty") or e.get("uncertainty_test")]

@@ -237,7 +237,7 @@ def test_ood_file_outside_bundle_is_refused(scored_bundle, tmp_path):
 def test_bench_reports_score_cost_and_quality(scored_bundle, tmp_path):
     from trashcam.benchmarks.config import BenchConfig
     from trashcam.benchmarks.pipeline import run_benchmark
-    from trashcam.benchmarks.report import to_markdown
+    from trashcam.benchmarks.report import format_table, to_markdown
 
     d, _ = scored_bundle
     r = run_benchmark(d, BenchConfig(variants=("tflite-int8",), threads=(1,), runs=5, warmup=1, e2e_images=4,
@@ -248,6 +248,8 @@ def test_bench_reports_score_cost_and_quality(scored_bundle, tmp_path):
     ut = r["variants"][0]["uncertainty_test"]
     assert ut["rule"] == DEFAULT_KIND and 0 <= ut["flagged"] <= 1 and 0 <= ut["ece_after"] <= 1
     assert "## Uncertainty score" in to_markdown(r)
+    line = [ln for ln in format_table(r).splitlines() if ln.startswith("uncertainty score of tflite-int8 @ 1 thr")]
+    assert len(line) == 1 and f"{DEFAULT_KIND}, per frame x" in line[0] and "of the images it was fitted on" in line[0]
 
 
 def test_slim_export_keeps_the_score(scored_bundle, tmp_path):
