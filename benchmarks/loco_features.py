@@ -1,8 +1,8 @@
 """The INT8 outputs of one leave-one-class-out fold bundle, as the device computes them, for the post-hoc score
 experiments (field_foreign, synthetic_foreign, feature_power): the train images edge-calibrate fits its statistics
 on, the calibration split its threshold comes from, and every image of the held-out class. Cached beside the bundle
-(`<fold>/features_int8.npz`, keyed by the model file's sha256 and the calibration), so each experiment re-reads them
-in a second.
+(`<fold>/features_int8.npz`, keyed by the model file's sha256, the calibration and the data folder), so each
+experiment re-reads them in a second.
 """
 from __future__ import annotations
 
@@ -33,9 +33,10 @@ def fold_features(bundle_dir: Path, data: Path, held_out: str, threads: int = 2)
     from trashcam.edge.bundle import Bundle
 
     bundle = Bundle.load(bundle_dir)
-    # the probabilities are calibrated (temperature), so a re-calibration is a different cache too
+    # the probabilities are calibrated (temperature), so a re-calibration is a different cache too; so is other data
     key = hashlib.sha256((bundle.metadata["files"][bundle.variants[VARIANT]["file"]]["sha256"]
-                          + json.dumps(bundle.calibration, sort_keys=True)).encode()).hexdigest()
+                          + json.dumps(bundle.calibration, sort_keys=True)
+                          + str(Path(data).resolve() / held_out)).encode()).hexdigest()
     cache = bundle_dir.parent / CACHE
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
