@@ -102,11 +102,11 @@ def fit_ood(val_probs: np.ndarray, val_feats: np.ndarray | None, train_feats: np
                "val_flagged": float(np.mean(c.score(val_probs, val_feats) > c.threshold))}
         if have_foreign:
             row["foreign_flagged"] = float(np.mean(c.score(*foreign) > c.threshold))
-        crossfit = relative_crossfit(protos, val_feats, foreign[1], flag_rate) if name == "relative" else None
-        if crossfit is not None:  # fitted on these images: say what it does on new ones
-            row["foreign_flagged_in_sample"] = row["foreign_flagged"]
-            row["foreign_flagged"] = crossfit
         report["candidates"][name] = row
+    crossfit = relative_crossfit(protos, val_feats, foreign[1], flag_rate) if "relative" in candidates else None
+    if crossfit is not None:  # the relative score was fitted on these images: say what it does on new ones
+        row = report["candidates"]["relative"]
+        row["foreign_flagged_in_sample"], row["foreign_flagged"] = row["foreign_flagged"], crossfit
     if kind == "auto":
         if "relative" in candidates:
             kind = RELATIVE_WITH_FOREIGN
