@@ -279,10 +279,10 @@ class RelativePrototypes(Prototypes):
         return near / max(float(v @ v), 1e-24) ** 0.5
 
     def meta(self) -> dict:
-        return {"prototypes": len(self.centroids), "foreign_prototypes": len(self.foreign)}
+        return {**super().meta(), "foreign_prototypes": len(self.foreign)}
 
     def arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
-        return {f"{prefix}centroids": self.centroids, f"{prefix}foreign_centroids": self.foreign}
+        return {**super().arrays(prefix), f"{prefix}foreign_centroids": self.foreign}
 
     @classmethod
     def from_arrays(cls, arrays, prefix: str = "", shrinkage: float = 0.0) -> "RelativePrototypes":
