@@ -71,10 +71,12 @@ def pct(v: float) -> str:
     return f"{100 * v:.1f} %"
 
 
-def loco_parser(doc: str) -> argparse.ArgumentParser:
-    """The options every LOCO score experiment takes: the fold bundles, their data, the flag rate and threads."""
+def loco_parser(doc: str, folds: bool = True) -> argparse.ArgumentParser:
+    """The options every LOCO score experiment takes: the fold bundles (unless it trains its own), their data, the
+    flag rate and threads."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    p.add_argument("--loco", required=True, type=Path, help="an open_set_tuned --out folder: <class>/bundle")
+    if folds:
+        p.add_argument("--loco", required=True, type=Path, help="an open_set_tuned --out folder: <class>/bundle")
     p.add_argument("--data", required=True, type=Path, help="the DIR/<class>/*.jpg it was trained on")
     p.add_argument("--flag-rate", type=float, default=0.05)
     p.add_argument("--threads", type=int, default=2)

@@ -377,6 +377,35 @@ def test_feature_power_and_synthetic_negatives_measure_without_foreign_images():
         assert out.shape == (5, 32, 32, 3) and out.dtype == np.uint8
 
 
+def test_subclass_loco_splits_classes_into_linked_clusters_and_sums_them_back(tmp_path):
+    """subclass_loco links each class's images into k cluster folders (every image once, none copied), and maps a
+    fold's cluster labels and probabilities back to parent classes."""
+    from trashcam.benchmarks.subclass_loco import make_subclass_data, to_parents
+
+    data = tmp_path / "data"
+    for c in ("glass", "metal"):
+        (data / c).mkdir(parents=True)
+        for i in range(6):
+            (data / c / f"{i}.jpg").write_bytes(b"x")
+
+    def two_blobs(paths, size, threads):  # stands in for the frozen ImageNet features
+        return np.array([[1.0, 0.1] if int(p.stem) < 3 else [0.1, 1.0] for p in paths]), list(paths)
+
+    counts = make_subclass_data(data, tmp_path / "sub", 2, features=two_blobs)
+    assert sorted(counts) == ["glass__0", "glass__1", "metal__0", "metal__1"] and set(counts.values()) == {3}
+    linked = sorted(p.name for d in (tmp_path / "sub").glob("glass__*") for p in d.iterdir())
+    assert linked == sorted(f"{i}.jpg" for i in range(6))
+    assert all(p.is_symlink() for p in (tmp_path / "sub" / "metal__0").iterdir())
+    assert make_subclass_data(data, tmp_path / "sub", 2, features=None) == counts  # reused, not recomputed
+    labels = ["glass__0", "glass__1", "metal__0", "metal__1"]
+    F = {"train_y": np.array([0, 1, 2, 3]), "cal_y": np.array([3, 0]),
+         "cal_p": np.array([[0.1, 0.2, 0.3, 0.4], [0.5, 0.3, 0.1, 0.1]]), "foreign_p": np.full((1, 4), 0.25)}
+    P, parents = to_parents(F, labels)
+    assert parents == ["glass", "metal"] and P["train_y"].tolist() == [0, 0, 1, 1] and P["cal_y"].tolist() == [1, 0]
+    np.testing.assert_allclose(P["cal_p"], [[0.3, 0.7], [0.8, 0.2]])
+    np.testing.assert_allclose(P["foreign_p"], [[0.5, 0.5]])
+
+
 def test_flag_frame_reads_features_only_for_a_feature_score():
     """The per-frame rule de-quantises the features output only when the score uses it (msp does not)."""
     from trashcam.edge.ood import OodScore, Prototypes
