@@ -48,6 +48,19 @@ def step_done(bundle: Path, step: str) -> bool:
             "calibrate": VARIANT in m.get("calibration", {}).get("ood_by_variant", {})}[step]
 
 
+def run_steps(steps: list[tuple[str, list[str]]], bundle: Path, log: Path, fold: str) -> dict[str, float]:
+    """Run each step `bundle` has not done yet, its output appended to `log`; -> seconds per step run. A failed step
+    stops the experiment (a later fold would only repeat the failure)."""
+    wall = {}
+    for name, argv in steps:
+        if step_done(bundle, name):
+            continue
+        rc, wall[name] = _step(name, argv, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, log, 7200)
+        if rc != 0:
+            raise SystemExit(f"{fold}: {name} exited {rc}; see {log}")
+    return wall
+
+
 def flag_images(clf, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(calibrated probs, score, flagged) of each preprocessed image, by the deployed rule (a Classifier's)."""
     probs, scores, flagged = [], [], []
@@ -128,13 +141,8 @@ def run(data: Path, out: Path, recipe: str, seed: int, threads: int, classes: li
         if record.is_file():
             folds.append(json.loads(record.read_text()))
             continue
-        wall = {}
-        for name, argv in fold_steps(data, k, bundle, recipe, seed, out / ".cache", threads, train_args):
-            if step_done(bundle, name):
-                continue
-            rc, wall[name] = _step(name, argv, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, log, 7200)
-            if rc != 0:
-                raise SystemExit(f"{k}: {name} exited {rc}; see {log}")
+        steps = fold_steps(data, k, bundle, recipe, seed, out / ".cache", threads, train_args)
+        wall = run_steps(steps, bundle, log, k)
         t0 = time.perf_counter()
         rec = {**measure(bundle, data, k, threads), "train_args": list(train_args),
                "wall_s": {**wall, "measure": round(time.perf_counter() - t0, 1)}}

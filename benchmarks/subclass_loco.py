@@ -17,7 +17,6 @@ cardboard +21 pp but glass -8 pp, so the default recipe keeps its 4 labels.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 from pathlib import Path
 
@@ -25,8 +24,7 @@ import numpy as np
 
 from .feature_power import fold as power_fold, summarise
 from .loco_features import fold_features, loco_parser, pct, write_results
-from .open_set_tuned import fold_steps, step_done
-from .spread import _step
+from .open_set_tuned import fold_steps, run_steps
 
 SEP = "__"  # <class>__<cluster>: a parent class name never contains it (checked)
 
@@ -97,6 +95,8 @@ def to_parents(F: dict, labels: list[str]) -> tuple[dict, list[str]]:
 
 
 def main(argv=None) -> int:
+    from trashcam.edge.bundle import Bundle
+
     p = loco_parser(__doc__, folds=False)
     p.add_argument("--out", required=True, type=Path, help="clusters under OUT/data, a folder per held-out class")
     p.add_argument("--subclasses", type=int, default=4)
@@ -115,13 +115,8 @@ def main(argv=None) -> int:
         bundle = out / k / "bundle"
         bundle.parent.mkdir(parents=True, exist_ok=True)
         excluded = ",".join(n for n in counts if parent(n) == k)
-        for name, argv_ in fold_steps(sub, excluded, bundle, a.recipe, a.seed, out / ".cache", a.threads,
-                                      tuple(shlex.split(a.train_args))):
-            if not step_done(bundle, name):
-                rc, _ = _step(name, argv_, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, out / k / "log.txt", 7200)
-                if rc != 0:
-                    raise SystemExit(f"{k}: {name} exited {rc}; see {out / k / 'log.txt'}")
-        from trashcam.edge.bundle import Bundle
+        run_steps(fold_steps(sub, excluded, bundle, a.recipe, a.seed, out / ".cache", a.threads,
+                             tuple(shlex.split(a.train_args))), bundle, out / k / "log.txt", k)
         F, _ = to_parents(fold_features(bundle, data, k, a.threads), Bundle.load(bundle).labels)
         acc[k] = float(np.mean(F["cal_p"].argmax(1) == F["cal_y"]))
         folds[k] = power_fold(F, (1.0,), tuple(range(a.seeds)), a.flag_rate)
