@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .crossfit import flagged_crossfit
-from .loco_features import fold_dirs, fold_features, loco_parser, pct, table_head, write_results
+from .loco_features import fold_dirs, fold_features, loco_parser, pct, table_head, table_row, write_results
 
 
 def powered(x: np.ndarray, power: float) -> np.ndarray:
@@ -61,10 +61,10 @@ def markdown(summary: list[dict]) -> str:
                     ["power", "foreign flagged, mean", "by seed", "worst fold"], held,
                     ["in-distribution flagged (cross-fitted)", "AUROC"])
     for s in summary:
-        md.append(f"| {s['power']:g} | {pct(s['foreign_flagged_mean'])} | "
-                  + " / ".join(f"{100 * v:.1f}" for v in s["by_seed"]) + f" | {pct(s['worst_fold'])} | "
-                  + " | ".join(pct(s["per_fold"][k]) for k in held)
-                  + f" | {pct(s['in_dist_flagged_mean'])} | {s['auroc_mean']:.3f} |")
+        by_seed = " / ".join(f"{100 * v:.1f}" for v in s["by_seed"])
+        md.append(table_row([f"{s['power']:g}", pct(s["foreign_flagged_mean"]), by_seed, pct(s["worst_fold"])],
+                            [s["per_fold"][k] for k in held],
+                            [pct(s["in_dist_flagged_mean"]), f"{s['auroc_mean']:.3f}"]))
     return "\n".join(md) + "\n"
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .crossfit import flagged_crossfit
-from .loco_features import fold_dirs, fold_features, loco_parser, pct, table_head, write_results
+from .loco_features import fold_dirs, fold_features, loco_parser, pct, table_head, table_row, write_results
 
 # the kinds edge-calibrate's auto chose among by the foreign images they flag, before the relative score
 PICKED_FROM = ("prototypes", "msp", "mahalanobis", "combined")
@@ -85,8 +85,8 @@ def markdown(folds: list[dict], summary: list[dict]) -> str:
     for s in summary:
         got = s["reviewed"]
         n = str(got[0]) if len(got) == 1 else f"{min(got)}-{max(got)} (all of the pool)"
-        md.append(f"| {s['score']} | {n} | {pct(s['new_foreign_flagged_mean'])} | {pct(s['worst'])} | "
-                  + " | ".join(pct(v) for v in s["per_fold"]) + f" | {pct(s['in_dist_flagged_mean'])} |")
+        md.append(table_row([s["score"], n, pct(s["new_foreign_flagged_mean"]), pct(s["worst"])], s["per_fold"],
+                            [pct(s["in_dist_flagged_mean"])]))
     return "\n".join(md) + "\n"
 
 

@@ -102,3 +102,8 @@ def table_head(title: str, lead: list[str], held: list[str], tail: list[str]) ->
     """A markdown title and table header: the lead columns, one per held-out class, then the tail columns."""
     cols = [*lead, *held, *tail]
     return [f"# {title}", "", "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
+
+
+def table_row(lead: list, per_fold: list[float], tail: list) -> str:
+    """A row under table_head's header: the lead cells, each held-out class's share flagged, then the tail cells."""
+    return "| " + " | ".join([*map(str, lead), *map(pct, per_fold), *map(str, tail)]) + " |"

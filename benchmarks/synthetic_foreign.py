@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .crossfit import flagged_crossfit
-from .loco_features import (fold_dirs, fold_features, loco_parser, outputs, pct, table_head,
+from .loco_features import (fold_dirs, fold_features, loco_parser, outputs, pct, table_head, table_row,
                             write_results)
 from .open_set_tuned import VARIANT
 
@@ -127,9 +127,8 @@ def markdown(folds: list[dict], summary: list[dict]) -> str:
                     ["in-distribution flagged (cross-fitted)", "AUROC"])
     for s in summary:
         for p in s["seeds"]:
-            md.append(f"| {s['kind']} | {p['seed']} | {pct(p['foreign_flagged_mean'])} | {pct(p['worst'])} | "
-                      + " | ".join(pct(v) for v in p["per_fold"])
-                      + f" | {pct(p['in_dist_flagged_mean'])} | {p['auroc_mean']:.3f} |")
+            md.append(table_row([s["kind"], p["seed"], pct(p["foreign_flagged_mean"]), pct(p["worst"])],
+                                p["per_fold"], [pct(p["in_dist_flagged_mean"]), f"{p['auroc_mean']:.3f}"]))
     return "\n".join(md) + "\n"
 
 
