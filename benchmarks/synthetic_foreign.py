@@ -81,10 +81,10 @@ def fold(bundle_dir: Path, data: Path, held_out: str, n: int, seeds: tuple[int, 
     rows = []
 
     def row(kind: str, seed: int, score) -> None:
-        in_flag, thr = flagged_crossfit(score(cal_f), rate)
+        s_in, s_out = score(cal_f), score(foreign_f)
+        in_flag, thr = flagged_crossfit(s_in, rate)
         rows.append({"kind": kind, "seed": seed, "in_dist_flagged": in_flag,
-                     "foreign_flagged": float(np.mean(score(foreign_f) > thr)),
-                     "auroc": auroc(score(cal_f), score(foreign_f))})
+                     "foreign_flagged": float(np.mean(s_out > thr)), "auroc": auroc(s_in, s_out)})
 
     row("prototypes", 0, protos.score)
     for seed in seeds:
