@@ -38,6 +38,7 @@ def frozen_features(paths: list[Path], size: int, threads: int) -> tuple[np.ndar
     import keras
     import tensorflow as tf
 
+    from trashcam.calibration.ood import keras_features
     from trashcam.edge.bundle import Preprocessing
     from trashcam.edge.imageset import decode
     from trashcam.train.backbones import get
@@ -47,8 +48,7 @@ def frozen_features(paths: list[Path], size: int, threads: int) -> tuple[np.ndar
     ims = decode(paths, np.zeros(len(paths), np.int64), pre, "subclusters", "decode for clusters")
     body = get("efficientnet_lite0").build(input_shape=(size, size, 3), weights="imagenet")
     model = keras.Model(body.input, keras.layers.GlobalAveragePooling2D()(body.output))
-    feats = np.concatenate([np.asarray(model(ims.x[i:i + 32].astype(np.float32), training=False))
-                            for i in range(0, len(ims.x), 32)])
+    feats = keras_features(model, ims.x)  # its one pooling layer's output, in batches of 32
     if ims.skipped:
         print(f"subclusters: {len(ims.skipped)} unreadable images skipped")
     return feats, [Path(p) for p in ims.paths]
