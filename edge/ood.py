@@ -182,19 +182,13 @@ class Mahalanobis:
 PROTOTYPES_PER_CLASS = 16
 
 
-def spherical_kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 30) -> np.ndarray:
+def spherical_kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 30, init: np.ndarray | None = None
+                     ) -> np.ndarray:
     """k unit-length centres of the unit rows `x` (k <= len(x)), each row assigned to the centre of highest cosine;
-    k-means++ seeding (on 1 - cosine), an emptied centre re-seeded at the worst-served row."""
-    rng = np.random.default_rng(seed)
+    k-means++ seeding (on 1 - cosine) unless `init` gives the starting centres, an emptied centre re-seeded at the
+    worst-served row."""
     k = min(int(k), len(x))
-    cent = [x[rng.integers(len(x))]]
-    far = 1.0 - x @ cent[0]
-    for _ in range(1, k):
-        p = np.maximum(far, 0.0)
-        i = int(rng.choice(len(x), p=p / p.sum())) if p.sum() > 0 else int(rng.integers(len(x)))
-        cent.append(x[i])
-        far = np.minimum(far, 1.0 - x @ x[i])
-    c = np.stack(cent)
+    c = _kmeans_pp(x, k, np.random.default_rng(seed)) if init is None else np.asarray(init, x.dtype)[:k]
     for _ in range(iters):
         sim = x @ c.T
         near = sim.argmax(1)
@@ -208,6 +202,17 @@ def spherical_kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 30) -> n
             break
         c = new
     return c
+
+
+def _kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    cent = [x[rng.integers(len(x))]]
+    far = 1.0 - x @ cent[0]
+    for _ in range(1, k):
+        p = np.maximum(far, 0.0)
+        i = int(rng.choice(len(x), p=p / p.sum())) if p.sum() > 0 else int(rng.integers(len(x)))
+        cent.append(x[i])
+        far = np.minimum(far, 1.0 - x @ x[i])
+    return np.stack(cent)
 
 
 @dataclass

@@ -1,0 +1,138 @@
+"""How much of the prototypes score's cold-start number is the k-means draw, and does another fit of the same
+centres flag more foreign objects (issue 15, no foreign images)? Leave-one-class-out, on the fold bundles of
+benchmarks/open_set_tuned.py (class k never trained, INT8 outputs as the device computes them,
+benchmarks/loco_features.py).
+
+edge-calibrate fits 16 centres a class with one k-means++ start (seed 0). Fits compared, each for every seed:
+
+- kmeans:   that fit, seeded by the seed;
+- restarts: `--restarts` k-means++ starts a class, the lowest objective (sum of 1 - best cosine) kept;
+- kcenter:  greedy farthest-point centres (the seed draws the first), then k-means from them;
+- ensemble: the mean of `--members` k-means scores (seeds M*s .. M*s+M-1), M times the centres on the device.
+
+Each is thresholded at `--flag-rate` of the calibration split (in-distribution flagged cross-fitted on it) and
+measured on every image of class k. Reported per fit: the mean over folds and seeds, the worst fold's mean, the
+spread a seed brings (per fold, the standard deviation over seeds, averaged over folds; and the range of the
+5-fold mean over seeds). Measured on two LOCO runs in docs/foreign-objects.md: none is adopted.
+
+    python -m trashcam.benchmarks.prototype_fits --loco runs/loco --data ../shared/data/trashnet5
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .crossfit import flagged_crossfit
+from .loco_features import fold_dirs, fold_features, loco_parser, pct, table_head, table_row, write_results
+
+Scorer = Callable[[np.ndarray], np.ndarray]
+
+
+def _by_class(x: np.ndarray, y: np.ndarray, centres: Callable[[np.ndarray], np.ndarray]) -> Scorer:
+    """The prototypes score on the centres `centres` finds in each class's unit rows."""
+    from trashcam.edge.ood import Prototypes, unit_rows
+
+    x = unit_rows(np.asarray(x, np.float64))
+    return Prototypes(np.concatenate([centres(x[y == c]) for c in np.unique(y)])).score
+
+
+def objective(x: np.ndarray, c: np.ndarray) -> float:
+    """What spherical k-means lowers: the sum over rows of 1 - the best cosine."""
+    return float(np.sum(1.0 - (x @ c.T).max(axis=1)))
+
+
+def kcenter_start(x: np.ndarray, k: int, first: int) -> np.ndarray:
+    """Greedy farthest-point centres (Gonzalez): each next centre is the row farthest from those chosen."""
+    idx, far = [first], 1.0 - x @ x[first]
+    for _ in range(1, min(k, len(x))):
+        idx.append(int(far.argmax()))
+        far = np.minimum(far, 1.0 - x @ x[idx[-1]])
+    return x[idx]
+
+
+def fit(kind: str, x: np.ndarray, y: np.ndarray, seed: int, restarts: int = 5, members: int = 8) -> Scorer:
+    """A score (features -> higher is more foreign) fitted the way `kind` names."""
+    from trashcam.edge.ood import PROTOTYPES_PER_CLASS as K, Prototypes, spherical_kmeans
+
+    if kind == "kmeans":
+        return _by_class(x, y, lambda xc: spherical_kmeans(xc, K, seed))
+    if kind == "restarts":
+        starts = np.random.default_rng(seed).integers(2 ** 31, size=restarts)
+        return _by_class(x, y, lambda xc: min((spherical_kmeans(xc, K, int(s)) for s in starts),
+                                              key=lambda c: objective(xc, c)))
+    if kind == "kcenter":
+        first = np.random.default_rng(seed)
+        return _by_class(x, y, lambda xc: spherical_kmeans(xc, K, init=kcenter_start(xc, K,
+                                                                                     int(first.integers(len(xc))))))
+    if kind == "ensemble":
+        fits = [Prototypes.fit(x, y, seed=members * seed + j) for j in range(members)]
+        return lambda f: np.mean([p.score(f) for p in fits], axis=0)
+    raise ValueError(f"unknown fit {kind!r}")
+
+
+FITS = ("kmeans", "restarts", "kcenter", "ensemble")
+
+
+def fold(F: dict, kinds: tuple[str, ...], seeds: tuple[int, ...], rate: float, **kw) -> list[dict]:
+    from trashcam.edge.ood import auroc
+
+    rows = []
+    for kind in kinds:
+        for seed in seeds:
+            score = fit(kind, F["train_f"], F["train_y"], seed, **kw)
+            s_in, s_out = score(F["cal_f"]), score(F["foreign_f"])
+            in_flag, thr = flagged_crossfit(s_in, rate, seed)
+            rows.append({"fit": kind, "seed": seed, "in_dist_flagged": in_flag,
+                         "foreign_flagged": float(np.mean(s_out > thr)), "auroc": auroc(s_in, s_out)})
+    return rows
+
+
+def summarise(folds: dict[str, list[dict]]) -> list[dict]:
+    out = []
+    for kind in dict.fromkeys(r["fit"] for rs in folds.values() for r in rs):
+        grid = np.array([[r["foreign_flagged"] for r in rs if r["fit"] == kind] for rs in folds.values()])
+        sel = [r for rs in folds.values() for r in rs if r["fit"] == kind]
+        by_seed = grid.mean(axis=0)
+        out.append({"fit": kind, "foreign_flagged_mean": float(grid.mean()),
+                    "per_fold": dict(zip(folds, grid.mean(axis=1).tolist())),
+                    "worst_fold": float(grid.mean(axis=1).min()),
+                    "fold_sd_over_seeds": float(grid.std(axis=1, ddof=1).mean()) if grid.shape[1] > 1 else 0.0,
+                    "mean_range_over_seeds": float(by_seed.max() - by_seed.min()),
+                    "in_dist_flagged_mean": float(np.mean([r["in_dist_flagged"] for r in sel])),
+                    "auroc_mean": float(np.mean([r["auroc"] for r in sel]))})
+    return out
+
+
+def markdown(summary: list[dict]) -> str:
+    held = list(summary[0]["per_fold"])
+    md = table_head("Fits of the prototypes' centres (leave-one-class-out, INT8, mean over seeds)",
+                    ["fit", "foreign flagged, mean", "worst fold", "fold sd over seeds", "range of the mean"], held,
+                    ["in-distribution flagged (cross-fitted)", "AUROC"])
+    for s in summary:
+        md.append(table_row([s["fit"], pct(s["foreign_flagged_mean"]), pct(s["worst_fold"]),
+                             f"{100 * s['fold_sd_over_seeds']:.1f} pp", f"{100 * s['mean_range_over_seeds']:.1f} pp"],
+                            [s["per_fold"][k] for k in held],
+                            [pct(s["in_dist_flagged_mean"]), f"{s['auroc_mean']:.3f}"]))
+    return "\n".join(md) + "\n"
+
+
+def main(argv=None) -> int:
+    p = loco_parser(__doc__)
+    p.add_argument("--fits", default=",".join(FITS), help=f"comma-separated, of {', '.join(FITS)}")
+    p.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1")
+    p.add_argument("--restarts", type=int, default=5)
+    p.add_argument("--members", type=int, default=8)
+    a = p.parse_args(argv)
+    kinds = tuple(a.fits.split(","))
+    folds = {d.name: fold(fold_features(d / "bundle", a.data.resolve(), d.name, a.threads), kinds,
+                          tuple(range(a.seeds)), a.flag_rate, restarts=a.restarts, members=a.members)
+             for d in fold_dirs(a.loco)}
+    summary = summarise(folds)
+    write_results(a.loco, "prototype_fits", {"folds": folds, "summary": summary, "restarts": a.restarts,
+                                             "members": a.members}, markdown(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
