@@ -29,7 +29,7 @@ PICKED_FROM = ("prototypes", "msp", "mahalanobis", "combined")
 
 def fold(bundle_dir: Path, data: Path, held_out: str, sizes: tuple[int, ...], rate: float, threads: int) -> dict:
     from trashcam.calibration.ood import fit_ood
-    from trashcam.edge.ood import Prototypes, RelativePrototypes
+    from trashcam.edge.ood import PROTOTYPE_FITS, Prototypes, RelativePrototypes
 
     F = fold_features(bundle_dir, data, held_out, threads)
     train_f, train_y, cal_p, cal_f = F["train_f"], F["train_y"], F["cal_p"], F["cal_f"]
@@ -37,7 +37,7 @@ def fold(bundle_dir: Path, data: Path, held_out: str, sizes: tuple[int, ...], ra
     new, pool = order[:len(order) // 2], order[len(order) // 2:]
     new_p, new_f, rev_p, rev_f = F["foreign_p"][new], F["foreign_f"][new], F["foreign_p"][pool], F["foreign_f"][pool]
 
-    protos = Prototypes.fit(train_f, train_y)
+    protos = Prototypes.fit(train_f, train_y, members=PROTOTYPE_FITS)  # as edge-calibrate fits them
     rows = []
 
     def row(name: str, n: int, score_fn, extra: dict | None = None) -> None:

@@ -3,9 +3,10 @@ centres flag more foreign objects (issue 15, no foreign images)? Leave-one-class
 benchmarks/open_set_tuned.py (class k never trained, INT8 outputs as the device computes them,
 benchmarks/loco_features.py).
 
-edge-calibrate fits 16 centres a class with one k-means++ start (seed 0). Fits compared, each for every seed:
+Until 2026-12-05 edge-calibrate fitted 16 centres a class with one k-means++ start (seed 0); since then it averages
+8 such fits (`ensemble` below, chosen here). Fits compared, each for every seed:
 
-- kmeans:   that fit, seeded by the seed;
+- kmeans:   one fit, seeded by the seed;
 - restarts: `--restarts` k-means++ starts a class, the lowest objective (sum of 1 - best cosine) kept;
 - kcenter:  greedy farthest-point centres (the seed draws the first), then k-means from them;
 - ensemble: the mean of `--members` k-means scores (seeds M*s .. M*s+M-1), M times the centres on the device.
@@ -13,7 +14,7 @@ edge-calibrate fits 16 centres a class with one k-means++ start (seed 0). Fits c
 Each is thresholded at `--flag-rate` of the calibration split (in-distribution flagged cross-fitted on it) and
 measured on every image of class k. Reported per fit: the mean over folds and seeds, the worst fold's mean, the
 spread a seed brings (per fold, the standard deviation over seeds, averaged over folds; and the range of the
-5-fold mean over seeds). Measured on two LOCO runs in docs/foreign-objects.md: none is adopted.
+5-fold mean over seeds). Measured on three LOCO runs in docs/foreign-objects.md.
 
     python -m trashcam.benchmarks.prototype_fits --loco runs/loco --data ../shared/data/trashnet5
 """

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from trashcam.edge.config import JsonConfig, setting
-from trashcam.edge.ood import KINDS as OOD_KINDS
+from trashcam.edge.ood import KINDS as OOD_KINDS, PROTOTYPE_FITS
 
 
 @dataclass(frozen=True)
@@ -38,3 +38,6 @@ class CalibrationConfig(JsonConfig):
     flag_rate: float = setting(0.05, "the score's threshold flags this share of validation images", above=0.0,
                                max=0.99, metavar="R")
     ood_fit_images: int = setting(1000, "train images (at most) for the score's class statistics", min=2)
+    prototype_fits: int = setting(PROTOTYPE_FITS, "k-means fits of the prototypes averaged: steadier and better than "
+                                                  "one, each a block of centres every frame reads (1: the cheapest)",
+                                  min=1, metavar="N")

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from trashcam.edge.bundle import Bundle, atomic_write_bytes
-from trashcam.edge.ood import (KINDS as OOD_KINDS, Mahalanobis, OodScore, Prototypes, RelativePrototypes, msp_score,
-                                threshold_for_rate)
+from trashcam.edge.ood import (KINDS as OOD_KINDS, PROTOTYPE_FITS, Mahalanobis, OodScore, Prototypes,
+                                RelativePrototypes, msp_score, threshold_for_rate)
 
 # What leave-one-class-out chose when no foreign images say otherwise: the fine-tuned default recipe trained without
 # each class in turn, INT8, edge-calibrate's defaults (benchmarks/open_set_tuned.py, runs of 2026-12-02). Prototypes
@@ -73,7 +73,8 @@ def _subsample(y: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 
 def fit_ood(val_probs: np.ndarray, val_feats: np.ndarray | None, train_feats: np.ndarray | None,
             train_y: np.ndarray | None, flag_rate: float = 0.05, kind: str = "auto",
-            foreign: tuple[np.ndarray, np.ndarray | None] | None = None) -> tuple[OodScore, dict[str, Any]]:
+            foreign: tuple[np.ndarray, np.ndarray | None] | None = None,
+            fits: int = PROTOTYPE_FITS) -> tuple[OodScore, dict[str, Any]]:
     """-> (fitted score, report). `val_probs` after temperature; `foreign` = (probs, feats) of foreign images."""
     if kind not in KINDS:
         raise ValueError(f"uncertainty score must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -89,7 +90,7 @@ def fit_ood(val_probs: np.ndarray, val_feats: np.ndarray | None, train_feats: np
         comb = OodScore("combined", 0.0, maha, norm)
         comb.threshold = threshold_for_rate(comb.score(val_probs, val_feats), flag_rate)
         candidates["combined"] = comb
-        protos = Prototypes.fit(train_feats, train_y)
+        protos = Prototypes.fit(train_feats, train_y, members=fits)
         candidates["prototypes"] = OodScore("prototypes", threshold_for_rate(protos.score(val_feats), flag_rate),
                                             protos)
     have_foreign = foreign is not None and len(foreign[0])
@@ -198,7 +199,8 @@ def score_variant(engine, val_probs: np.ndarray, val_feats, fit_set, config, for
     if val_feats is not None and fit_set is not None and len(fit_set):
         _, train_feats = predict_with_features(engine, fit_set.x)
         train_y = fit_set.y
-    score, rep = fit_ood(val_probs, val_feats, train_feats, train_y, config.flag_rate, config.ood_score, foreign)
+    score, rep = fit_ood(val_probs, val_feats, train_feats, train_y, config.flag_rate, config.ood_score, foreign,
+                         config.prototype_fits)
     rep["fitted_on"] = (f"statistics: {len(train_y)} train images; threshold: {len(val_probs)} {what} images"
                         if train_y is not None else f"threshold: {len(val_probs)} {what} images")
     return score, rep

@@ -180,6 +180,12 @@ class Mahalanobis:
 # right after an INT8 invoke (Lite0 288, 2 threads) the score of 5 x 16 centres (410 KB) took 46-66 us, of 5 x 32
 # (820 KB) 66-90 us, the same as Mahalanobis + max-probability with its 69 x 1280 matrix.
 PROTOTYPES_PER_CLASS = 16
+# k-means fits edge-calibrate averages (Prototypes.members). Leave-one-class-out on three seeds' fold models
+# (benchmarks/prototype_fits.py, seeds 0-9): the k-means seed alone moves a fold by 3.2-4.5 pp (sd) with one fit,
+# 1.8-2.3 pp with the mean of 8, which flags 2.1 / 4.4 / 2.6 pp more foreign images at the same 5 %. It reads 8 x the
+# centres each frame (3.3 MB for 5 classes): x1.016 at 1 thread and x1.027-1.032 at 2 against x1.004-1.011 with one
+# fit, INT8 Lite0 288 (edge-bench p50, ~9.5 ms a frame at 2 threads); a model 3x faster pays 3x the share.
+PROTOTYPE_FITS = 8
 
 
 def spherical_kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 30, init: np.ndarray | None = None
@@ -222,33 +228,55 @@ class Prototypes:
     detection with deep nearest neighbors"), which would need every train feature on the device."""
 
     centroids: np.ndarray  # (K, D) float32, unit rows
+    # k-means fits averaged: `centroids` is `members` equal blocks, one fit each, and the score is the mean over blocks
+    # of each block's nearest cosine (benchmarks/prototype_fits.py: steadier than one fit, and higher on average)
+    members: int = 1
 
     def __post_init__(self) -> None:
         self.centroids = np.ascontiguousarray(np.asarray(self.centroids, np.float32))
+        if self.members < 1 or len(self.centroids) % self.members:
+            raise ValueError(f"{len(self.centroids)} centres do not split into {self.members} fits")
 
     @classmethod
     def fit(cls, feats: np.ndarray, labels: np.ndarray, per_class: int = PROTOTYPES_PER_CLASS,
-            seed: int = 0) -> "Prototypes":
+            seed: int = 0, members: int = 1) -> "Prototypes":
+        """Fit m of `members` is seeded `members * seed + m`: one fit keeps `seed` itself."""
         x, labels = unit_rows(np.asarray(feats, np.float64)), np.asarray(labels)
-        return cls(np.concatenate([spherical_kmeans(x[labels == c], per_class, seed) for c in np.unique(labels)]))
+        return cls(np.concatenate([spherical_kmeans(x[labels == c], per_class, members * seed + m)
+                                   for m in range(members) for c in np.unique(labels)]), members)
+
+    def nearest(self, sims: np.ndarray) -> np.ndarray:
+        """(N, K) cosines to the centres -> (N,) the nearest one's, averaged over the fits."""
+        return sims.reshape(len(sims), self.members, -1).max(axis=2).mean(axis=1)
 
     def score(self, feats: np.ndarray) -> np.ndarray:
         f = unit_rows(np.atleast_2d(np.asarray(feats, np.float64)))
-        return 1.0 - (f @ self.centroids.T.astype(np.float64)).max(axis=1)
+        return 1.0 - self.nearest(f @ self.centroids.T.astype(np.float64))
+
+    def _nearest_one(self, v: np.ndarray) -> float:
+        d = _row_dots(self.centroids, v)
+        return float(d.max()) if self.members == 1 else float(d.reshape(self.members, -1).max(axis=1).mean())
 
     def score_one(self, v: np.ndarray) -> float:
-        """One (D,) float32 feature vector, the per-frame path (see Mahalanobis.score_one): three numpy calls."""
-        return 1.0 - float(_row_dots(self.centroids, v).max()) / max(float(v @ v), 1e-24) ** 0.5
+        """One (D,) float32 feature vector, the per-frame path (see Mahalanobis.score_one): three numpy calls for one
+        fit, two more for several."""
+        return 1.0 - self._nearest_one(v) / max(float(v @ v), 1e-24) ** 0.5
 
     def meta(self) -> dict:
-        return {"prototypes": len(self.centroids)}
+        return {"prototypes": len(self.centroids), **({"members": self.members} if self.members > 1 else {})}
 
     def arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
-        return {f"{prefix}centroids": self.centroids}
+        return {f"{prefix}centroids": self.centroids,
+                **({f"{prefix}members": np.array(self.members)} if self.members > 1 else {})}
 
     @classmethod
     def from_arrays(cls, arrays, prefix: str = "", shrinkage: float = 0.0) -> "Prototypes":
-        return cls(arrays[f"{prefix}centroids"])
+        return cls(arrays[f"{prefix}centroids"], _members(arrays, prefix))
+
+
+def _members(arrays, prefix: str) -> int:
+    """Bundles calibrated before the fits were averaged have one fit and no `members` array."""
+    return int(arrays[f"{prefix}members"]) if f"{prefix}members" in arrays else 1
 
 
 def foreign_centres(n: int) -> int:
@@ -271,16 +299,16 @@ class RelativePrototypes(Prototypes):
     @classmethod
     def fit_foreign(cls, protos: Prototypes, foreign_feats: np.ndarray, seed: int = 0) -> "RelativePrototypes":
         x = unit_rows(np.asarray(foreign_feats, np.float64))
-        return cls(protos.centroids, spherical_kmeans(x, foreign_centres(len(x)), seed))
+        return cls(protos.centroids, protos.members, spherical_kmeans(x, foreign_centres(len(x)), seed))
 
     def score(self, feats: np.ndarray) -> np.ndarray:
         f = unit_rows(np.atleast_2d(np.asarray(feats, np.float64)))
-        return ((f @ self.foreign.T.astype(np.float64)).max(axis=1)
-                - (f @ self.centroids.T.astype(np.float64)).max(axis=1))
+        near_class = self.nearest(f @ self.centroids.T.astype(np.float64))
+        return (f @ self.foreign.T.astype(np.float64)).max(axis=1) - near_class
 
     def score_one(self, v: np.ndarray) -> float:
         """(nearest foreign cosine - nearest class cosine): the difference of the two distances, per frame."""
-        near = float(_row_dots(self.foreign, v).max()) - float(_row_dots(self.centroids, v).max())
+        near = float(_row_dots(self.foreign, v).max()) - self._nearest_one(v)
         return near / max(float(v @ v), 1e-24) ** 0.5
 
     def meta(self) -> dict:
@@ -291,7 +319,7 @@ class RelativePrototypes(Prototypes):
 
     @classmethod
     def from_arrays(cls, arrays, prefix: str = "", shrinkage: float = 0.0) -> "RelativePrototypes":
-        return cls(arrays[f"{prefix}centroids"], arrays[f"{prefix}foreign_centroids"])
+        return cls(arrays[f"{prefix}centroids"], _members(arrays, prefix), arrays[f"{prefix}foreign_centroids"])
 
 
 # Each kind of score -> the feature statistics it reads (None: the probabilities alone).

@@ -42,3 +42,29 @@ def test_fold_summary_and_table_cover_every_fit_and_seed():
     assert [x["fit"] for x in s] == list(FITS) and set(s[0]["per_fold"]) == {"a", "b"}
     assert all(x["fold_sd_over_seeds"] >= 0 and x["mean_range_over_seeds"] >= 0 for x in s)
     assert "| ensemble |" in markdown(s)
+
+
+def test_averaged_fits_score_as_the_mean_of_single_fits_and_survive_the_bundle_arrays():
+    """Prototypes(members=M): M k-means fits' centres in blocks; a frame's score is the mean of each fit's nearest
+    cosine, the same one frame at a time, through the arrays file and in the relative score; one fit is unchanged."""
+    from trashcam.edge.ood import OodScore, Prototypes, RelativePrototypes
+
+    F = blobs()
+    x, y, f = F["train_f"], F["train_y"], F["cal_f"].astype(np.float32)
+    two = Prototypes.fit(x, y, seed=3, members=2)  # fits seeded 6 and 7
+    singles = [Prototypes.fit(x, y, seed=s) for s in (6, 7)]
+    np.testing.assert_allclose(two.score(f), np.mean([p.score(f) for p in singles], axis=0), rtol=1e-6)
+    np.testing.assert_allclose([two.score_one(v) for v in f], two.score(f), rtol=1e-5, atol=1e-6)
+    assert len(two.centroids) == 2 * len(singles[0].centroids) and two.meta()["members"] == 2
+    score = OodScore("prototypes", 0.1, two)
+    back = OodScore.from_meta(score.to_meta(), score.stats.arrays())
+    assert back.stats.members == 2 and np.allclose(back.score(None, f), score.score(None, f))
+    one = Prototypes.fit(x, y, seed=3)
+    assert "members" not in one.meta() and set(one.arrays()) == {"centroids"}
+    assert Prototypes.from_arrays(one.arrays()).members == 1  # a bundle calibrated before averaging
+    rel = RelativePrototypes.fit_foreign(two, F["foreign_f"][:8])
+    unit = f / np.linalg.norm(f, axis=1, keepdims=True)
+    np.testing.assert_allclose(rel.score(f), (unit @ rel.foreign.T).max(axis=1) - (1 - two.score(f)), atol=1e-5)
+    np.testing.assert_allclose([rel.score_one(v) for v in f], rel.score(f), rtol=1e-5, atol=1e-6)
+    again = RelativePrototypes.from_arrays(rel.arrays())
+    assert again.members == 2 and np.allclose(again.score(f), rel.score(f))
