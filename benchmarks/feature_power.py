@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .crossfit import flagged_crossfit
-from .loco_features import fold_dirs, fold_features, loco_parser, pct, table_head, table_row, write_results
+from .loco_features import fold_dirs, fold_features, loco_parser, pct, seed_rows, table_head, table_row, write_results
 
 
 def powered(x: np.ndarray, power: float) -> np.ndarray:
@@ -26,17 +25,12 @@ def powered(x: np.ndarray, power: float) -> np.ndarray:
 
 
 def fold(F: dict, powers: tuple[float, ...], seeds: tuple[int, ...], rate: float) -> list[dict]:
-    from trashcam.edge.ood import Prototypes, auroc
+    from trashcam.edge.ood import Prototypes
 
-    rows = []
-    for power in powers:
-        for seed in seeds:
-            protos = Prototypes.fit(powered(F["train_f"], power), F["train_y"], seed=seed)
-            s_in, s_out = protos.score(powered(F["cal_f"], power)), protos.score(powered(F["foreign_f"], power))
-            in_flag, thr = flagged_crossfit(s_in, rate, seed)
-            rows.append({"power": power, "seed": seed, "in_dist_flagged": in_flag,
-                         "foreign_flagged": float(np.mean(s_out > thr)), "auroc": auroc(s_in, s_out)})
-    return rows
+    def scores(power, seed):
+        protos = Prototypes.fit(powered(F["train_f"], power), F["train_y"], seed=seed)
+        return protos.score(powered(F["cal_f"], power)), protos.score(powered(F["foreign_f"], power))
+    return seed_rows("power", powers, seeds, rate, scores)
 
 
 def summarise(folds: dict[str, list[dict]]) -> list[dict]:

@@ -1,8 +1,8 @@
 """The INT8 outputs of one leave-one-class-out fold bundle, as the device computes them, for the post-hoc score
-experiments (field_foreign, synthetic_foreign, feature_power): the train images edge-calibrate fits its statistics
-on, the calibration split its threshold comes from, and every image of the held-out class. Cached beside the bundle
-(`<fold>/features_int8.npz`, keyed by the model file's sha256, the calibration and the data folder), so each
-experiment re-reads them in a second.
+experiments (field_foreign, synthetic_foreign, feature_power, prototype_fits): the train images edge-calibrate fits
+its statistics on, the calibration split its threshold comes from, and every image of the held-out class. Cached
+beside the bundle (`<fold>/features_int8.npz`, keyed by the model file's sha256, the calibration and the data
+folder), so each experiment re-reads them in a second.
 """
 from __future__ import annotations
 
@@ -65,6 +65,22 @@ def _compute(bundle, data: Path, held_out: str, threads: int) -> dict[str, np.nd
     foreign_p, foreign_f = outputs(clf, fx.x)
     return {"train_f": train_f, "train_y": train.y[keep], "cal_p": cal_p, "cal_f": cal_f, "cal_y": cal.y,
             "foreign_p": foreign_p, "foreign_f": foreign_f}
+
+
+def seed_rows(name: str, values, seeds, rate: float, scores) -> list[dict]:
+    """One row per (value, seed): `scores(value, seed)` -> (calibration scores, foreign scores), thresholded at `rate`
+    of the calibration split (in-distribution flagged cross-fitted, halves drawn by the same seed)."""
+    from trashcam.edge.ood import auroc
+
+    from .crossfit import flagged_crossfit
+    rows = []
+    for value in values:
+        for seed in seeds:
+            s_in, s_out = scores(value, seed)
+            in_flag, thr = flagged_crossfit(s_in, rate, seed)
+            rows.append({name: value, "seed": seed, "in_dist_flagged": in_flag,
+                         "foreign_flagged": float(np.mean(s_out > thr)), "auroc": auroc(s_in, s_out)})
+    return rows
 
 
 def pct(v: float) -> str:

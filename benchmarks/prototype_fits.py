@@ -24,8 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from .crossfit import flagged_crossfit
-from .loco_features import fold_dirs, fold_features, loco_parser, pct, table_head, table_row, write_results
+from .loco_features import fold_dirs, fold_features, loco_parser, pct, seed_rows, table_head, table_row, write_results
 
 Scorer = Callable[[np.ndarray], np.ndarray]
 
@@ -76,17 +75,10 @@ FITS = ("kmeans", "restarts", "kcenter", "ensemble")
 
 
 def fold(F: dict, kinds: tuple[str, ...], seeds: tuple[int, ...], rate: float, **kw) -> list[dict]:
-    from trashcam.edge.ood import auroc
-
-    rows = []
-    for kind in kinds:
-        for seed in seeds:
-            score = fit(kind, F["train_f"], F["train_y"], seed, **kw)
-            s_in, s_out = score(F["cal_f"]), score(F["foreign_f"])
-            in_flag, thr = flagged_crossfit(s_in, rate, seed)
-            rows.append({"fit": kind, "seed": seed, "in_dist_flagged": in_flag,
-                         "foreign_flagged": float(np.mean(s_out > thr)), "auroc": auroc(s_in, s_out)})
-    return rows
+    def scores(kind, seed):
+        score = fit(kind, F["train_f"], F["train_y"], seed, **kw)
+        return score(F["cal_f"]), score(F["foreign_f"])
+    return seed_rows("fit", kinds, seeds, rate, scores)
 
 
 def summarise(folds: dict[str, list[dict]]) -> list[dict]:
