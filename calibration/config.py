@@ -38,6 +38,7 @@ class CalibrationConfig(JsonConfig):
     flag_rate: float = setting(0.05, "the score's threshold flags this share of validation images", above=0.0,
                                max=0.99, metavar="R")
     ood_fit_images: int = setting(1000, "train images (at most) for the score's class statistics", min=2)
-    prototype_fits: int = setting(PROTOTYPE_FITS, "k-means fits of the prototypes averaged: steadier and better than "
-                                                  "one, each a block of centres every frame reads (1: the cheapest)",
-                                  min=1, metavar="N")
+    prototype_fits: int | None = setting(None, "k-means fits of the prototypes averaged: steadier and better than "
+                                               f"one, each a block of centres every frame reads (default: "
+                                               f"{PROTOTYPE_FITS} at 288 x 288 px, fewer for smaller inputs; 1: the "
+                                               "cheapest)", min=1, metavar="N")

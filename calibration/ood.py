@@ -19,7 +19,7 @@ import numpy as np
 
 from trashcam.edge.bundle import Bundle, atomic_write_bytes
 from trashcam.edge.ood import (KINDS as OOD_KINDS, PROTOTYPE_FITS, Mahalanobis, OodScore, Prototypes,
-                                RelativePrototypes, msp_score, threshold_for_rate)
+                                RelativePrototypes, msp_score, prototype_fits, threshold_for_rate)
 
 # What leave-one-class-out chose when no foreign images say otherwise: the fine-tuned default recipe trained without
 # each class in turn, INT8, edge-calibrate's defaults (benchmarks/open_set_tuned.py, runs of 2026-12-02). Prototypes
@@ -199,8 +199,11 @@ def score_variant(engine, val_probs: np.ndarray, val_feats, fit_set, config, for
     if val_feats is not None and fit_set is not None and len(fit_set):
         _, train_feats = predict_with_features(engine, fit_set.x)
         train_y = fit_set.y
+    fits = config.prototype_fits
+    if fits is None:  # by the input's pixels: the score's cost stays a like share of smaller models' frames
+        fits = prototype_fits(fit_set.x.shape[1] * fit_set.x.shape[2]) if train_y is not None else 1
     score, rep = fit_ood(val_probs, val_feats, train_feats, train_y, config.flag_rate, config.ood_score, foreign,
-                         config.prototype_fits)
+                         fits)
     rep["fitted_on"] = (f"statistics: {len(train_y)} train images; threshold: {len(val_probs)} {what} images"
                         if train_y is not None else f"threshold: {len(val_probs)} {what} images")
     return score, rep

@@ -184,8 +184,16 @@ PROTOTYPES_PER_CLASS = 16
 # (benchmarks/prototype_fits.py, seeds 0-9): the k-means seed alone moves a fold by 3.2-4.5 pp (sd) with one fit,
 # 1.8-2.3 pp with the mean of 8, which flags 2.1 / 4.4 / 2.6 pp more foreign images at the same 5 %. It reads 8 x the
 # centres each frame (3.3 MB for 5 classes): x1.016 at 1 thread and x1.027-1.032 at 2 against x1.004-1.011 with one
-# fit, INT8 Lite0 288 (edge-bench p50, ~9.5 ms a frame at 2 threads); a model 3x faster pays 3x the share.
+# fit, INT8 Lite0 288 (edge-bench p50, ~9.5 ms a frame at 2 threads). A model 3x faster pays 3x the share (the quick
+# recipe's 160 px frames: x1.055 INT8 with 8 fits), so the count falls with the input's pixels (prototype_fits).
 PROTOTYPE_FITS = 8
+PROTOTYPE_FITS_PIXELS = 288 * 288
+
+
+def prototype_fits(pixels: int) -> int:
+    """k-means fits to average for a model taking `pixels` input pixels: `PROTOTYPE_FITS` at 288 x 288, fewer as a
+    frame's arithmetic (which scales with the pixels) shrinks and the score's cost does not; 160 x 160 gets 2."""
+    return max(1, min(PROTOTYPE_FITS, round(PROTOTYPE_FITS * pixels / PROTOTYPE_FITS_PIXELS)))
 
 
 def spherical_kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 30, init: np.ndarray | None = None

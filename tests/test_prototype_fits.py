@@ -68,3 +68,24 @@ def test_averaged_fits_score_as_the_mean_of_single_fits_and_survive_the_bundle_a
     np.testing.assert_allclose([rel.score_one(v) for v in f], rel.score(f), rtol=1e-5, atol=1e-6)
     again = RelativePrototypes.from_arrays(rel.arrays())
     assert again.members == 2 and np.allclose(again.score(f), rel.score(f))
+
+
+def test_fits_fall_with_the_input_pixels_and_calibration_uses_them(scored_bundle, tmp_path):
+    """8 fits at 288 x 288 px (the default recipe), 2 at the quick recipe's 160, 1 for a tiny test model, unless
+    --prototype-fits says; the bundle's arrays carry the count edge-run scores with."""
+    import shutil
+
+    from trashcam.calibration.config import CalibrationConfig
+    from trashcam.calibration.pipeline import calibrate_bundle
+    from trashcam.edge.bundle import Bundle
+    from trashcam.edge.ood import load_for_variant, prototype_fits
+
+    assert [prototype_fits(s * s) for s in (288, 260, 240, 160, 32)] == [8, 7, 6, 2, 1]
+    d, _ = scored_bundle
+    h, w = Bundle.load(d).preprocessing.input_size
+    assert load_for_variant(Bundle.load(d), "tflite-int8").stats.members == prototype_fits(h * w)
+    shutil.copytree(d, tmp_path / "b")
+    calibrate_bundle(tmp_path / "b", CalibrationConfig(variants=("tflite-int8",), plots=False, threads=1,
+                                                       prototype_fits=3))
+    three = load_for_variant(Bundle.load(tmp_path / "b"), "tflite-int8").stats
+    assert three.members == 3 and len(three.centroids) % 3 == 0
