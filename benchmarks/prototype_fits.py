@@ -9,7 +9,8 @@ Until 2026-12-05 edge-calibrate fitted 16 centres a class with one k-means++ sta
 - kmeans:   one fit, seeded by the seed;
 - restarts: `--restarts` k-means++ starts a class, the lowest objective (sum of 1 - best cosine) kept;
 - kcenter:  greedy farthest-point centres (the seed draws the first), then k-means from them;
-- ensemble: the mean of `--members` k-means scores (seeds M*s .. M*s+M-1), M times the centres on the device.
+- ensemble: the mean of `--members` k-means scores (seeds M*s .. M*s+M-1; edge/ood.py Prototypes(members=M)), M
+  times the centres on the device.
 
 Each is thresholded at `--flag-rate` of the calibration split (in-distribution flagged cross-fitted on it) and
 measured on every image of class k. Reported per fit: the mean over folds and seeds, the worst fold's mean, the
@@ -55,8 +56,8 @@ def fit(kind: str, x: np.ndarray, y: np.ndarray, seed: int, restarts: int = 5, m
     """A score (features -> higher is more foreign) fitted the way `kind` names."""
     from trashcam.edge.ood import PROTOTYPES_PER_CLASS as K, Prototypes, spherical_kmeans
 
-    if kind == "kmeans":
-        return _by_class(x, y, lambda xc: spherical_kmeans(xc, K, seed))
+    if kind in ("kmeans", "ensemble"):  # edge-calibrate's own fit: one, or `members` averaged
+        return Prototypes.fit(x, y, seed=seed, members=members if kind == "ensemble" else 1).score
     if kind == "restarts":
         starts = np.random.default_rng(seed).integers(2 ** 31, size=restarts)
         return _by_class(x, y, lambda xc: min((spherical_kmeans(xc, K, int(s)) for s in starts),
@@ -65,9 +66,6 @@ def fit(kind: str, x: np.ndarray, y: np.ndarray, seed: int, restarts: int = 5, m
         first = np.random.default_rng(seed)
         return _by_class(x, y, lambda xc: spherical_kmeans(xc, K, init=kcenter_start(xc, K,
                                                                                      int(first.integers(len(xc))))))
-    if kind == "ensemble":
-        fits = [Prototypes.fit(x, y, seed=members * seed + j) for j in range(members)]
-        return lambda f: np.mean([p.score(f) for p in fits], axis=0)
     raise ValueError(f"unknown fit {kind!r}")
 
 
