@@ -29,7 +29,8 @@ PICKED_FROM = ("prototypes", "msp", "mahalanobis", "combined")
 
 def fold(bundle_dir: Path, data: Path, held_out: str, sizes: tuple[int, ...], rate: float, threads: int) -> dict:
     from trashcam.calibration.ood import fit_ood
-    from trashcam.edge.ood import PROTOTYPE_FITS, Prototypes, RelativePrototypes
+    from trashcam.edge.bundle import Bundle
+    from trashcam.edge.ood import Prototypes, RelativePrototypes, prototype_fits
 
     F = fold_features(bundle_dir, data, held_out, threads)
     train_f, train_y, cal_p, cal_f = F["train_f"], F["train_y"], F["cal_p"], F["cal_f"]
@@ -37,7 +38,9 @@ def fold(bundle_dir: Path, data: Path, held_out: str, sizes: tuple[int, ...], ra
     new, pool = order[:len(order) // 2], order[len(order) // 2:]
     new_p, new_f, rev_p, rev_f = F["foreign_p"][new], F["foreign_f"][new], F["foreign_p"][pool], F["foreign_f"][pool]
 
-    protos = Prototypes.fit(train_f, train_y, members=PROTOTYPE_FITS)  # as edge-calibrate fits them
+    h, w = Bundle.load(bundle_dir).preprocessing.input_size
+    fits = prototype_fits(h * w)  # as edge-calibrate picks them for this model
+    protos = Prototypes.fit(train_f, train_y, members=fits)
     rows = []
 
     def row(name: str, n: int, score_fn, extra: dict | None = None) -> None:
@@ -52,10 +55,10 @@ def fold(bundle_dir: Path, data: Path, held_out: str, sizes: tuple[int, ...], ra
         # fit_ood fits and reports every candidate whatever kind it returns: read them all from one fit, and fit
         # again only when the pick is not the kind that fit returned
         reviewed = (rev_p[:n], rev_f[:n])
-        score, rep = fit_ood(cal_p, cal_f, train_f, train_y, rate, PICKED_FROM[0], reviewed)
+        score, rep = fit_ood(cal_p, cal_f, train_f, train_y, rate, PICKED_FROM[0], reviewed, fits)
         best = max(PICKED_FROM, key=lambda k: rep["candidates"][k]["foreign_flagged"])
         if best != score.kind:
-            score, _ = fit_ood(cal_p, cal_f, train_f, train_y, rate, best, reviewed)
+            score, _ = fit_ood(cal_p, cal_f, train_f, train_y, rate, best, reviewed, fits)
         row("auto", n, score.score, {"picked": best})
         rel = RelativePrototypes.fit_foreign(protos, rev_f[:n])
         row("relative", n, lambda p, f: rel.score(f), {"foreign_centres": len(rel.foreign)})
