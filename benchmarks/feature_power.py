@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .loco_features import fold_dirs, fold_features, loco_parser, pct, seed_rows, table_head, table_row, write_results
+from .loco_features import (fold_dirs, fold_features, loco_parser, pct, seed_rows, seed_summary, table_head, table_row,
+                            write_results)
 
 
 def powered(x: np.ndarray, power: float) -> np.ndarray:
@@ -34,19 +35,8 @@ def fold(F: dict, powers: tuple[float, ...], seeds: tuple[int, ...], rate: float
 
 
 def summarise(folds: dict[str, list[dict]]) -> list[dict]:
-    out = []
-    for power in sorted({r["power"] for rs in folds.values() for r in rs}, reverse=True):
-        per_fold = {k: float(np.mean([r["foreign_flagged"] for r in rs if r["power"] == power]))
-                    for k, rs in folds.items()}
-        seeds = sorted({r["seed"] for rs in folds.values() for r in rs})
-        by_seed = [float(np.mean([r["foreign_flagged"] for rs in folds.values() for r in rs
-                                  if (r["power"], r["seed"]) == (power, s)])) for s in seeds]
-        sel = [r for rs in folds.values() for r in rs if r["power"] == power]
-        out.append({"power": power, "foreign_flagged_mean": float(np.mean(by_seed)), "by_seed": by_seed,
-                    "per_fold": per_fold, "worst_fold": min(per_fold.values()),
-                    "in_dist_flagged_mean": float(np.mean([r["in_dist_flagged"] for r in sel])),
-                    "auroc_mean": float(np.mean([r["auroc"] for r in sel]))})
-    return out
+    powers = sorted({r["power"] for rs in folds.values() for r in rs}, reverse=True)
+    return [seed_summary(folds, "power", power) for power in powers]
 
 
 def markdown(summary: list[dict]) -> str:

@@ -83,6 +83,21 @@ def seed_rows(name: str, values, seeds, rate: float, scores) -> list[dict]:
     return rows
 
 
+def seed_summary(folds: dict[str, list[dict]], name: str, value) -> dict:
+    """seed_rows' rows of one setting (`name` == `value`), every fold: the mean foreign flagged (the mean of the
+    5-fold means by seed), those by seed, each fold's mean over seeds, the worst fold, in-distribution and AUROC."""
+    mine = {k: [r for r in rs if r[name] == value] for k, rs in folds.items()}
+    per_fold = {k: float(np.mean([r["foreign_flagged"] for r in rs])) for k, rs in mine.items()}
+    seeds = sorted({r["seed"] for rs in mine.values() for r in rs})
+    by_seed = [float(np.mean([r["foreign_flagged"] for rs in mine.values() for r in rs if r["seed"] == s]))
+               for s in seeds]
+    sel = [r for rs in mine.values() for r in rs]
+    return {name: value, "foreign_flagged_mean": float(np.mean(by_seed)), "by_seed": by_seed, "per_fold": per_fold,
+            "worst_fold": min(per_fold.values()),
+            "in_dist_flagged_mean": float(np.mean([r["in_dist_flagged"] for r in sel])),
+            "auroc_mean": float(np.mean([r["auroc"] for r in sel]))}
+
+
 def pct(v: float) -> str:
     return f"{100 * v:.1f} %"
 

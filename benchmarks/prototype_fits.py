@@ -25,7 +25,8 @@ from typing import Callable
 
 import numpy as np
 
-from .loco_features import fold_dirs, fold_features, loco_parser, pct, seed_rows, table_head, table_row, write_results
+from .loco_features import (fold_dirs, fold_features, loco_parser, pct, seed_rows, seed_summary, table_head, table_row,
+                            write_results)
 
 Scorer = Callable[[np.ndarray], np.ndarray]
 
@@ -80,18 +81,14 @@ def fold(F: dict, kinds: tuple[str, ...], seeds: tuple[int, ...], rate: float, *
 
 
 def summarise(folds: dict[str, list[dict]]) -> list[dict]:
+    """seed_summary per fit, and the spread a seed brings: per fold the sd over seeds, averaged over folds, and the
+    range of the 5-fold mean over seeds."""
     out = []
     for kind in dict.fromkeys(r["fit"] for rs in folds.values() for r in rs):
+        s = seed_summary(folds, "fit", kind)
         grid = np.array([[r["foreign_flagged"] for r in rs if r["fit"] == kind] for rs in folds.values()])
-        sel = [r for rs in folds.values() for r in rs if r["fit"] == kind]
-        by_seed = grid.mean(axis=0)
-        out.append({"fit": kind, "foreign_flagged_mean": float(grid.mean()),
-                    "per_fold": dict(zip(folds, grid.mean(axis=1).tolist())),
-                    "worst_fold": float(grid.mean(axis=1).min()),
-                    "fold_sd_over_seeds": float(grid.std(axis=1, ddof=1).mean()) if grid.shape[1] > 1 else 0.0,
-                    "mean_range_over_seeds": float(by_seed.max() - by_seed.min()),
-                    "in_dist_flagged_mean": float(np.mean([r["in_dist_flagged"] for r in sel])),
-                    "auroc_mean": float(np.mean([r["auroc"] for r in sel]))})
+        out.append({**s, "fold_sd_over_seeds": float(grid.std(axis=1, ddof=1).mean()) if grid.shape[1] > 1 else 0.0,
+                    "mean_range_over_seeds": max(s["by_seed"]) - min(s["by_seed"])})
     return out
 
 
