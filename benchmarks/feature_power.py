@@ -26,7 +26,7 @@ def powered(x: np.ndarray, power: float) -> np.ndarray:
 
 
 def fold(F: dict, powers: tuple[float, ...], seeds: tuple[int, ...], rate: float) -> list[dict]:
-    from trashcam.edge.ood import Prototypes
+    from trashcam.edge.prototypes import Prototypes
 
     def scores(power, seed):
         protos = Prototypes.fit(powered(F["train_f"], power), F["train_y"], seed=seed)

@@ -8,7 +8,7 @@ on the other, both ways):
 - `prototypes`: what ships with no foreign images (nearest of 16 class centres, cosine);
 - `auto`: what edge-calibrate does today with foreign images, the kind among msp / mahalanobis / combined /
   prototypes that flags most of R;
-- `relative` (edge/ood.py RelativePrototypes, auto's choice with foreign images since this measurement): the
+- `relative` (edge/prototypes.py RelativePrototypes, auto's choice with foreign images since this measurement): the
   prototypes' distance minus the distance to the nearest of a few centres of R's features, so a frame that looks
   like a reviewed foreign object scores high even where it is near a class.
 
@@ -30,7 +30,7 @@ PICKED_FROM = ("prototypes", "msp", "mahalanobis", "combined")
 def fold(bundle_dir: Path, data: Path, held_out: str, sizes: tuple[int, ...], rate: float, threads: int) -> dict:
     from trashcam.calibration.ood import fit_ood
     from trashcam.edge.bundle import Bundle
-    from trashcam.edge.ood import Prototypes, RelativePrototypes, prototype_fits
+    from trashcam.edge.prototypes import Prototypes, RelativePrototypes, prototype_fits
 
     F = fold_features(bundle_dir, data, held_out, threads)
     train_f, train_y, cal_p, cal_f = F["train_f"], F["train_y"], F["cal_p"], F["cal_f"]

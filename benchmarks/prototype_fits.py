@@ -9,7 +9,7 @@ Until 2026-12-05 edge-calibrate fitted 16 centres a class with one k-means++ sta
 - kmeans:   one fit, seeded by the seed;
 - restarts: `--restarts` k-means++ starts a class, the lowest objective (sum of 1 - best cosine) kept;
 - kcenter:  greedy farthest-point centres (the seed draws the first), then k-means from them;
-- ensemble: the mean of `--members` k-means scores (seeds M*s .. M*s+M-1; edge/ood.py Prototypes(members=M)), M
+- ensemble: the mean of `--members` k-means scores (seeds M*s .. M*s+M-1; edge/prototypes.py Prototypes(members=M)), M
   times the centres on the device.
 
 Each is thresholded at `--flag-rate` of the calibration split (in-distribution flagged cross-fitted on it) and
@@ -33,7 +33,8 @@ Scorer = Callable[[np.ndarray], np.ndarray]
 
 def _by_class(x: np.ndarray, y: np.ndarray, centres: Callable[[np.ndarray], np.ndarray]) -> Scorer:
     """The prototypes score on the centres `centres` finds in each class's unit rows."""
-    from trashcam.edge.ood import Prototypes, unit_rows
+    from trashcam.edge.prototypes import Prototypes
+    from trashcam.edge.vectors import unit_rows
 
     x = unit_rows(np.asarray(x, np.float64))
     return Prototypes(np.concatenate([centres(x[y == c]) for c in np.unique(y)])).score
@@ -55,7 +56,7 @@ def kcenter_start(x: np.ndarray, k: int, first: int) -> np.ndarray:
 
 def fit(kind: str, x: np.ndarray, y: np.ndarray, seed: int, restarts: int = 5, members: int = 8) -> Scorer:
     """A score (features -> higher is more foreign) fitted the way `kind` names."""
-    from trashcam.edge.ood import PROTOTYPES_PER_CLASS as K, Prototypes, spherical_kmeans
+    from trashcam.edge.prototypes import PROTOTYPES_PER_CLASS as K, Prototypes, spherical_kmeans
 
     if kind in ("kmeans", "ensemble"):  # edge-calibrate's own fit: one, or `members` averaged
         return Prototypes.fit(x, y, seed=seed, members=members if kind == "ensemble" else 1).score

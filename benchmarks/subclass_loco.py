@@ -58,7 +58,8 @@ def make_subclass_data(data: Path, out: Path, k: int, size: int = 288, seed: int
                        features=frozen_features) -> dict[str, int]:
     """out/<class>__<j>/ (symlinks to data/<class>/ files), j < k: spherical k-means of each class's frozen
     features. Returns images per cluster; a finished folder (out/clusters.json) is reused."""
-    from trashcam.edge.ood import spherical_kmeans, unit_rows
+    from trashcam.edge.prototypes import spherical_kmeans
+    from trashcam.edge.vectors import unit_rows
 
     done = out / "clusters.json"
     if done.is_file():

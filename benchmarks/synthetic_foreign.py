@@ -1,7 +1,7 @@
 """Can images made from the train set stand in for foreign objects before a site has reviewed any (issue 15's cold
 start)? Leave-one-class-out, on the fold bundles of benchmarks/open_set_tuned.py (class k never trained, INT8).
 
-The relative score (edge/ood.py RelativePrototypes) flags a frame nearer a foreign centre than a class centre. Here
+The relative score (edge/prototypes.py RelativePrototypes) flags a frame nearer a foreign centre than a class centre. Here
 its foreign centres come from synthetic images built from the bundle's own train images, never from class k:
 - `mixup`: a half-and-half pixel blend of two train images of different classes;
 - `mosaic`: four quadrants cut in place from four train images of at least two classes;
@@ -67,7 +67,9 @@ def fold(bundle_dir: Path, data: Path, held_out: str, n: int, seeds: tuple[int, 
     from trashcam.calibration.ood import _subsample
     from trashcam.edge.bundle import Bundle
     from trashcam.edge.imageset import split_images
-    from trashcam.edge.ood import Prototypes, RelativePrototypes, auroc, unit_rows
+    from trashcam.edge.ood import auroc
+    from trashcam.edge.prototypes import Prototypes, RelativePrototypes
+    from trashcam.edge.vectors import unit_rows
     from trashcam.edge.runtime import Classifier
 
     F = fold_features(bundle_dir, data, held_out, threads)

@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from trashcam.edge.config import JsonConfig, setting
-from trashcam.edge.ood import KINDS as OOD_KINDS, PROTOTYPE_FITS
+from trashcam.edge.ood import KINDS as OOD_KINDS
+from trashcam.edge.prototypes import PROTOTYPE_FITS
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from trashcam.edge.bundle import Bundle, atomic_write_bytes
-from trashcam.edge.ood import (KINDS as OOD_KINDS, PROTOTYPE_FITS, Mahalanobis, OodScore, Prototypes,
-                                RelativePrototypes, msp_score, prototype_fits, threshold_for_rate)
+from trashcam.edge.ood import KINDS as OOD_KINDS, Mahalanobis, OodScore, msp_score, threshold_for_rate
+from trashcam.edge.prototypes import PROTOTYPE_FITS, Prototypes, RelativePrototypes, prototype_fits
 
 # What leave-one-class-out chose when no foreign images say otherwise: the fine-tuned default recipe trained without
 # each class in turn, INT8, edge-calibrate's defaults (benchmarks/open_set_tuned.py, runs of 2026-12-02). Prototypes

@@ -68,7 +68,8 @@ def test_low_rank_mahalanobis_is_probabilistic_pca_and_old_bundles_keep_their_di
 def test_prototypes_score_is_the_cosine_distance_to_the_nearest_class_centre():
     """k-means centres per class on the unit sphere: a frame's score is 1 - the highest cosine to any centre, one
     frame at a time as in a batch, and it survives the bundle's arrays."""
-    from trashcam.edge.ood import OodScore, Prototypes, spherical_kmeans
+    from trashcam.edge.ood import OodScore
+    from trashcam.edge.prototypes import Prototypes, spherical_kmeans
 
     rng = np.random.default_rng(4)
     blobs = rng.normal(size=(6, 30)) * 3
@@ -98,7 +99,8 @@ def test_relative_score_flags_what_looks_like_reviewed_foreign_images():
     edge-calibrate's auto takes it once there are foreign images, and says what it flags on images it was not
     fitted on."""
     from trashcam.calibration.ood import fit_ood
-    from trashcam.edge.ood import OodScore, Prototypes, RelativePrototypes, foreign_centres
+    from trashcam.edge.ood import OodScore
+    from trashcam.edge.prototypes import Prototypes, RelativePrototypes, foreign_centres
 
     rng = np.random.default_rng(6)
     blobs = rng.normal(size=(3, 30)) * 3
@@ -408,7 +410,8 @@ def test_subclass_loco_splits_classes_into_linked_clusters_and_sums_them_back(tm
 
 def test_flag_frame_reads_features_only_for_a_feature_score():
     """The per-frame rule de-quantises the features output only when the score uses it (msp does not)."""
-    from trashcam.edge.ood import OodScore, Prototypes
+    from trashcam.edge.ood import OodScore
+    from trashcam.edge.prototypes import Prototypes
     from trashcam.edge.runtime import flag_frame
 
     class Engine:

@@ -13,7 +13,8 @@ def blobs(seed=3):
 
 def test_each_fit_scores_like_the_prototypes_it_stands_for():
     from trashcam.benchmarks.prototype_fits import fit, kcenter_start, objective
-    from trashcam.edge.ood import Prototypes, spherical_kmeans, unit_rows
+    from trashcam.edge.prototypes import Prototypes, spherical_kmeans
+    from trashcam.edge.vectors import unit_rows
 
     F = blobs()
     x, y, f = F["train_f"], F["train_y"], F["cal_f"]
@@ -47,7 +48,8 @@ def test_fold_summary_and_table_cover_every_fit_and_seed():
 def test_averaged_fits_score_as_the_mean_of_single_fits_and_survive_the_bundle_arrays():
     """Prototypes(members=M): M k-means fits' centres in blocks; a frame's score is the mean of each fit's nearest
     cosine, the same one frame at a time, through the arrays file and in the relative score; one fit is unchanged."""
-    from trashcam.edge.ood import OodScore, Prototypes, RelativePrototypes
+    from trashcam.edge.ood import OodScore
+    from trashcam.edge.prototypes import Prototypes, RelativePrototypes
 
     F = blobs()
     x, y, f = F["train_f"], F["train_y"], F["cal_f"].astype(np.float32)
@@ -78,7 +80,8 @@ def test_fits_fall_with_the_input_pixels_and_calibration_uses_them(scored_bundle
     from trashcam.calibration.config import CalibrationConfig
     from trashcam.calibration.pipeline import calibrate_bundle
     from trashcam.edge.bundle import Bundle
-    from trashcam.edge.ood import load_for_variant, prototype_fits
+    from trashcam.edge.ood import load_for_variant
+    from trashcam.edge.prototypes import prototype_fits
 
     assert [prototype_fits(s * s) for s in (288, 260, 240, 160, 32)] == [8, 7, 6, 2, 1]
     d, _ = scored_bundle
