@@ -357,7 +357,7 @@ def test_field_foreign_measures_reviewed_foreign_images_on_new_ones_only(scored_
 def test_feature_power_and_synthetic_negatives_measure_without_foreign_images():
     """benchmarks/feature_power scores each power and k-means seed on cached fold outputs; synthetic_foreign's
     images are made of train images of more than one class, shaped like them."""
-    from trashcam.benchmarks.feature_power import fold, markdown, powered, summarise
+    from trashcam.benchmarks.feature_power import fold, markdown, powered, summarise, transform
     from trashcam.benchmarks.synthetic_foreign import IMAGE_KINDS, other_class_pairs
 
     rng = np.random.default_rng(3)
@@ -371,6 +371,10 @@ def test_feature_power_and_synthetic_negatives_measure_without_foreign_images():
     s = summarise({"a": rows, "b": rows})
     assert [x["power"] for x in s] == [1.0, 0.5] and len(s[0]["by_seed"]) == 2 and set(s[0]["per_fold"]) == {"a", "b"}
     assert all(0 <= x["foreign_flagged_mean"] <= 1 for x in s) and "| 0.5 |" in markdown(s)
+    centred = fold(F, ("centre", "react-centre"), (0,), 0.05, members=2)
+    assert [r["power"] for r in centred] == ["centre", "react-centre"] and "| centre |" in markdown(summarise(
+        {"a": centred}))
+    np.testing.assert_allclose(transform(F["train_f"], "centre")(F["train_f"]).mean(0), 0, atol=1e-12)
     x, y = rng.integers(0, 255, (12, 32, 32, 3), dtype=np.uint8), np.repeat([0, 1, 2], 4)
     i, j = other_class_pairs(y, 50, rng)
     assert np.all(y[i] != y[j])
