@@ -6,8 +6,9 @@ deployed score keeps the features as they are.
 
 For each feature power p (sign(f) * |f| ** p; 1 = the features as they are), or `centre` (the train features' mean
 taken off, SimpleShot's CL2N) or `react-centre` (ReAct's clip at the train activations' 90th percentile, then
-centred), and each k-means seed, the prototypes score (`--members` fits averaged) is fitted on edge-calibrate's train images, thresholded at `--flag-rate` of the calibration split
-(in-distribution flagged cross-fitted on it, halves drawn by the same seed) and measured on every image of class k.
+centred), and each k-means seed, the prototypes score (`--members` fits averaged) is fitted on edge-calibrate's
+train images, thresholded at `--flag-rate` of the calibration split (in-distribution flagged cross-fitted on it,
+halves drawn by the same seed) and measured on every image of class k.
 The k-means seed moves a fold by up to 15 pp, so each power is reported as the mean over seeds, seed by seed too.
 Centring flagged 4-10 pp fewer on seeds 42 and 1 with 8 fits (docs/foreign-objects.md).
 
@@ -63,7 +64,8 @@ def markdown(summary: list[dict]) -> str:
                     ["in-distribution flagged (cross-fitted)", "AUROC"])
     for s in summary:
         by_seed = " / ".join(f"{100 * v:.1f}" for v in s["by_seed"])
-        md.append(table_row([s["power"] if isinstance(s["power"], str) else f"{s['power']:g}", pct(s["foreign_flagged_mean"]), by_seed, pct(s["worst_fold"])],
+        name = s["power"] if isinstance(s["power"], str) else f"{s['power']:g}"
+        md.append(table_row([name, pct(s["foreign_flagged_mean"]), by_seed, pct(s["worst_fold"])],
                             [s["per_fold"][k] for k in held],
                             [pct(s["in_dist_flagged_mean"]), f"{s['auroc_mean']:.3f}"]))
     return "\n".join(md) + "\n"
