@@ -60,8 +60,6 @@ def ledoit_wolf(x: np.ndarray) -> tuple[np.ndarray, float]:
     return cov, float(shrink)
 
 
-
-
 # Principal directions kept exactly by default; the rest share one variance (probabilistic PCA). A frame then reads
 # a (r + C) x D float32 matrix: 350 KB at rank 64 for Lite0's 1280 features. Its size is the per-frame cost: the
 # statistics are cache-cold after an invoke, and in edge-bench's interleaved timing (2 threads, INT8, Lite0 288)
