@@ -69,8 +69,8 @@ def fold(bundle_dir: Path, data: Path, held_out: str, n: int, seeds: tuple[int, 
     from trashcam.edge.imageset import split_images
     from trashcam.edge.ood import auroc
     from trashcam.edge.prototypes import Prototypes, RelativePrototypes
-    from trashcam.edge.vectors import unit_rows
     from trashcam.edge.runtime import Classifier
+    from trashcam.edge.vectors import unit_rows
 
     F = fold_features(bundle_dir, data, held_out, threads)
     bundle = Bundle.load(bundle_dir)
