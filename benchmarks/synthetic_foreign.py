@@ -1,8 +1,9 @@
 """Can images made from the train set stand in for foreign objects before a site has reviewed any (issue 15's cold
 start)? Leave-one-class-out, on the fold bundles of benchmarks/open_set_tuned.py (class k never trained, INT8).
 
-The relative score (edge/prototypes.py RelativePrototypes) flags a frame nearer a foreign centre than a class centre. Here
-its foreign centres come from synthetic images built from the bundle's own train images, never from class k:
+The relative score (edge/prototypes.py RelativePrototypes) flags a frame nearer a foreign centre than a class
+centre. Here its foreign centres come from synthetic images built from the bundle's own train images, never from
+class k:
 - `mixup`: a half-and-half pixel blend of two train images of different classes;
 - `mosaic`: four quadrants cut in place from four train images of at least two classes;
 - `jigsaw`: one train image cut into a 4 x 4 grid whose tiles are shuffled (texture kept, shape lost);
