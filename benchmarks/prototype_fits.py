@@ -108,7 +108,10 @@ FITS = ("kmeans", "restarts", "kcenter", "ensemble")  # radius: on request (--fi
 def fold(F: dict, kinds: tuple[str, ...], seeds: tuple[int, ...], rate: float, **kw) -> list[dict]:
     def scores(kind, seed):
         if kind == "radius-mix":  # standardised on the calibration split, which also sets the threshold
-            parts = [scores(k, seed) for k in ("ensemble", "radius")]
+            from trashcam.edge.prototypes import Prototypes
+
+            protos = Prototypes.fit(F["train_f"], F["train_y"], seed=seed, members=kw.get("members", 8))
+            parts = [(s(F["cal_f"]), s(F["foreign_f"])) for s in (protos.score, radius_score(protos, F["train_f"]))]
             return tuple(np.mean([(p[i] - p[0].mean()) / p[0].std() for p in parts], axis=0) for i in (0, 1))
         score = fit(kind, F["train_f"], F["train_y"], seed, **kw)
         return score(F["cal_f"]), score(F["foreign_f"])
