@@ -66,8 +66,6 @@ def fit(kind: str, x: np.ndarray, y: np.ndarray, seed: int, restarts: int = 5, m
 
     if kind in ("kmeans", "ensemble"):  # edge-calibrate's own fit: one, or `members` averaged
         return Prototypes.fit(x, y, seed=seed, members=members if kind == "ensemble" else 1).score
-    if kind == "radius":
-        return radius_score(Prototypes.fit(x, y, seed=seed, members=members), x)
     if kind == "restarts":
         starts = np.random.default_rng(seed).integers(2 ** 31, size=restarts)
         return _by_class(x, y, lambda xc: min((spherical_kmeans(xc, K, int(s)) for s in starts),
@@ -79,41 +77,19 @@ def fit(kind: str, x: np.ndarray, y: np.ndarray, seed: int, restarts: int = 5, m
     raise ValueError(f"unknown fit {kind!r}")
 
 
-def radius_score(protos, x: np.ndarray) -> Scorer:
-    """`protos`' score with each centre's distance divided by its radius: the mean distance (1 - cosine) of the rows
-    of `x` nearest it among its fit's centres, floored at a quarter of the fit's median radius (a centre of one row
-    has radius 0)."""
-    from trashcam.edge.vectors import unit_rows
-
-    c = protos.centroids.astype(np.float64).reshape(protos.members, -1, protos.centroids.shape[1])  # (M, K, D)
-    # float32 centres: a row that is a centre may sit at -1e-8
-    d = np.maximum(1.0 - np.einsum("nd,mkd->mnk", unit_rows(np.asarray(x, np.float64)), c), 0.0)
-    near = d.argmin(2)  # (M, N)
-    radii = np.full(c.shape[:2], np.nan)
-    for m in range(len(c)):
-        for k in np.unique(near[m]):
-            radii[m, k] = d[m, near[m] == k, k].mean()
-    med = np.nanmedian(radii, axis=1, keepdims=True)
-    radii = np.maximum(np.where(np.isnan(radii), med, radii), np.maximum(0.25 * med, 1e-12))
-
-    def score(f: np.ndarray) -> np.ndarray:
-        dist = np.maximum(1.0 - np.einsum("nd,mkd->nmk", unit_rows(np.asarray(f, np.float64)), c), 0.0)
-        return (dist / radii[None]).min(axis=2).mean(axis=1)
-    return score
-
-
 FITS = ("kmeans", "restarts", "kcenter", "ensemble")  # radius: on request (--fits)
 
 
 def fold(F: dict, kinds: tuple[str, ...], seeds: tuple[int, ...], rate: float, **kw) -> list[dict]:
     def scores(kind, seed):
-        if kind == "radius-mix":  # standardised on the calibration split, which also sets the threshold
-            from trashcam.edge.prototypes import Prototypes
+        if kind in ("radius", "radius-mix"):  # the ensemble's centres; standardised on the calibration split
+            from trashcam.edge.prototypes import Prototypes, RadiusPrototypes
 
             protos = Prototypes.fit(F["train_f"], F["train_y"], seed=seed, members=kw.get("members", 8))
-            parts = [(s(F["cal_f"]), s(F["foreign_f"])) for s in (protos.score, radius_score(protos, F["train_f"]))]
-            return tuple(np.mean([(p[i] - p[0].mean()) / p[0].std() for p in parts], axis=0) for i in (0, 1))
-        score = fit(kind, F["train_f"], F["train_y"], seed, **kw)
+            mix = RadiusPrototypes.fit_radii(protos, F["train_f"], F["cal_f"])
+            score = mix.score if kind == "radius-mix" else lambda f: mix.parts(f)[1]
+        else:
+            score = fit(kind, F["train_f"], F["train_y"], seed, **kw)
         return score(F["cal_f"]), score(F["foreign_f"])
     return seed_rows("fit", kinds, seeds, rate, scores)
 

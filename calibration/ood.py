@@ -19,7 +19,7 @@ import numpy as np
 
 from trashcam.edge.bundle import Bundle, atomic_write_bytes
 from trashcam.edge.ood import KINDS as OOD_KINDS, Mahalanobis, OodScore, msp_score, threshold_for_rate
-from trashcam.edge.prototypes import PROTOTYPE_FITS, Prototypes, RelativePrototypes, prototype_fits
+from trashcam.edge.prototypes import PROTOTYPE_FITS, Prototypes, RadiusPrototypes, RelativePrototypes, prototype_fits
 
 # What leave-one-class-out chose when no foreign images say otherwise: the fine-tuned default recipe trained without
 # each class in turn, INT8, edge-calibrate's defaults (benchmarks/open_set_tuned.py, runs of 2026-12-02). Prototypes
@@ -93,6 +93,8 @@ def fit_ood(val_probs: np.ndarray, val_feats: np.ndarray | None, train_feats: np
         protos = Prototypes.fit(train_feats, train_y, members=fits)
         candidates["prototypes"] = OodScore("prototypes", threshold_for_rate(protos.score(val_feats), flag_rate),
                                             protos)
+        mix = RadiusPrototypes.fit_radii(protos, train_feats, val_feats)
+        candidates["radius-mix"] = OodScore("radius-mix", threshold_for_rate(mix.score(val_feats), flag_rate), mix)
     have_foreign = foreign is not None and len(foreign[0])
     if "prototypes" in candidates and have_foreign and foreign[1] is not None:
         rel = RelativePrototypes.fit_foreign(protos, foreign[1])

@@ -11,6 +11,7 @@ Scores (all "higher = more foreign"):
                its top directions exact and the rest isotropic (see DEFAULT_RANK)
 - combined:    z-scored mahalanobis + z-scored msp, each standardised on in-distribution validation images
 - prototypes:  1 - cosine similarity of the pooled features to the nearest of a few k-means centres per class
+- radius-mix:  z-scored prototypes + z-scored distance in units of each centre's radius, averaged
 - relative:    prototypes minus the same distance to centres of a site's reviewed foreign images (needs them)
 The leave-one-class-out experiments (benchmarks/open_set.py, open_set_tuned.py) also measure energy and kNN, which
 need logits or a feature bank the deployed models do not carry.
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .prototypes import Prototypes, RelativePrototypes
+from .prototypes import Prototypes, RadiusPrototypes, RelativePrototypes
 from .vectors import row_dots, unit_rows
 
 
@@ -164,7 +165,8 @@ class Mahalanobis:
 
 # Each kind of score -> the feature statistics it reads (None: the probabilities alone).
 FEATURE_STATS: dict[str, type | None] = {"msp": None, "mahalanobis": Mahalanobis, "combined": Mahalanobis,
-                                         "prototypes": Prototypes, "relative": RelativePrototypes}
+                                         "prototypes": Prototypes, "radius-mix": RadiusPrototypes,
+                                         "relative": RelativePrototypes}
 KINDS = tuple(FEATURE_STATS)
 
 
