@@ -48,12 +48,13 @@ def step_done(bundle: Path, step: str) -> bool:
             "calibrate": VARIANT in m.get("calibration", {}).get("ood_by_variant", {})}[step]
 
 
-def run_steps(steps: list[tuple[str, list[str]]], bundle: Path, log: Path, fold: str) -> dict[str, float]:
-    """Run each step `bundle` has not done yet, its output appended to `log`; -> seconds per step run. A failed step
-    stops the experiment (a later fold would only repeat the failure)."""
+def run_steps(steps: list[tuple[str, list[str]]], bundle: Path, log: Path, fold: str,
+              force: tuple[str, ...] = ()) -> dict[str, float]:
+    """Run each step `bundle` has not done yet (or named in `force`), its output appended to `log`; -> seconds per
+    step run. A failed step stops the experiment (a later fold would only repeat the failure)."""
     wall = {}
     for name, argv in steps:
-        if step_done(bundle, name):
+        if name not in force and step_done(bundle, name):
             continue
         rc, wall[name] = _step(name, argv, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, log, 7200)
         if rc != 0:
@@ -130,7 +131,9 @@ def markdown(folds: list[dict], summary: dict) -> str:
 
 
 def run(data: Path, out: Path, recipe: str, seed: int, threads: int, classes: list[str] | None,
-        train_args: tuple[str, ...] = ()) -> dict:
+        train_args: tuple[str, ...] = (), recalibrate: bool = False) -> dict:
+    """`recalibrate`: folds already measured are calibrated again with today's edge-calibrate and measured again (a
+    change of the score or its defaults, on the same fold models); their records are replaced."""
     classes = classes or sorted(p.name for p in data.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
     folds = []
     for k in classes:
@@ -138,11 +141,11 @@ def run(data: Path, out: Path, recipe: str, seed: int, threads: int, classes: li
         fold_dir.mkdir(parents=True, exist_ok=True)
         bundle, log = fold_dir / "bundle", fold_dir / "log.txt"
         record = fold_dir / "record.json"
-        if record.is_file():
+        if record.is_file() and not recalibrate:
             folds.append(json.loads(record.read_text()))
             continue
         steps = fold_steps(data, k, bundle, recipe, seed, out / ".cache", threads, train_args)
-        wall = run_steps(steps, bundle, log, k)
+        wall = run_steps(steps, bundle, log, k, ("calibrate",) if recalibrate else ())
         t0 = time.perf_counter()
         rec = {**measure(bundle, data, k, threads), "train_args": list(train_args),
                "wall_s": {**wall, "measure": round(time.perf_counter() - t0, 1)}}
@@ -166,9 +169,12 @@ def main(argv=None) -> int:
     p.add_argument("--train-args", default="", metavar="'ARGS'",
                    help="more edge-train flags for every fold, one quoted string: a recipe change measured here, "
                         "e.g. --train-args '--label-smoothing 0 --mixup-alpha 0'")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="calibrate the folds already trained again with today's edge-calibrate, and measure them "
+                        "again: a change of the uncertainty score's defaults measured on the same fold models")
     a = p.parse_args(argv)
     run(a.data.resolve(), a.out, a.recipe, a.seed, a.threads, [c for c in a.classes.split(",") if c] or None,
-        tuple(shlex.split(a.train_args)))
+        tuple(shlex.split(a.train_args)), a.recalibrate)
     print((a.out / "summary.md").read_text())
     return 0
 

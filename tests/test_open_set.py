@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -300,7 +301,7 @@ def held_out_class(folder, n: int, seed: int) -> None:
 def test_tuned_open_set_measures_the_deployed_rule(scored_bundle, tmp_path):
     """benchmarks/open_set_tuned: the fold's INT8 model flags foreign images by the bundle's own score and
     threshold, and calibration never sees the held-out class (no --ood-data: nothing is chosen on it)."""
-    from trashcam.benchmarks.open_set_tuned import fold_steps, markdown, measure, summarise
+    from trashcam.benchmarks.open_set_tuned import fold_steps, markdown, measure, run_steps, summarise
     from trashcam.edge.runtime import Classifier
 
     d, _ = scored_bundle
@@ -320,6 +321,11 @@ def test_tuned_open_set_measures_the_deployed_rule(scored_bundle, tmp_path):
     assert "--ood-data" not in steps["calibrate"]
     more = dict(fold_steps(tmp_path, "gone", tmp_path / "b", "quick", 1, tmp_path / "c", 1, ("--mixup-alpha", "0")))
     assert more["train"][-2:] == ["--mixup-alpha", "0"] and more["convert"] == steps["convert"]
+    # a calibrated fold skips calibration unless --recalibrate forces it (a default changed, same fold models)
+    mark = tmp_path / "ran"
+    touch = [("calibrate", [sys.executable, "-c", f"open({str(mark)!r}, 'w')"])]
+    assert run_steps(touch, d, tmp_path / "log", "gone") == {} and not mark.exists()
+    assert set(run_steps(touch, d, tmp_path / "log", "gone", force=("calibrate",))) == {"calibrate"} and mark.exists()
     # a bundle calibrated on its test split (a refit) reports its in-distribution numbers cross-fitted
     refit = tmp_path / "refit"
     shutil.copytree(d, refit)
