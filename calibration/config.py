@@ -32,9 +32,11 @@ class CalibrationConfig(JsonConfig):
                                    metavar="DIR")
     threads: int | None = setting(None, "inference threads", min=1)
     # the "uncertain" score (calibration/ood.py), fitted per variant
-    ood_score: str = setting("auto", "uncertainty score: auto (prototypes; with reviewed foreign images, "
-                                     "relative: the prototypes' distance minus the distance to centres of those "
-                                     "images), msp, mahalanobis, combined, prototypes, relative",
+    ood_score: str = setting("auto", "uncertainty score: auto (radius-mix: the distance to each class's "
+                                     "k-means centres, plain and in units of each centre's radius; with reviewed "
+                                     "foreign images, relative: the prototypes' distance minus the distance to "
+                                     "centres of those images), msp, mahalanobis, combined, prototypes, radius-mix, "
+                                     "relative",
                              choices=("auto", *OOD_KINDS), flag="--uncertainty-score")
     flag_rate: float = setting(0.05, "the score's threshold flags this share of validation images", above=0.0,
                                max=0.99, metavar="R")

@@ -22,12 +22,13 @@ from trashcam.edge.ood import KINDS as OOD_KINDS, Mahalanobis, OodScore, msp_sco
 from trashcam.edge.prototypes import PROTOTYPE_FITS, Prototypes, RadiusPrototypes, RelativePrototypes, prototype_fits
 
 # What leave-one-class-out chose when no foreign images say otherwise: the fine-tuned default recipe trained without
-# each class in turn, INT8, edge-calibrate's defaults (benchmarks/open_set_tuned.py, runs of 2026-12-02). Prototypes
-# (16 per class) flagged 40.5 % of the held-out class (mean of 5 folds, worst 17.1 %) at 4.7 % of in-distribution
-# test images, AUROC 0.859; Mahalanobis rank 64 + max-probability ("combined", the choice of the frozen-feature
-# experiment benchmarks/open_set.py) 34.9 % (worst 25.6 %) at 5.4 %, AUROC 0.833. On the same fold models' outputs:
-# Mahalanobis alone 25.7 %, max-probability 25.8 %, the nearest of every train feature (not deployable) 43.4 %.
-DEFAULT_KIND = "prototypes"
+# each class in turn, INT8, edge-calibrate's 1000 train images and 8 k-means fits (benchmarks/prototype_fits.py,
+# k-means draws 0-4, threshold at 5 % of validation). The radius-mix score flagged 44.1 / 48.1 / 47.0 % of the
+# held-out class on three LOCO runs against the plain prototypes' 38.2 / 41.9 / 45.0 %, and 47.6 % against 40.4 % on
+# a fourth run trained after that rule was written (worst fold 24.0 against 24.2 %), at 4.7-5.1 % of in-distribution
+# images; edge-bench: x1.015-1.016 a frame at 1 thread and x1.030-1.031 at 2 (prototypes x1.013-1.020 / x1.024-1.025).
+# Before 2026-12-05 the plain prototypes (40.5 % against Mahalanobis + max-probability's 34.9 %, 2026-12-02).
+DEFAULT_KIND = "radius-mix"
 # What `auto` uses once there are reviewed foreign images (--ood-data, --add-data's _foreign/). Leave-one-class-out
 # (benchmarks/field_foreign.py, the default's 5 INT8 fold models, 2026-12-05): with 10 / 30 / ~200 reviewed images
 # of the held-out class, it flagged 78.0 / 84.8 / 91.7 % of that class's other images (never fitted on) at 4.7-5.1 %
