@@ -1,7 +1,7 @@
 """Does square-rooting the pooled features before the prototypes' cosine flag more foreign objects (issue 15, no
 foreign images)? Leave-one-class-out, on the fold bundles of benchmarks/open_set_tuned.py (class k never trained,
 INT8 outputs as the device computes them, benchmarks/loco_features.py). Measured on two LOCO runs
-(docs/foreign-objects.md): +5.1 pp on seed 42's fold models, where it was chosen, and -2.0 pp on seed 1's, so the
+(docs/cold-start.md): +5.1 pp on seed 42's fold models, where it was chosen, and -2.0 pp on seed 1's, so the
 deployed score keeps the features as they are.
 
 For each feature power p (sign(f) * |f| ** p; 1 = the features as they are), or `centre` (the train features' mean
@@ -10,7 +10,7 @@ centred), and each k-means seed, the prototypes score (`--members` fits averaged
 train images, thresholded at `--flag-rate` of the calibration split (in-distribution flagged cross-fitted on it,
 halves drawn by the same seed) and measured on every image of class k.
 The k-means seed moves a fold by up to 15 pp, so each power is reported as the mean over seeds, seed by seed too.
-Centring flagged 4-10 pp fewer on seeds 42 and 1 with 8 fits (docs/foreign-objects.md).
+Centring flagged 4-10 pp fewer on seeds 42 and 1 with 8 fits (docs/cold-start.md).
 
     python -m trashcam.benchmarks.feature_power --loco runs/loco --data ../shared/data/trashnet5
 """

@@ -4,7 +4,8 @@ benchmarks/open_set_tuned.py (class k never trained, INT8 outputs as the device 
 benchmarks/loco_features.py).
 
 Until 2026-12-05 edge-calibrate fitted 16 centres a class with one k-means++ start (seed 0); since then it averages
-8 such fits (`ensemble` below, chosen here). Fits compared, each for every seed:
+8 such fits (`ensemble` below, chosen here), and scores them by `radius-mix` (chosen here later the same day). Fits
+compared, each for every seed:
 
 - kmeans:   one fit, seeded by the seed;
 - restarts: `--restarts` k-means++ starts a class, the lowest objective (sum of 1 - best cosine) kept;
@@ -13,15 +14,16 @@ Until 2026-12-05 edge-calibrate fitted 16 centres a class with one k-means++ sta
   times the centres on the device.
 - radius:   the ensemble's centres, each distance divided by its centre's radius (the mean distance of the train rows
   nearest it in its fit): a frame a little off a tight centre counts as far as one well off a loose one. Measured on
-  the three LOCO runs: +7.1 / +8.1 / -1.5 pp, the glass fold 6-12 pp lower on each (docs/foreign-objects.md).
+  the three LOCO runs: +7.1 / +8.1 / -1.5 pp, the glass fold 6-12 pp lower on each (docs/cold-start.md).
 - radius-mix: the mean of the ensemble's and radius' scores, each standardised on the calibration split (as
-  `combined` standardises its two parts): +5.9 / +6.2 / +2.0 pp, the worst fold 2.6 pp lower on seed 42 only
-  (docs/foreign-objects.md); awaiting fresh fold models.
+  `combined` standardises its two parts; edge/prototypes.py RadiusPrototypes, what edge-calibrate fits): +5.9 / +6.2
+  / +2.0 pp on the three runs, the worst fold 2.6 pp lower on seed 42 only; +7.2 pp on a fourth run trained to
+  confirm it, its worst fold 0.2 pp lower (docs/cold-start.md).
 
 Each is thresholded at `--flag-rate` of the calibration split (in-distribution flagged cross-fitted on it) and
 measured on every image of class k. Reported per fit: the mean over folds and seeds, the worst fold's mean, the
 spread a seed brings (per fold, the standard deviation over seeds, averaged over folds; and the range of the
-5-fold mean over seeds). Measured on three LOCO runs in docs/foreign-objects.md.
+5-fold mean over seeds). Measured on four LOCO runs in docs/cold-start.md.
 
     python -m trashcam.benchmarks.prototype_fits --loco runs/loco --data ../shared/data/trashnet5
 """

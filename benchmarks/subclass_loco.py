@@ -9,7 +9,7 @@ excluded, edge-convert INT8, edge-calibrate), then per fold, from the INT8 outpu
 the prototypes score fitted on edge-calibrate's train images with PARENT labels (16 centres a class), threshold at
 `--flag-rate` of the calibration split (cross-fitted), k-means seeds averaged as in feature_power, and the 4-class
 accuracy of the summed cluster probabilities. Compare with `feature_power --powers 1` on a default LOCO run.
-Measured at seed 42, 4 clusters a class (docs/foreign-objects.md): 39.3 % flagged against the default's 36.6 %,
+Measured at seed 42, 4 clusters a class (docs/cold-start.md): 39.3 % flagged against the default's 36.6 %,
 cardboard +21 pp but glass -8 pp, so the default recipe keeps its 4 labels.
 
     python -m trashcam.benchmarks.subclass_loco --data ../shared/data/trashnet5 --out runs/loco_sub4 --subclasses 4
