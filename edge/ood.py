@@ -12,9 +12,10 @@ Scores (all "higher = more foreign"):
 - combined:    z-scored mahalanobis + z-scored msp, each standardised on in-distribution validation images
 - prototypes:  1 - cosine similarity of the pooled features to the nearest of a few k-means centres per class
 - radius-mix:  z-scored prototypes + z-scored distance in units of each centre's radius, averaged
+- neighbour-mix: z-scored prototypes + z-scored distance in units of each train feature's own radius, averaged
 - relative:    prototypes minus the same distance to centres of a site's reviewed foreign images (needs them)
-The leave-one-class-out experiments (benchmarks/open_set.py, open_set_tuned.py) also measure energy and kNN, which
-need logits or a feature bank the deployed models do not carry.
+The leave-one-class-out experiments (benchmarks/open_set.py, open_set_tuned.py) also measure energy, which needs the
+logits the deployed models do not output, and the plain nearest-neighbour distance.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .neighbours import NeighbourMix
 from .prototypes import Prototypes, RadiusPrototypes, RelativePrototypes
 from .vectors import row_dots, unit_rows
 
@@ -166,7 +168,7 @@ class Mahalanobis:
 # Each kind of score -> the feature statistics it reads (None: the probabilities alone).
 FEATURE_STATS: dict[str, type | None] = {"msp": None, "mahalanobis": Mahalanobis, "combined": Mahalanobis,
                                          "prototypes": Prototypes, "radius-mix": RadiusPrototypes,
-                                         "relative": RelativePrototypes}
+                                         "neighbour-mix": NeighbourMix, "relative": RelativePrototypes}
 KINDS = tuple(FEATURE_STATS)
 
 
@@ -176,7 +178,7 @@ class OodScore:
 
     kind: str = "msp"
     threshold: float = float("inf")
-    stats: Mahalanobis | Prototypes | RelativePrototypes | None = None
+    stats: Mahalanobis | Prototypes | NeighbourMix | None = None
     # combined: (mean, std) of each part on in-distribution validation images
     norm: dict[str, tuple[float, float]] = field(default_factory=dict)
 

@@ -1,0 +1,96 @@
+"""The "neighbour-mix" uncertainty score: the prototypes' distance (edge/prototypes.py) averaged with the distance to
+the nearest train feature in units of that feature's own radius (the mean distance to its nearest neighbours of its
+class), each part standardised on validation images. NumPy only; edge/ood.py wraps it in OodScore with the other
+scores.
+
+It is radius-mix with every train feature edge-calibrate fits on as a radius centre instead of the k-means centres:
+the density it measures is local to each train image (a local outlier factor, roughly), and has no k-means draw.
+Leave-one-class-out and its per-frame cost: docs/cold-start.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .prototypes import Prototypes, _members
+from .vectors import row_dots, unit_rows
+
+# Neighbours a train feature's radius is the mean distance to: a k-means centre served ~16 train features (1000
+# features, 4-5 classes, 16 centres a class), so a feature's radius is measured over as many.
+NEIGHBOURS = 16
+
+
+@dataclass
+class NeighbourMix(Prototypes):
+    """The prototypes' cosine distance, averaged with the nearest of `rows` (unit train features) in units of each
+    row's radius, both z-scored by `norm` (mean and sd on validation of the plain part, then the radius part)."""
+
+    rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # (N, D) unit rows; float16 stored
+    radii: np.ndarray = field(default_factory=lambda: np.ones(0, np.float32))  # (N,)
+    norm: np.ndarray = field(default_factory=lambda: np.array([0.0, 1.0, 0.0, 1.0]))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.rows = np.ascontiguousarray(np.asarray(self.rows, np.float32))
+        self.radii = np.asarray(self.radii, np.float32).reshape(-1)
+        self.norm = np.asarray(self.norm, np.float64).reshape(4)
+        if len(self.radii) != len(self.rows) or not np.all(self.radii > 0):
+            raise ValueError(f"{len(self.radii)} radii for {len(self.rows)} train features, or one not positive")
+        if self.norm[1] <= 0 or self.norm[3] <= 0:
+            raise ValueError(f"standard deviations {self.norm[1]}, {self.norm[3]} must be positive")
+        self._inv_r = (1.0 / self.radii).astype(np.float32)
+        self._norm = self.norm.tolist()
+
+    @classmethod
+    def fit_rows(cls, protos: Prototypes, train_feats: np.ndarray, train_y: np.ndarray, val_feats: np.ndarray,
+                 k: int = NEIGHBOURS, floor: float = 0.25) -> "NeighbourMix":
+        """Each train feature's radius: its mean cosine distance to its `k` nearest others of its class (fewer in a
+        small class; a class of one gets the median), at least `floor` x the median radius (duplicates have radius
+        0). Then both parts standardised on `val_feats`. Rows are rounded to float16 first, as they are stored."""
+        x = unit_rows(np.asarray(train_feats, np.float64)).astype(np.float16).astype(np.float64)
+        y = np.asarray(train_y)
+        radii = np.full(len(x), np.nan)
+        for c in np.unique(y):
+            i = np.flatnonzero(y == c)
+            if len(i) < 2:
+                continue
+            d = np.maximum(1.0 - x[i] @ x[i].T, 0.0)
+            np.fill_diagonal(d, np.inf)
+            radii[i] = np.sort(d, axis=1)[:, :min(k, len(i) - 1)].mean(axis=1)
+        med = float(np.nanmedian(radii)) if np.isfinite(radii).any() else 1.0
+        radii = np.maximum(np.where(np.isnan(radii), med, radii), max(floor * med, 1e-12))
+        plain, far = cls(protos.centroids, protos.members, x, radii).parts(val_feats)
+        return cls(protos.centroids, protos.members, x, radii,
+                   [plain.mean(), plain.std() + 1e-12, far.mean(), far.std() + 1e-12])
+
+    def parts(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the prototypes' distance, the nearest row's distance in radii) of (N, D) features."""
+        f = unit_rows(np.atleast_2d(np.asarray(feats, np.float64)))
+        far = ((1.0 - f @ self.rows.T.astype(np.float64)) * self._inv_r).min(axis=1)
+        return 1.0 - self.nearest(f @ self.centroids.T.astype(np.float64)), far
+
+    def _mix(self, plain, far):
+        pm, ps, rm, rs = self._norm
+        return ((plain - pm) / ps + (far - rm) / rs) / 2
+
+    def score(self, feats: np.ndarray) -> np.ndarray:
+        return self._mix(*self.parts(feats))
+
+    def score_one(self, v: np.ndarray) -> float:
+        """One (D,) float32 feature vector, the per-frame path: the centres' and the rows' dots, then a few calls."""
+        inv = 1.0 / max(float(v @ v), 1e-24) ** 0.5
+        far = (1.0 - row_dots(self.rows, v) * np.float32(inv)) * self._inv_r
+        return self._mix(1.0 - self._nearest_one(v) * inv, float(far.min()))
+
+    def meta(self) -> dict:
+        return {**super().meta(), "neighbours": len(self.rows), "radius_median": float(np.median(self.radii))}
+
+    def arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        return {**super().arrays(prefix), f"{prefix}rows": self.rows.astype(np.float16), f"{prefix}radii": self.radii,
+                f"{prefix}norm": self.norm}
+
+    @classmethod
+    def from_arrays(cls, arrays, prefix: str = "", shrinkage: float = 0.0) -> "NeighbourMix":
+        return cls(arrays[f"{prefix}centroids"], _members(arrays, prefix), arrays[f"{prefix}rows"],
+                   arrays[f"{prefix}radii"], arrays[f"{prefix}norm"])

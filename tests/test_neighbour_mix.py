@@ -1,0 +1,72 @@
+"""The neighbour-mix score (edge/neighbours.py NeighbourMix): the prototypes' distance and the distance to the nearest
+train feature in units of that feature's own radius, standardised and averaged."""
+import json
+
+import numpy as np
+import pytest
+
+from test_radius_mix import blobs
+
+
+def brute_force(train, y, feats, k):
+    """Each train row's radius (mean distance to its k nearest of its class) and each frame's nearest distance in
+    radii, one pair at a time, on the float16-rounded rows the bundle stores."""
+    unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
+    t = unit(np.asarray(train, np.float64)).astype(np.float16).astype(np.float64)
+    r = np.array([np.sort([1 - t[i] @ t[j] for j in np.flatnonzero(y == y[i]) if j != i])[:k].mean()
+                  for i in range(len(t))])
+    r = np.maximum(r, 0.25 * np.median(r))
+    return ((1 - unit(np.asarray(feats, np.float64)) @ t.T) / r).min(1)
+
+
+@pytest.mark.parametrize("members", [1, 3])
+def test_neighbour_mix_is_the_mean_of_two_standardised_distances_per_frame_and_through_the_arrays(members):
+    from trashcam.edge.neighbours import NeighbourMix
+    from trashcam.edge.ood import OodScore
+    from trashcam.edge.prototypes import Prototypes
+
+    x, y, foreign = blobs()
+    train, val = x[::2], x[1::2].astype(np.float32)
+    protos = Prototypes.fit(train, y[::2], per_class=3, seed=1, members=members)
+    mix = NeighbourMix.fit_rows(protos, train, y[::2], val, k=5)
+    plain, far = mix.parts(val)
+    np.testing.assert_allclose(plain, protos.score(val), atol=1e-6)
+    np.testing.assert_allclose(far, brute_force(train, y[::2], val, 5), rtol=1e-5)
+    np.testing.assert_allclose(mix.score(val), ((plain - plain.mean()) / plain.std()
+                                                + (far - far.mean()) / far.std()) / 2, atol=1e-6)
+    q = np.concatenate([val[:6], foreign[:6]]).astype(np.float32)
+    np.testing.assert_allclose([mix.score_one(v) for v in q], mix.score(q), rtol=1e-4, atol=1e-4)
+    meta = json.loads(json.dumps(OodScore("neighbour-mix", 0.5, mix).to_meta()))
+    assert meta["neighbours"] == len(train) and mix.arrays()["rows"].dtype == np.float16
+    back = OodScore.from_meta(meta, mix.arrays())
+    assert isinstance(back.stats, NeighbourMix) and back.stats.members == members
+    np.testing.assert_allclose(back.score(None, q), mix.score(q), atol=1e-6)  # the stored rows are the fitted ones
+    assert back.frame_score(np.full(3, 1 / 3), q[-1]) == pytest.approx(mix.score(q[-1:])[0], abs=1e-4)
+
+
+def test_a_tight_class_has_small_radii_a_lone_row_gets_the_median_and_bad_arrays_are_refused():
+    from trashcam.edge.neighbours import NeighbourMix
+    from trashcam.edge.prototypes import Prototypes
+
+    x, y, _ = blobs()
+    mix = NeighbourMix.fit_rows(Prototypes.fit(x, y, per_class=2), x, y, x)
+    r = [np.median(mix.radii[y == c]) for c in range(3)]
+    assert r[0] < r[1] < r[2]
+    # class 1 has one row: no neighbours to measure its radius by
+    lone = NeighbourMix.fit_rows(Prototypes.fit(x[:61], y[:61], per_class=1), x[:61], y[:61], x[:61])
+    assert lone.radii[60] == pytest.approx(np.median(lone.radii))
+    with pytest.raises(ValueError, match="radii"):
+        NeighbourMix(mix.centroids, 1, mix.rows, mix.radii[:2], mix.norm)
+    with pytest.raises(ValueError, match="positive"):
+        NeighbourMix(mix.centroids, 1, mix.rows, mix.radii, [0, 0, 0, 1])
+
+
+def test_edge_calibrate_offers_neighbour_mix_with_its_own_threshold():
+    from trashcam.calibration.ood import fit_ood
+
+    x, y, foreign = blobs()
+    probs = np.full((90, 3), 1 / 3)
+    got, rep = fit_ood(probs, x[1::2], x[::2], y[::2], 0.05, "neighbour-mix", fits=2)
+    assert got.kind == "neighbour-mix" and len(got.stats.rows) == 90 and got.stats.members == 2
+    assert rep["candidates"]["neighbour-mix"]["val_flagged"] <= 0.05
+    assert np.mean(got.score(None, foreign) > got.threshold) > 0.5
