@@ -19,6 +19,8 @@ compared, each for every seed:
   `combined` standardises its two parts; edge/prototypes.py RadiusPrototypes, what edge-calibrate fits): +5.9 / +6.2
   / +2.0 pp on the three runs, the worst fold 2.6 pp lower on seed 42 only; +7.2 pp on a fourth run trained to
   confirm it, its worst fold 0.2 pp lower (docs/cold-start.md).
+- neighbour-mix: radius-mix's radius part with every train feature as a centre, each its own radius (the mean
+  distance to its 16 nearest of its class; edge/neighbours.py).
 
 Each is thresholded at `--flag-rate` of the calibration split (in-distribution flagged cross-fitted on it) and
 measured on every image of class k. Reported per fit: the mean over folds and seeds, the worst fold's mean, the
@@ -84,12 +86,16 @@ FITS = ("kmeans", "restarts", "kcenter", "ensemble")  # radius: on request (--fi
 
 def fold(F: dict, kinds: tuple[str, ...], seeds: tuple[int, ...], rate: float, **kw) -> list[dict]:
     def scores(kind, seed):
-        if kind in ("radius", "radius-mix"):  # the ensemble's centres; standardised on the calibration split
+        if kind in ("radius", "radius-mix", "neighbour-mix"):  # the ensemble's centres; standardised on calibration
+            from trashcam.edge.neighbours import NeighbourMix
             from trashcam.edge.prototypes import Prototypes, RadiusPrototypes
 
             protos = Prototypes.fit(F["train_f"], F["train_y"], seed=seed, members=kw.get("members", 8))
-            mix = RadiusPrototypes.fit_radii(protos, F["train_f"], F["cal_f"])
-            score = mix.score if kind == "radius-mix" else lambda f: mix.parts(f)[1]
+            if kind == "neighbour-mix":
+                score = NeighbourMix.fit_rows(protos, F["train_f"], F["train_y"], F["cal_f"]).score
+            else:
+                mix = RadiusPrototypes.fit_radii(protos, F["train_f"], F["cal_f"])
+                score = mix.score if kind == "radius-mix" else lambda f: mix.parts(f)[1]
         else:
             score = fit(kind, F["train_f"], F["train_y"], seed, **kw)
         return score(F["cal_f"]), score(F["foreign_f"])
@@ -123,7 +129,8 @@ def markdown(summary: list[dict]) -> str:
 
 def main(argv=None) -> int:
     p = loco_parser(__doc__)
-    p.add_argument("--fits", default=",".join(FITS), help=f"comma-separated, of {', '.join(FITS)}, radius, radius-mix")
+    p.add_argument("--fits", default=",".join(FITS), help=f"comma-separated, of {', '.join(FITS)}, radius, radius-mix, "
+                                                                 "neighbour-mix")
     p.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1")
     p.add_argument("--restarts", type=int, default=5)
     p.add_argument("--members", type=int, default=8)

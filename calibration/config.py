@@ -36,7 +36,8 @@ class CalibrationConfig(JsonConfig):
                                      "k-means centres, plain and in units of each centre's radius; with reviewed "
                                      "foreign images, relative: the prototypes' distance minus the distance to "
                                      "centres of those images), msp, mahalanobis, combined, prototypes, radius-mix, "
-                                     "relative",
+                                     "neighbour-mix (radius-mix's radius part on every train feature: more "
+                                     "foreign objects flagged, ~2x its per-frame cost), relative",
                              choices=("auto", *OOD_KINDS), flag="--uncertainty-score")
     flag_rate: float = setting(0.05, "the score's threshold flags this share of validation images", above=0.0,
                                max=0.99, metavar="R")
