@@ -29,7 +29,8 @@ from trashcam.edge.prototypes import PROTOTYPE_FITS, Prototypes, RadiusPrototype
 # a fourth run trained after that rule was written (worst fold 24.0 against 24.2 %), at 4.7-5.1 % of in-distribution
 # images; edge-bench: x1.015-1.016 a frame at 1 thread and x1.030-1.031 at 2 (prototypes x1.013-1.020 / x1.024-1.025).
 # Deployed (open_set_tuned --recalibrate, the four runs): 45.6 / 47.5 / 46.5 / 47.2 % against 37.2 / 40.7 / 45.6 /
-# 39.2 %; 48.0 % on a fifth run, trained after the choice.
+# 39.2 %; 48.0 / 49.0 / 42.8 % on three more runs, trained after the choice. neighbour-mix (edge/neighbours.py)
+# flags more (54.8 / 48.6 % on the last two) but reads twice the rows a frame: selectable, not the default.
 # Before 2026-12-05 the plain prototypes (40.5 % against Mahalanobis + max-probability's 34.9 %, 2026-12-02).
 DEFAULT_KIND = "radius-mix"
 # What `auto` uses once there are reviewed foreign images (--ood-data, --add-data's _foreign/). Leave-one-class-out
