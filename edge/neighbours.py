@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .prototypes import Prototypes, _members
+from .prototypes import Prototypes, StandardisedPair, _members
 from .vectors import row_dots, unit_rows
 
 # Neighbours a train feature's radius is the mean distance to: a k-means centre served ~16 train features (1000
@@ -22,7 +22,7 @@ NEIGHBOURS = 16
 
 
 @dataclass
-class NeighbourMix(Prototypes):
+class NeighbourMix(StandardisedPair, Prototypes):
     """The prototypes' cosine distance, averaged with the nearest of `rows` (unit train features) in units of each
     row's radius, both z-scored by `norm` (mean and sd on validation of the plain part, then the radius part)."""
 
@@ -61,21 +61,13 @@ class NeighbourMix(Prototypes):
         med = float(np.nanmedian(radii)) if np.isfinite(radii).any() else 1.0
         radii = np.maximum(np.where(np.isnan(radii), med, radii), max(floor * med, 1e-12))
         plain, far = cls(protos.centroids, protos.members, x, radii).parts(val_feats)
-        return cls(protos.centroids, protos.members, x, radii,
-                   [plain.mean(), plain.std() + 1e-12, far.mean(), far.std() + 1e-12])
+        return cls(protos.centroids, protos.members, x, radii, cls.norm_of(plain, far))
 
     def parts(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the prototypes' distance, the nearest row's distance in radii) of (N, D) features."""
         f = unit_rows(np.atleast_2d(np.asarray(feats, np.float64)))
         far = ((1.0 - f @ self.rows.T.astype(np.float64)) * self._inv_r).min(axis=1)
         return 1.0 - self.nearest(f @ self.centroids.T.astype(np.float64)), far
-
-    def _mix(self, plain, far):
-        pm, ps, rm, rs = self._norm
-        return ((plain - pm) / ps + (far - rm) / rs) / 2
-
-    def score(self, feats: np.ndarray) -> np.ndarray:
-        return self._mix(*self.parts(feats))
 
     def score_one(self, v: np.ndarray) -> float:
         """One (D,) float32 feature vector, the per-frame path: the centres' and the rows' dots, then a few calls."""

@@ -170,8 +170,26 @@ class RelativePrototypes(Prototypes):
         return cls(arrays[f"{prefix}centroids"], _members(arrays, prefix), arrays[f"{prefix}foreign_centroids"])
 
 
+class StandardisedPair:
+    """For scores of two distances per frame (`parts`), each standardised by `_norm` (their mean and sd on validation
+    images: mean, sd, mean, sd) and averaged, as `combined` standardises its two parts."""
+
+    _norm: list
+
+    def _mix(self, plain, far):
+        pm, ps, rm, rs = self._norm
+        return ((plain - pm) / ps + (far - rm) / rs) / 2
+
+    def score(self, feats: np.ndarray) -> np.ndarray:
+        return self._mix(*self.parts(feats))
+
+    @staticmethod
+    def norm_of(plain: np.ndarray, far: np.ndarray) -> list[float]:
+        return [plain.mean(), plain.std() + 1e-12, far.mean(), far.std() + 1e-12]
+
+
 @dataclass
-class RadiusPrototypes(Prototypes):
+class RadiusPrototypes(StandardisedPair, Prototypes):
     """The prototypes' distance averaged with the distance in units of each centre's radius (the mean distance of the
     train features nearest it among its fit's centres), each standardised on validation images. By the second part
     a frame a little off a tight centre is far; the first keeps a frame inside a loose centre's wide radius from
@@ -213,8 +231,7 @@ class RadiusPrototypes(Prototypes):
             med = float(np.nanmedian(r))
             radii[j] = np.maximum(np.where(n > 0, r, med), max(floor * med, 1e-12))
         plain, far = cls(protos.centroids, m, radii.reshape(-1)).parts(val_feats)
-        return cls(protos.centroids, m, radii.reshape(-1),
-                   [plain.mean(), plain.std() + 1e-12, far.mean(), far.std() + 1e-12])
+        return cls(protos.centroids, m, radii.reshape(-1), cls.norm_of(plain, far))
 
     def parts(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the prototypes' distance, the nearest distance in radii, averaged over the fits) of (N, D) features."""
@@ -222,13 +239,6 @@ class RadiusPrototypes(Prototypes):
         sims = f @ self.centroids.T.astype(np.float64)
         far = ((1.0 - sims).reshape(len(f), self.members, -1) * self._inv_r).min(axis=2).mean(axis=1)
         return 1.0 - self.nearest(sims), far
-
-    def _mix(self, plain, far):
-        pm, ps, rm, rs = self._norm
-        return ((plain - pm) / ps + (far - rm) / rs) / 2
-
-    def score(self, feats: np.ndarray) -> np.ndarray:
-        return self._mix(*self.parts(feats))
 
     def score_one(self, v: np.ndarray) -> float:
         """One (D,) float32 feature vector, the per-frame path: the prototypes' row dots, then a few calls on the
