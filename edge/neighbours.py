@@ -4,7 +4,8 @@ class), each part standardised on validation images. NumPy only; edge/ood.py wra
 scores.
 
 It is radius-mix with every train feature edge-calibrate fits on as a radius centre instead of the k-means centres:
-the density it measures is local to each train image (a local outlier factor, roughly), and has no k-means draw.
+the density its second part measures is local to each train image (a local outlier factor, roughly), with no k-means
+draw.
 Leave-one-class-out and its per-frame cost: docs/cold-start.md.
 """
 from __future__ import annotations
