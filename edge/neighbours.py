@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .prototypes import Prototypes, StandardisedPair, _members
+from .prototypes import Prototypes, StandardisedPair, _members, floored_radii
 from .vectors import row_dots, unit_rows
 
 # Neighbours a train feature's radius is the mean distance to: a k-means centre served ~16 train features (1000
@@ -35,13 +35,10 @@ class NeighbourMix(StandardisedPair, Prototypes):
         super().__post_init__()
         self.rows = np.ascontiguousarray(np.asarray(self.rows, np.float32))
         self.radii = np.asarray(self.radii, np.float32).reshape(-1)
-        self.norm = np.asarray(self.norm, np.float64).reshape(4)
         if len(self.radii) != len(self.rows) or not np.all(self.radii > 0):
             raise ValueError(f"{len(self.radii)} radii for {len(self.rows)} train features, or one not positive")
-        if self.norm[1] <= 0 or self.norm[3] <= 0:
-            raise ValueError(f"standard deviations {self.norm[1]}, {self.norm[3]} must be positive")
         self._inv_r = (1.0 / self.radii).astype(np.float32)
-        self._norm = self.norm.tolist()
+        self._take_norm()
 
     @classmethod
     def fit_rows(cls, protos: Prototypes, train_feats: np.ndarray, train_y: np.ndarray, val_feats: np.ndarray,
@@ -59,8 +56,7 @@ class NeighbourMix(StandardisedPair, Prototypes):
             d = np.maximum(1.0 - x[i] @ x[i].T, 0.0)
             np.fill_diagonal(d, np.inf)
             radii[i] = np.sort(d, axis=1)[:, :min(k, len(i) - 1)].mean(axis=1)
-        med = float(np.nanmedian(radii)) if np.isfinite(radii).any() else 1.0
-        radii = np.maximum(np.where(np.isnan(radii), med, radii), max(floor * med, 1e-12))
+        radii = floored_radii(radii, floor)
         plain, far = cls(protos.centroids, protos.members, x, radii).parts(val_feats)
         return cls(protos.centroids, protos.members, x, radii, cls.norm_of(plain, far))
 

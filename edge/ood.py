@@ -178,7 +178,7 @@ class OodScore:
 
     kind: str = "msp"
     threshold: float = float("inf")
-    stats: Mahalanobis | Prototypes | NeighbourMix | None = None
+    stats: Mahalanobis | Prototypes | RelativePrototypes | None = None
     # combined: (mean, std) of each part on in-distribution validation images
     norm: dict[str, tuple[float, float]] = field(default_factory=dict)
 

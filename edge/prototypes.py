@@ -174,7 +174,15 @@ class StandardisedPair:
     """For scores of two distances per frame (`parts`), each standardised by `_norm` (their mean and sd on validation
     images: mean, sd, mean, sd) and averaged, as `combined` standardises its two parts."""
 
+    norm: np.ndarray
     _norm: list
+
+    def _take_norm(self) -> None:
+        """Checks `norm` and keeps it as floats for the per-frame path."""
+        self.norm = np.asarray(self.norm, np.float64).reshape(4)
+        self._norm = self.norm.tolist()
+        if self._norm[1] <= 0 or self._norm[3] <= 0:
+            raise ValueError(f"standard deviations {self._norm[1]}, {self._norm[3]} must be positive")
 
     def _mix(self, plain, far):
         pm, ps, rm, rs = self._norm
@@ -186,6 +194,13 @@ class StandardisedPair:
     @staticmethod
     def norm_of(plain: np.ndarray, far: np.ndarray) -> list[float]:
         return [plain.mean(), plain.std() + 1e-12, far.mean(), far.std() + 1e-12]
+
+
+def floored_radii(r: np.ndarray, floor: float) -> np.ndarray:
+    """Radii with the unmeasured (NaN) ones set to the median, and every one at least `floor` x the median (a radius
+    measured on one row, or on duplicates, is 0)."""
+    med = float(np.nanmedian(r)) if np.isfinite(r).any() else 1.0
+    return np.maximum(np.where(np.isnan(r), med, r), max(floor * med, 1e-12))
 
 
 @dataclass
@@ -204,13 +219,10 @@ class RadiusPrototypes(StandardisedPair, Prototypes):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.radii = np.asarray(self.radii, np.float32).reshape(-1)
-        self.norm = np.asarray(self.norm, np.float64).reshape(4)
         if len(self.radii) != len(self.centroids) or not np.all(self.radii > 0):
             raise ValueError(f"{len(self.radii)} radii for {len(self.centroids)} centres, or one not positive")
         self._inv_r = (1.0 / self.radii).reshape(self.members, -1)
-        self._norm = self.norm.tolist()
-        if self._norm[1] <= 0 or self._norm[3] <= 0:
-            raise ValueError(f"standard deviations {self._norm[1]}, {self._norm[3]} must be positive")
+        self._take_norm()
 
     @classmethod
     def fit_radii(cls, protos: Prototypes, train_feats: np.ndarray, val_feats: np.ndarray,
@@ -227,9 +239,7 @@ class RadiusPrototypes(StandardisedPair, Prototypes):
         for j in range(m):
             n = np.bincount(near[:, j], minlength=k)
             total = np.bincount(near[:, j], weights=dist[np.arange(len(x)), j, near[:, j]], minlength=k)
-            r = np.where(n > 0, total / np.maximum(n, 1), np.nan)
-            med = float(np.nanmedian(r))
-            radii[j] = np.maximum(np.where(n > 0, r, med), max(floor * med, 1e-12))
+            radii[j] = floored_radii(np.where(n > 0, total / np.maximum(n, 1), np.nan), floor)
         plain, far = cls(protos.centroids, m, radii.reshape(-1)).parts(val_feats)
         return cls(protos.centroids, m, radii.reshape(-1), cls.norm_of(plain, far))
 
