@@ -21,6 +21,8 @@ compared, each for every seed:
   confirm it, its worst fold 0.2 pp lower (docs/cold-start.md).
 - neighbour-mix: radius-mix's radius part with every train feature as a centre, each its own radius (the mean
   distance to its 16 nearest of its class; edge/neighbours.py).
+- neighbour-lite: neighbour-mix in the train features' top principal directions (edge/projection.py), its own
+  k-means centres there.
 
 Each is thresholded at `--flag-rate` of the calibration split (in-distribution flagged cross-fitted on it) and
 measured on every image of class k. Reported per fit: the mean over folds and seeds, the worst fold's mean, the
@@ -86,10 +88,14 @@ FITS = ("kmeans", "restarts", "kcenter", "ensemble")  # radius: on request (--fi
 
 def fold(F: dict, kinds: tuple[str, ...], seeds: tuple[int, ...], rate: float, **kw) -> list[dict]:
     def scores(kind, seed):
-        if kind in ("radius", "radius-mix", "neighbour-mix"):  # the ensemble's centres; standardised on calibration
-            from trashcam.edge.neighbours import NeighbourMix
+        if kind in ("radius", "radius-mix", "neighbour-mix", "neighbour-lite"):  # standardised on calibration
+            from trashcam.edge.neighbours import NeighbourLite, NeighbourMix
             from trashcam.edge.prototypes import Prototypes, RadiusPrototypes
 
+            if kind == "neighbour-lite":  # its own centres, in its projection
+                lite = NeighbourLite.fit(F["train_f"], F["train_y"], F["cal_f"], members=kw.get("members", 8),
+                                         seed=seed)
+                return lite.score(F["cal_f"]), lite.score(F["foreign_f"])
             protos = Prototypes.fit(F["train_f"], F["train_y"], seed=seed, members=kw.get("members", 8))
             if kind == "neighbour-mix":
                 score = NeighbourMix.fit_rows(protos, F["train_f"], F["train_y"], F["cal_f"]).score
@@ -130,7 +136,7 @@ def markdown(summary: list[dict]) -> str:
 def main(argv=None) -> int:
     p = loco_parser(__doc__)
     p.add_argument("--fits", default=",".join(FITS), help=f"comma-separated, of {', '.join(FITS)}, radius, radius-mix, "
-                                                                 "neighbour-mix")
+                                                                 "neighbour-mix, neighbour-lite")
     p.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1")
     p.add_argument("--restarts", type=int, default=5)
     p.add_argument("--members", type=int, default=8)

@@ -37,7 +37,9 @@ class CalibrationConfig(JsonConfig):
                                      "foreign images, relative: the prototypes' distance minus the distance to "
                                      "centres of those images), msp, mahalanobis, combined, prototypes, radius-mix, "
                                      "neighbour-mix (radius-mix's radius part on every train feature: more "
-                                     "foreign objects flagged, ~2.5x its per-frame time), relative",
+                                     "foreign objects flagged, ~2.5x its per-frame time), neighbour-lite "
+                                     "(neighbour-mix in the train features' top 192 directions: radius-mix's "
+                                     "time), relative",
                              choices=("auto", *OOD_KINDS), flag="--uncertainty-score")
     flag_rate: float = setting(0.05, "the score's threshold flags this share of validation images", above=0.0,
                                max=0.99, metavar="R")

@@ -19,7 +19,7 @@ import numpy as np
 
 from trashcam.edge.bundle import Bundle, atomic_write_bytes
 from trashcam.edge.ood import KINDS as OOD_KINDS, Mahalanobis, OodScore, msp_score, threshold_for_rate
-from trashcam.edge.neighbours import NeighbourMix
+from trashcam.edge.neighbours import NeighbourLite, NeighbourMix
 from trashcam.edge.prototypes import PROTOTYPE_FITS, Prototypes, RadiusPrototypes, RelativePrototypes, prototype_fits
 
 # What leave-one-class-out chose when no foreign images say otherwise: the fine-tuned default recipe trained without
@@ -103,6 +103,9 @@ def fit_ood(val_probs: np.ndarray, val_feats: np.ndarray | None, train_feats: np
         near = NeighbourMix.fit_rows(protos, train_feats, train_y, val_feats)
         candidates["neighbour-mix"] = OodScore("neighbour-mix", threshold_for_rate(near.score(val_feats), flag_rate),
                                                near)
+        lite = NeighbourLite.fit(train_feats, train_y, val_feats, members=fits)
+        candidates["neighbour-lite"] = OodScore("neighbour-lite", threshold_for_rate(lite.score(val_feats), flag_rate),
+                                                lite)
     have_foreign = foreign is not None and len(foreign[0])
     if "prototypes" in candidates and have_foreign and foreign[1] is not None:
         rel = RelativePrototypes.fit_foreign(protos, foreign[1])

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .projection import Projection
 from .prototypes import Prototypes, StandardisedPair, _members, floored_radii
 from .vectors import row_dots, unit_rows
 
@@ -83,3 +84,49 @@ class NeighbourMix(StandardisedPair, Prototypes):
     def from_arrays(cls, arrays, prefix: str = "", shrinkage: float = 0.0) -> "NeighbourMix":
         return cls(arrays[f"{prefix}centroids"], _members(arrays, prefix), arrays[f"{prefix}rows"],
                    arrays[f"{prefix}radii"], arrays[f"{prefix}norm"])
+
+
+# Principal directions neighbour-lite keeps. Leave-one-class-out (rule I, docs/cold-start.md; cached INT8 features,
+# k-means draws 0-4): 192 of the 1280 flagged 53.6 / 46.0 % of the held-out class on two runs (exact neighbour-mix
+# 54.8 / 48.7, radius-mix 50.3 / 42.3); 128 flagged 50.8 / 44.4 %. A frame reads the 192 x 1280 basis and (centres +
+# rows) x 193 floats: 2.2 MB for 4 classes against radius-mix's 2.6 MB and neighbour-mix's 7.7 MB, and its time after
+# an invoke goes with those bytes (~100 us a MB on an AMX Xeon), not with the arithmetic.
+LITE_DIMS = 192
+
+
+@dataclass
+class NeighbourLite:
+    """neighbour-mix computed in `projection`'s p + 1 dimensions (edge/projection.py): the frame mapped once, then
+    the centres' and the rows' dots there."""
+
+    projection: Projection
+    mix: NeighbourMix
+
+    @classmethod
+    def fit(cls, train_feats: np.ndarray, train_y: np.ndarray, val_feats: np.ndarray, dims: int = LITE_DIMS,
+            members: int = 1, seed: int = 0) -> "NeighbourLite":
+        """The basis on the train features, then neighbour-mix's fit (k-means centres of `members` fits seeded as
+        Prototypes.fit seeds them, the rows' radii, both parts standardised on `val_feats`) in its coordinates."""
+        proj = Projection.fit(train_feats, dims)
+        t = proj.train(train_feats)
+        protos = Prototypes.fit(t, train_y, seed=seed, members=members)
+        return cls(proj, NeighbourMix.fit_rows(protos, t, train_y, proj.frames(val_feats)))
+
+    def parts(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.mix.parts(self.projection.frames(feats))
+
+    def score(self, feats: np.ndarray) -> np.ndarray:
+        return self.mix.score(self.projection.frames(feats))
+
+    def score_one(self, v: np.ndarray) -> float:
+        return self.mix.score_one(self.projection.one(v))
+
+    def meta(self) -> dict:
+        return {**self.mix.meta(), "dims": self.projection.dims}
+
+    def arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        return {**self.mix.arrays(prefix), f"{prefix}basis": self.projection.basis}
+
+    @classmethod
+    def from_arrays(cls, arrays, prefix: str = "", shrinkage: float = 0.0) -> "NeighbourLite":
+        return cls(Projection(arrays[f"{prefix}basis"]), NeighbourMix.from_arrays(arrays, prefix))

@@ -13,6 +13,7 @@ Scores (all "higher = more foreign"):
 - prototypes:  1 - cosine similarity of the pooled features to the nearest of a few k-means centres per class
 - radius-mix:  z-scored prototypes + z-scored distance in units of each centre's radius, averaged
 - neighbour-mix: z-scored prototypes + z-scored distance in units of each train feature's own radius, averaged
+- neighbour-lite: neighbour-mix in the train features' top principal directions plus a residual coordinate
 - relative:    prototypes minus the same distance to centres of a site's reviewed foreign images (needs them)
 The leave-one-class-out experiments (benchmarks/open_set.py, open_set_tuned.py) also measure energy, which needs the
 logits the deployed models do not output, and the plain nearest-neighbour distance.
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .neighbours import NeighbourMix
+from .neighbours import NeighbourLite, NeighbourMix
 from .prototypes import Prototypes, RadiusPrototypes, RelativePrototypes
 from .vectors import row_dots, unit_rows
 
@@ -168,7 +169,8 @@ class Mahalanobis:
 # Each kind of score -> the feature statistics it reads (None: the probabilities alone).
 FEATURE_STATS: dict[str, type | None] = {"msp": None, "mahalanobis": Mahalanobis, "combined": Mahalanobis,
                                          "prototypes": Prototypes, "radius-mix": RadiusPrototypes,
-                                         "neighbour-mix": NeighbourMix, "relative": RelativePrototypes}
+                                         "neighbour-mix": NeighbourMix, "neighbour-lite": NeighbourLite,
+                                         "relative": RelativePrototypes}
 KINDS = tuple(FEATURE_STATS)
 
 

@@ -70,3 +70,54 @@ def test_edge_calibrate_offers_neighbour_mix_with_its_own_threshold():
     assert got.kind == "neighbour-mix" and len(got.stats.rows) == 90 and got.stats.members == 2
     assert rep["candidates"]["neighbour-mix"]["val_flagged"] <= 0.05
     assert np.mean(got.score(None, foreign) > got.threshold) > 0.5
+
+
+def test_the_projection_keeps_a_frames_length_and_counts_what_the_basis_misses_as_distance():
+    from trashcam.edge.projection import Projection
+
+    x, _, foreign = blobs()
+    proj = Projection.fit(x, 4)
+    assert proj.dims == 4 and np.allclose(proj.basis @ proj.basis.T, np.eye(4), atol=1e-5)
+    t, f = proj.train(x), proj.frames(foreign)
+    np.testing.assert_allclose(np.linalg.norm(t, axis=1), 1, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(f, axis=1), 1, atol=1e-6)
+    assert not t[:, -1].any() and (f[:, -1] > 0).all()
+    # a frame the basis spans exactly has no residual; a frame at right angles to it is all residual
+    assert proj.frames(proj.basis[:1] * 7)[0, -1] == pytest.approx(0, abs=1e-3)
+    ortho = np.linalg.svd(proj.basis.astype(np.float64))[2][-1]
+    assert proj.frames(ortho[None])[0, -1] == pytest.approx(1, abs=1e-6)
+    np.testing.assert_allclose([proj.one(v) for v in foreign.astype(np.float32)], f, atol=1e-5)
+    with pytest.raises(ValueError, match="basis"):
+        Projection(np.zeros((30, 24)))
+
+
+def test_neighbour_lite_is_neighbour_mix_in_the_projection_per_frame_and_through_the_arrays():
+    from trashcam.edge.neighbours import NeighbourLite
+    from trashcam.edge.ood import OodScore
+
+    x, y, foreign = blobs()
+    train, val = x[::2], x[1::2].astype(np.float32)
+    lite = NeighbourLite.fit(train, y[::2], val, dims=6, members=2)
+    assert lite.mix.rows.shape == (90, 7) and lite.mix.centroids.shape[1] == 7
+    plain, far = lite.parts(val)
+    np.testing.assert_allclose(lite.score(val), ((plain - plain.mean()) / plain.std()
+                                                 + (far - far.mean()) / far.std()) / 2, atol=1e-6)
+    q = np.concatenate([val[:6], foreign[:6]]).astype(np.float32)
+    np.testing.assert_allclose([lite.score_one(v) for v in q], lite.score(q), rtol=1e-4, atol=1e-4)
+    meta = json.loads(json.dumps(OodScore("neighbour-lite", 0.5, lite).to_meta()))
+    assert meta["dims"] == 6 and meta["neighbours"] == 90
+    back = OodScore.from_meta(meta, lite.arrays())
+    assert isinstance(back.stats, NeighbourLite)
+    np.testing.assert_allclose(back.score(None, q), lite.score(q), atol=1e-6)
+    assert back.frame_score(np.full(3, 1 / 3), q[-1]) == pytest.approx(lite.score(q[-1:])[0], abs=1e-4)
+    assert np.mean(lite.score(foreign) > np.quantile(lite.score(val), 0.95)) > 0.5
+
+
+def test_edge_calibrate_offers_neighbour_lite():
+    from trashcam.calibration.ood import fit_ood
+
+    x, y, foreign = blobs()
+    got, rep = fit_ood(np.full((90, 3), 1 / 3), x[1::2], x[::2], y[::2], 0.05, "neighbour-lite", fits=2)
+    assert got.kind == "neighbour-lite" and got.stats.mix.members == 2
+    assert rep["candidates"]["neighbour-lite"]["val_flagged"] <= 0.05
+    assert np.mean(got.score(None, foreign) > got.threshold) > 0.5

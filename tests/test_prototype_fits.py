@@ -43,7 +43,7 @@ def test_fold_summary_and_table_cover_every_fit_and_seed():
     assert [x["fit"] for x in s] == list(FITS) and set(s[0]["per_fold"]) == {"a", "b"}
     assert all(x["fold_sd_over_seeds"] >= 0 and x["mean_range_over_seeds"] >= 0 for x in s)
     assert "| ensemble |" in markdown(s)
-    kinds = ("radius", "radius-mix", "neighbour-mix")
+    kinds = ("radius", "radius-mix", "neighbour-mix", "neighbour-lite")
     mixed = fold(blobs(), kinds, (0,), 0.05, members=2)
     assert [r["fit"] for r in mixed] == list(kinds) and all(0 <= r["foreign_flagged"] <= 1 for r in mixed)
 
