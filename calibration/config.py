@@ -41,7 +41,8 @@ class CalibrationConfig(JsonConfig):
                                      "(neighbour-mix in the train features' top 192 directions: radius-mix's "
                                      "time), relative",
                              choices=("auto", *OOD_KINDS), flag="--uncertainty-score")
-    flag_rate: float = setting(0.05, "the score's threshold flags this share of validation images", above=0.0,
+    flag_rate: float = setting(0.05, "the score's threshold flags at most this share of new known-class images "
+                               "(split conformal on the validation images)", above=0.0,
                                max=0.99, metavar="R")
     ood_fit_images: int = setting(1000, "train images (at most) for the score's class statistics", min=2)
     prototype_fits: int | None = setting(None, "k-means fits of the prototypes averaged: steadier and better than "

@@ -235,12 +235,15 @@ class OodScore:
 
 
 def threshold_for_rate(in_dist_scores: np.ndarray, flag_rate: float) -> float:
-    """The threshold flagging (score > t) at most `flag_rate` of in-distribution images, halfway between the last
-    accepted and the first flagged score so float round-off on a device cannot move an image across it."""
+    """The threshold (score > t flags) above which a new in-distribution image falls with probability at most
+    `flag_rate`: split conformal, the ceil((1 - rate)(n + 1))-th smallest of the n scores kept below it. Keeping
+    ceil((1 - rate) n) flagged `rate` of these images but 5.1 % of new ones at n = 252 and 5.5 % at 126 for a rate of
+    5 %; this rank gives 4.7 % at both. Halfway between the last kept and the first flagged score, so float round-off
+    on a device cannot move an image across it."""
     s = np.sort(np.asarray(in_dist_scores, np.float64))
     if len(s) == 0:
         raise ValueError("cannot choose a threshold on zero images")
-    keep = int(np.ceil((1.0 - flag_rate) * len(s) - 1e-9))
+    keep = int(np.ceil((1.0 - flag_rate) * (len(s) + 1) - 1e-9))
     keep = min(max(keep, 1), len(s))
     if keep == len(s):
         return float(s[-1] + max(abs(s[-1]) * 1e-6, 1e-9))

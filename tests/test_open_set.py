@@ -139,8 +139,20 @@ def test_auroc_ties_and_threshold_edges():
     assert auroc(np.array([0.0, 0.0]), np.array([0.0])) == pytest.approx(0.5)
     assert auroc(np.array([0.0, 1.0]), np.array([2.0])) == 1.0
     s = np.arange(10.0)
-    assert np.mean(s > threshold_for_rate(s, 0.2)) == pytest.approx(0.2)
+    assert np.mean(s > threshold_for_rate(s, 0.2)) == pytest.approx(0.1)  # 9 of 10 kept: ceil(0.8 x 11)
     assert np.mean(s > threshold_for_rate(s, 0.0)) == 0.0
+    assert np.mean(np.arange(99.0) > threshold_for_rate(np.arange(99.0), 0.05)) == pytest.approx(4 / 99)  # 95 kept
+
+
+def test_the_threshold_flags_at_most_the_rate_of_new_in_distribution_images():
+    """Split conformal: over many draws, a new image from the calibration images' distribution is flagged at most
+    `rate` of the time, at small n too (the old rank, ceil((1 - rate) n) kept, gave 2/11 at n = 10 and rate 0.1)."""
+    from trashcam.edge.ood import threshold_for_rate
+    rng = np.random.default_rng(0)
+    for n, rate in ((10, 0.1), (126, 0.05), (252, 0.05)):
+        x = rng.normal(size=(4000, n + 1))
+        hits = [row[-1] > threshold_for_rate(row[:-1], rate) for row in x]
+        assert np.mean(hits) <= rate + 0.01, (n, rate, np.mean(hits))
 
 
 def test_score_meta_round_trip_and_unknown_kind():
