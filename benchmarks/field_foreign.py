@@ -6,7 +6,8 @@ and a pool that a user would review into `_foreign/`: the first n of it are the 
 thresholded at `--flag-rate` of the bundle's calibration split (cross-fitted: threshold on one half, flagged counted
 on the other, both ways):
 - `prototypes`: the nearest of 16 class centres, cosine (8 k-means fits), what shipped with no foreign images until
-  2026-12-05; `radius-mix` (edge/prototypes.py RadiusPrototypes): what ships with none since;
+  2026-12-05; `radius-mix` (edge/prototypes.py RadiusPrototypes): what shipped with none until 2026-12-06;
+  `neighbour-lite` (edge/neighbours.py NeighbourLite): what ships with none since;
 - `auto`: what edge-calibrate does today with foreign images, the kind among msp / mahalanobis / combined /
   prototypes that flags most of R;
 - `relative` (edge/prototypes.py RelativePrototypes, auto's choice with foreign images since this measurement): the
@@ -31,6 +32,7 @@ PICKED_FROM = ("prototypes", "msp", "mahalanobis", "combined")
 def fold(bundle_dir: Path, data: Path, held_out: str, sizes: tuple[int, ...], rate: float, threads: int) -> dict:
     from trashcam.calibration.ood import fit_ood
     from trashcam.edge.bundle import Bundle
+    from trashcam.edge.neighbours import NeighbourLite
     from trashcam.edge.prototypes import Prototypes, RadiusPrototypes, RelativePrototypes, prototype_fits
 
     F = fold_features(bundle_dir, data, held_out, threads)
@@ -53,6 +55,8 @@ def fold(bundle_dir: Path, data: Path, held_out: str, sizes: tuple[int, ...], ra
     row("prototypes", 0, lambda p, f: protos.score(f))
     mix = RadiusPrototypes.fit_radii(protos, train_f, cal_f)
     row("radius-mix", 0, lambda p, f: mix.score(f))
+    lite = NeighbourLite.fit(train_f, train_y, cal_f, members=fits)
+    row("neighbour-lite", 0, lambda p, f: lite.score(f))
     for asked in sizes:
         n = min(asked, len(pool))
         # fit_ood fits and reports every candidate whatever kind it returns: read them all from one fit, and fit

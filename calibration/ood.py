@@ -23,16 +23,16 @@ from trashcam.edge.neighbours import NeighbourLite, NeighbourMix
 from trashcam.edge.prototypes import PROTOTYPE_FITS, Prototypes, RadiusPrototypes, RelativePrototypes, prototype_fits
 
 # What leave-one-class-out chose when no foreign images say otherwise: the fine-tuned default recipe trained without
-# each class in turn, INT8, edge-calibrate's 1000 train images and 8 k-means fits (benchmarks/prototype_fits.py,
-# k-means draws 0-4, threshold at 5 % of validation). The radius-mix score flagged 44.1 / 48.1 / 47.0 % of the
-# held-out class on three LOCO runs against the plain prototypes' 38.2 / 41.9 / 45.0 %, and 47.6 % against 40.4 % on
-# a fourth run trained after that rule was written (worst fold 24.0 against 24.2 %), at 4.7-5.1 % of in-distribution
-# images; edge-bench: x1.015-1.016 a frame at 1 thread and x1.030-1.031 at 2 (prototypes x1.013-1.020 / x1.024-1.025).
-# Deployed (open_set_tuned --recalibrate, the four runs): 45.6 / 47.5 / 46.5 / 47.2 % against 37.2 / 40.7 / 45.6 /
-# 39.2 %; 48.0 / 49.0 / 42.8 % on three more runs, trained after the choice. neighbour-mix (edge/neighbours.py)
-# flags more (54.8 / 48.6 % on the last two) but reads twice the rows a frame: selectable, not the default.
-# Before 2026-12-05 the plain prototypes (40.5 % against Mahalanobis + max-probability's 34.9 %, 2026-12-02).
-DEFAULT_KIND = "radius-mix"
+# each class in turn, INT8, edge-calibrate's 1000 train images and 8 k-means fits (k-means draws 0-4, threshold at
+# 5 % of validation; docs/cold-start.md). neighbour-lite flagged 53.6 / 46.0 % of the held-out class on two LOCO runs
+# against radius-mix's 50.3 / 42.3 %, and 49.9 % against 46.8 % on a third trained after that rule was written (worst
+# fold 24.6 against 18.6 %), at 5.1 % of in-distribution images, reading fewer bytes a frame than radius-mix: x1.047
+# against x1.050 of an INT8 Lite0-288 frame at 1 thread, x1.077 against x1.081 at 2, on an AMX Xeon. As edge-calibrate
+# fits it (draw 0, split-conformal threshold): 50.2 / 44.0 / 48.2 % against radius-mix's 47.6 / 40.8 / 45.1 %.
+# neighbour-mix (exact; 53.4 / 45.9 / 49.0 %) reads 3.5x the bytes: selectable. radius-mix was the default from
+# 2026-12-05 evening (42.8-49.0 % deployed over eight runs, old threshold rank), the plain prototypes before it
+# (40.5 % against Mahalanobis + max-probability's 34.9 %, 2026-12-02).
+DEFAULT_KIND = "neighbour-lite"
 # What `auto` uses once there are reviewed foreign images (--ood-data, --add-data's _foreign/). Leave-one-class-out
 # (benchmarks/field_foreign.py, the default's 5 INT8 fold models, 2026-12-05): with 10 / 30 / ~200 reviewed images
 # of the held-out class, it flagged 78.0 / 84.8 / 91.7 % of that class's other images (never fitted on) at 4.7-5.1 %

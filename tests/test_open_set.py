@@ -129,7 +129,7 @@ def test_relative_score_flags_what_looks_like_reviewed_foreign_images():
     _, rep = fit_ood(probs, val, x[::2], y[::2], 0.05, "auto", (np.full((1, 3), 1 / 3), foreign[:1]))
     assert rep["kind"] == "relative" and 0 <= rep["candidates"]["relative"]["foreign_flagged"] <= 1  # one image
     _, rep = fit_ood(probs, val, x[::2], y[::2], 0.05, "auto")
-    assert rep["kind"] == DEFAULT_KIND == "radius-mix" and "relative" not in rep["candidates"]
+    assert rep["kind"] == DEFAULT_KIND == "neighbour-lite" and "relative" not in rep["candidates"]
     with pytest.raises(ValueError, match="needs reviewed foreign images"):
         fit_ood(probs, val, x[::2], y[::2], 0.05, "relative")
 
@@ -361,10 +361,12 @@ def test_field_foreign_measures_reviewed_foreign_images_on_new_ones_only(scored_
     rec = fold(d, tmp_path, "gone", (2, 100), 0.05, threads=1)
     assert rec["new_images"] == 6 and rec["pool"] == 6
     got = {(r["score"], r["reviewed"]) for r in rec["rows"]}
-    assert got == {("prototypes", 0), ("radius-mix", 0), ("auto", 2), ("relative", 2), ("auto", 6), ("relative", 6)}
+    assert got == {("prototypes", 0), ("radius-mix", 0), ("neighbour-lite", 0), ("auto", 2), ("relative", 2),
+                   ("auto", 6), ("relative", 6)}
     assert all(0 <= r["new_foreign_flagged"] <= 1 and 0 <= r["in_dist_flagged"] <= 1 for r in rec["rows"])
     s = summarise([rec, {**rec, "held_out": "other"}])
-    assert len(s) == 6 and s[0]["score"] == "prototypes" and len(s[0]["per_fold"]) == 2
+    assert len(s) == 7 and {x["score"] for x in s[:3]} == {"prototypes", "radius-mix", "neighbour-lite"}
+    assert len(s[0]["per_fold"]) == 2
     assert "| relative | 6 |" in markdown([rec], summarise([rec]))
     share, _ = flagged_crossfit(np.arange(1000.0), 0.05)
     assert 0.02 < share < 0.08
