@@ -87,10 +87,11 @@ class NeighbourMix(StandardisedPair, Prototypes):
 
 
 # Principal directions neighbour-lite keeps. Leave-one-class-out (rule I, docs/cold-start.md; cached INT8 features,
-# k-means draws 0-4): 192 of the 1280 flagged 53.6 / 46.0 % of the held-out class on two runs (exact neighbour-mix
-# 54.8 / 48.7, radius-mix 50.3 / 42.3); 128 flagged 50.8 / 44.4 %. A frame reads the 192 x 1280 basis and (centres +
-# rows) x 193 floats: 2.2 MB for 4 classes against radius-mix's 2.6 MB and neighbour-mix's 7.7 MB, and its time after
-# an invoke goes with those bytes (~100 us a MB on an AMX Xeon), not with the arithmetic.
+# k-means draws 0-4): 192 of the 1280 flagged 53.6 / 46.0 / 49.9 % of the held-out class on three runs (exact
+# neighbour-mix 54.8 / 48.7 / 51.1, radius-mix 50.3 / 42.3 / 46.8); 128 flagged 50.8 / 44.4 % on the first two. A
+# frame reads the 192 x 1280 basis and (centres + rows) x 193 floats: 2.2 MB for 4 classes against radius-mix's 2.6 MB
+# and neighbour-mix's 7.7 MB, and its time after an invoke goes with those bytes (~100 us a MB on an AMX Xeon), not
+# with the arithmetic.
 LITE_DIMS = 192
 
 
