@@ -33,6 +33,18 @@ from trashcam.edge.prototypes import PROTOTYPE_FITS, Prototypes, RadiusPrototype
 # 2026-12-05 evening (42.8-49.0 % deployed over eight runs, old threshold rank), the plain prototypes before it
 # (40.5 % against Mahalanobis + max-probability's 34.9 %, 2026-12-02).
 DEFAULT_KIND = "neighbour-lite"
+# What `auto` uses instead where it reads fewer bytes a frame than DEFAULT_KIND: the score's time after an invoke goes
+# with the bytes it reads (docs/cold-start.md), and rule I asked neighbour-lite to cost no more than radius-mix. At
+# 288 x 288 it reads less (2.2 against 2.6-3.3 MB); for smaller inputs radius-mix's fewer k-means fits can read less
+# (2 fits at 160 px and 1000 train images: 0.8 against 1.9 MB). The quick recipe on the 110-image sample: 0.68
+# against 0.82 MB, and x1.080-1.086 / x1.102-1.122 of its 1.5 ms INT8 frame at 1 / 2 threads against radius-mix's
+# x1.079-1.086 / x1.096-1.107 (edge-bench, ABBA): the extra numpy calls weigh on a frame that short.
+LEANER = "radius-mix"
+
+
+def frame_bytes(score: OodScore) -> int:
+    """Bytes a frame's score reads: its arrays as the device holds them, float32 (rows are stored float16)."""
+    return 4 * sum(np.size(a) for a in score.stats.arrays().values()) if score.stats is not None else 0
 # What `auto` uses once there are reviewed foreign images (--ood-data, --add-data's _foreign/). Leave-one-class-out
 # (benchmarks/field_foreign.py, the default's 5 INT8 fold models, 2026-12-05): with 10 / 30 / ~200 reviewed images
 # of the held-out class, it flagged 78.0 / 84.8 / 91.7 % of that class's other images (never fitted on) at 4.7-5.1 %
@@ -131,6 +143,10 @@ def fit_ood(val_probs: np.ndarray, val_feats: np.ndarray | None, train_feats: np
         else:
             kind = DEFAULT_KIND if DEFAULT_KIND in candidates else "msp"
         report["chosen_by"] = "foreign images" if have_foreign else "default"
+        leaner = kind == DEFAULT_KIND and frame_bytes(candidates[kind]) > frame_bytes(candidates[LEANER])
+        if leaner and not have_foreign:
+            kind = LEANER
+            report["chosen_by"] = f"default: it reads fewer bytes a frame than {DEFAULT_KIND} with {fits} k-means fits"
     elif kind == "relative" and not have_foreign:
         raise ValueError("the relative score needs reviewed foreign images: --ood-data DIR, or the _foreign/ "
                          "images of edge-train --add-data")

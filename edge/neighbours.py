@@ -103,6 +103,14 @@ class NeighbourLite:
     projection: Projection
     mix: NeighbourMix
 
+    def __post_init__(self) -> None:
+        p, m = self.projection.dims, self.mix
+        if m.centroids.shape[1] != p + 1 or m.centroids[:, p].any() or m.rows[:, p].any():
+            raise ValueError(f"neighbour-lite's centres and rows are {p} basis coordinates and a zero one")
+        # a frame's residual coordinate meets only zeros: its cosines are the dots of P u alone, centres and rows
+        # read as one matrix
+        self._both = np.ascontiguousarray(np.concatenate([m.centroids[:, :p], m.rows[:, :p]]))
+
     @classmethod
     def fit(cls, train_feats: np.ndarray, train_y: np.ndarray, val_feats: np.ndarray, dims: int = LITE_DIMS,
             members: int = 1, seed: int = 0) -> "NeighbourLite":
@@ -120,7 +128,11 @@ class NeighbourLite:
         return self.mix.score(self.projection.frames(feats))
 
     def score_one(self, v: np.ndarray) -> float:
-        return self.mix.score_one(self.projection.one(v))
+        """One (D,) float32 feature vector, the per-frame path: the basis' dots, then the centres' and rows'."""
+        m, k = self.mix, len(self.mix.centroids)
+        g = row_dots(self.projection.basis, v) * np.float32(1.0 / max(float(v @ v), 1e-24) ** 0.5)
+        d = row_dots(self._both, g)
+        return m._mix(1.0 - m._nearest_of(d[:k]), float(((1.0 - d[k:]) * m._inv_r).min()))
 
     def meta(self) -> dict:
         return {**self.mix.meta(), "dims": self.projection.dims}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .vectors import row_dots, unit_rows
+from .vectors import unit_rows
 
 
 @dataclass
@@ -47,8 +47,3 @@ class Projection:
         """(N, D) features of frames to score -> (N, p + 1) unit rows, the last coordinate what the basis misses."""
         g = unit_rows(np.atleast_2d(np.asarray(feats, np.float64))) @ self.basis.T.astype(np.float64)
         return np.concatenate([g, np.sqrt(np.maximum(1.0 - (g * g).sum(axis=1, keepdims=True), 0.0))], axis=1)
-
-    def one(self, v: np.ndarray) -> np.ndarray:
-        """`frames` of one (D,) float32 feature vector, the per-frame path: one p x D read."""
-        g = row_dots(self.basis, v) * np.float32(1.0 / max(float(v @ v), 1e-24) ** 0.5)
-        return np.append(g, np.float32(max(1.0 - float(g @ g), 0.0) ** 0.5))

@@ -102,7 +102,10 @@ class Prototypes:
         return 1.0 - self.nearest(f @ self.centroids.T.astype(np.float64))
 
     def _nearest_one(self, v: np.ndarray) -> float:
-        d = row_dots(self.centroids, v)
+        return self._nearest_of(row_dots(self.centroids, v))
+
+    def _nearest_of(self, d: np.ndarray) -> float:
+        """(K,) cosines to the centres -> the nearest one's, averaged over the fits (`nearest` of one frame)."""
         return float(d.max()) if self.members == 1 else float(d.reshape(self.members, -1).max(axis=1).mean())
 
     def score_one(self, v: np.ndarray) -> float:

@@ -86,13 +86,12 @@ def test_the_projection_keeps_a_frames_length_and_counts_what_the_basis_misses_a
     assert proj.frames(proj.basis[:1] * 7)[0, -1] == pytest.approx(0, abs=1e-3)
     ortho = np.linalg.svd(proj.basis.astype(np.float64))[2][-1]
     assert proj.frames(ortho[None])[0, -1] == pytest.approx(1, abs=1e-6)
-    np.testing.assert_allclose([proj.one(v) for v in foreign.astype(np.float32)], f, atol=1e-5)
     with pytest.raises(ValueError, match="basis"):
         Projection(np.zeros((30, 24)))
 
 
 def test_neighbour_lite_is_neighbour_mix_in_the_projection_per_frame_and_through_the_arrays():
-    from trashcam.edge.neighbours import NeighbourLite
+    from trashcam.edge.neighbours import NeighbourLite, NeighbourMix
     from trashcam.edge.ood import OodScore
 
     x, y, foreign = blobs()
@@ -111,6 +110,9 @@ def test_neighbour_lite_is_neighbour_mix_in_the_projection_per_frame_and_through
     np.testing.assert_allclose(back.score(None, q), lite.score(q), atol=1e-6)
     assert back.frame_score(np.full(3, 1 / 3), q[-1]) == pytest.approx(lite.score(q[-1:])[0], abs=1e-4)
     assert np.mean(lite.score(foreign) > np.quantile(lite.score(val), 0.95)) > 0.5
+    aligned = NeighbourMix(lite.mix.centroids, 2, lite.mix.rows + 0.1, lite.mix.radii, lite.mix.norm)
+    with pytest.raises(ValueError, match="zero one"):  # the per-frame path drops the residual coordinate
+        NeighbourLite(lite.projection, aligned)
 
 
 def test_edge_calibrate_offers_neighbour_lite():
@@ -121,3 +123,21 @@ def test_edge_calibrate_offers_neighbour_lite():
     assert got.kind == "neighbour-lite" and got.stats.mix.members == 2
     assert rep["candidates"]["neighbour-lite"]["val_flagged"] <= 0.05
     assert np.mean(got.score(None, foreign) > got.threshold) > 0.5
+
+
+def test_auto_takes_neighbour_lite_unless_radius_mix_reads_fewer_bytes_a_frame():
+    """The score's time after an invoke goes with the bytes it reads: with many k-means fits (a 288 px model) radius-mix
+    reads more than neighbour-lite's basis and rows, with one fit (small inputs) less, and auto follows."""
+    from trashcam.calibration.ood import DEFAULT_KIND, LEANER, fit_ood, frame_bytes
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 60)
+    x = np.abs(np.repeat(rng.normal(size=(3, 256)), 60, 0) + rng.normal(size=(180, 256)) * 0.5)
+    probs = np.full((90, 3), 1 / 3)
+    assert (DEFAULT_KIND, LEANER) == ("neighbour-lite", "radius-mix")
+    for fits, kind in ((8, DEFAULT_KIND), (1, LEANER)):
+        got, rep = fit_ood(probs, x[1::2], x[::2], y[::2], 0.05, "auto", fits=fits)
+        assert got.kind == rep["kind"] == kind
+        lite, _ = fit_ood(probs, x[1::2], x[::2], y[::2], 0.05, DEFAULT_KIND, fits=fits)
+        mix, _ = fit_ood(probs, x[1::2], x[::2], y[::2], 0.05, LEANER, fits=fits)
+        assert (frame_bytes(lite) <= frame_bytes(mix)) == (kind == DEFAULT_KIND)
