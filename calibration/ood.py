@@ -134,6 +134,7 @@ def fit_ood(val_probs: np.ndarray, val_feats: np.ndarray | None, train_feats: np
         row = report["candidates"]["relative"]
         row["foreign_flagged_in_sample"], row["foreign_flagged"] = row["foreign_flagged"], crossfit
     if kind == "auto":
+        report["chosen_by"] = "foreign images" if have_foreign else "default"
         if "relative" in candidates:
             kind = RELATIVE_WITH_FOREIGN
         elif have_foreign:  # the field's own foreign objects decide; ties keep the experiment's choice
@@ -142,11 +143,10 @@ def fit_ood(val_probs: np.ndarray, val_feats: np.ndarray | None, train_feats: np
                        key=lambda k: report["candidates"][k]["foreign_flagged"])
         else:
             kind = DEFAULT_KIND if DEFAULT_KIND in candidates else "msp"
-        report["chosen_by"] = "foreign images" if have_foreign else "default"
-        leaner = kind == DEFAULT_KIND and frame_bytes(candidates[kind]) > frame_bytes(candidates[LEANER])
-        if leaner and not have_foreign:
-            kind = LEANER
-            report["chosen_by"] = f"default: it reads fewer bytes a frame than {DEFAULT_KIND} with {fits} k-means fits"
+            if kind == DEFAULT_KIND and frame_bytes(candidates[kind]) > frame_bytes(candidates[LEANER]):
+                kind = LEANER
+                report["chosen_by"] = (f"default: it reads fewer bytes a frame than {DEFAULT_KIND} with {fits} "
+                                       "k-means fits")
     elif kind == "relative" and not have_foreign:
         raise ValueError("the relative score needs reviewed foreign images: --ood-data DIR, or the _foreign/ "
                          "images of edge-train --add-data")

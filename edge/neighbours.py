@@ -70,8 +70,11 @@ class NeighbourMix(StandardisedPair, Prototypes):
     def score_one(self, v: np.ndarray) -> float:
         """One (D,) float32 feature vector, the per-frame path: the centres' and the rows' dots, then a few calls."""
         inv = 1.0 / max(float(v @ v), 1e-24) ** 0.5
-        far = (1.0 - row_dots(self.rows, v) * np.float32(inv)) * self._inv_r
-        return self._mix(1.0 - self._nearest_one(v) * inv, float(far.min()))
+        return self._of_cosines(self._nearest_one(v) * inv, row_dots(self.rows, v) * np.float32(inv))
+
+    def _of_cosines(self, nearest: float, rows_cos: np.ndarray) -> float:
+        """The score of a frame from its nearest centres' cosine (averaged over the fits) and its rows' cosines."""
+        return self._mix(1.0 - nearest, float(((1.0 - rows_cos) * self._inv_r).min()))
 
     def meta(self) -> dict:
         return {**super().meta(), "neighbours": len(self.rows), "radius_median": float(np.median(self.radii))}
@@ -132,7 +135,7 @@ class NeighbourLite:
         m, k = self.mix, len(self.mix.centroids)
         g = row_dots(self.projection.basis, v) * np.float32(1.0 / max(float(v @ v), 1e-24) ** 0.5)
         d = row_dots(self._both, g)
-        return m._mix(1.0 - m._nearest_of(d[:k]), float(((1.0 - d[k:]) * m._inv_r).min()))
+        return m._of_cosines(m._nearest_of(d[:k]), d[k:])
 
     def meta(self) -> dict:
         return {**self.mix.meta(), "dims": self.projection.dims}
