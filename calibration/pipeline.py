@@ -7,6 +7,7 @@ is chosen on the base variant (keras when present) after its temperature.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -64,6 +65,16 @@ def refit(bundle: Bundle) -> bool:
     return bundle.metadata.get("training", {}).get("config", {}).get("stage2_data") == "train+val"
 
 
+def few_images_warning(n: int, flag_rate: float, what: str) -> str | None:
+    """Split conformal (edge/ood.py threshold_for_rate) can promise no less than 1 / (n + 1): with fewer than
+    1 / flag_rate - 1 images the threshold sits above all of them and still flags more new known-class images."""
+    if 1.0 / (n + 1) <= flag_rate:
+        return None
+    return (f"WARNING: {n} {what} images: the uncertain threshold sits above all their scores, yet a new known-class "
+            f"image falls above it with probability 1 / (n + 1) = {1 / (n + 1):.1%}, more than --flag-rate "
+            f"{flag_rate:.1%}; {math.ceil(1 / flag_rate - 1 - 1e-9)} images or more keep the rate")
+
+
 def fit_split(bundle: Bundle, config: CalibrationConfig) -> str:
     """The saved split to fit on. A refit bundle (stage 2 trained on validation too) has seen its validation
     images: fitted there, the INT8 temperature collapsed (0.05-0.46 against 0.49-0.63) and the threshold flagged
@@ -103,6 +114,8 @@ def _calibrate_locked(bundle_dir: str | os.PathLike, config: CalibrationConfig) 
         raise ValueError(f"no readable images in {images.source}")
     what = {"val": "validation", "test": "test", "data": "--data"}[split]
     y = images.y
+    if (few := few_images_warning(len(images), config.flag_rate, what)) is not None:
+        print(few, file=sys.stderr)
     base = "keras" if "keras" in names else names[0]
     ood = _ood_images(config.ood_data, bundle) if config.ood_data else None
     from .ood import foreign_images, predict_with_features, save_ood, score_variant, train_images

@@ -159,6 +159,19 @@ def test_the_threshold_flags_at_most_the_rate_of_new_in_distribution_images():
         assert np.mean(hits) <= rate + 0.01, (n, rate, np.mean(hits))
 
 
+def test_too_few_calibration_images_for_the_flag_rate_are_warned_about():
+    """Below 1 / rate - 1 images the threshold sits above them all and still flags 1 / (n + 1) of new images."""
+    from trashcam.calibration.pipeline import few_images_warning
+    from trashcam.edge.ood import threshold_for_rate
+
+    assert few_images_warning(19, 0.05, "validation") is None and few_images_warning(252, 0.05, "test") is None
+    msg = few_images_warning(9, 0.05, "validation")
+    assert "9 validation images" in msg and "10.0%" in msg and "19 images or more" in msg
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, 10))
+    assert np.mean([row[-1] > threshold_for_rate(row[:-1], 0.05) for row in x]) == pytest.approx(0.1, abs=0.015)
+
+
 def test_score_meta_round_trip_and_unknown_kind():
     from trashcam.edge.ood import Mahalanobis, OodScore
     rng = np.random.default_rng(1)
