@@ -41,10 +41,6 @@ DEFAULT_KIND = "neighbour-lite"
 # x1.079-1.086 / x1.096-1.107 (edge-bench, ABBA): the extra numpy calls weigh on a frame that short.
 LEANER = "radius-mix"
 
-
-def frame_bytes(score: OodScore) -> int:
-    """Bytes a frame's score reads: its arrays as the device holds them, float32 (rows are stored float16)."""
-    return 4 * sum(np.size(a) for a in score.stats.arrays().values()) if score.stats is not None else 0
 # What `auto` uses once there are reviewed foreign images (--ood-data, --add-data's _foreign/). Leave-one-class-out
 # (benchmarks/field_foreign.py, the default's 5 INT8 fold models, 2026-12-05): with 10 / 30 / ~200 reviewed images
 # of the held-out class, it flagged 78.0 / 84.8 / 91.7 % of that class's other images (never fitted on) at 4.7-5.1 %
@@ -52,6 +48,11 @@ def frame_bytes(score: OodScore) -> int:
 RELATIVE_WITH_FOREIGN = "relative"
 KINDS = ("auto", *OOD_KINDS)
 OOD_DIR = "ood"
+
+
+def frame_bytes(score: OodScore) -> int:
+    """Bytes a frame's score reads: its arrays as the device holds them, float32 (rows are stored float16)."""
+    return 4 * sum(np.size(a) for a in score.stats.arrays().values()) if score.stats is not None else 0
 
 
 def keras_features(model, x: np.ndarray, batch: int = 32) -> np.ndarray | None:

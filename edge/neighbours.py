@@ -16,7 +16,7 @@ import numpy as np
 
 from .projection import Projection
 from .prototypes import Prototypes, StandardisedPair, _members, floored_radii
-from .vectors import row_dots, unit_rows
+from .vectors import length, row_dots, unit_rows
 
 # Neighbours a train feature's radius is the mean distance to: a k-means centre served ~16 train features (1000
 # features, 4-5 classes, 16 centres a class), so a feature's radius is measured over as many.
@@ -69,7 +69,7 @@ class NeighbourMix(StandardisedPair, Prototypes):
 
     def score_one(self, v: np.ndarray) -> float:
         """One (D,) float32 feature vector, the per-frame path: the centres' and the rows' dots, then a few calls."""
-        inv = 1.0 / max(float(v @ v), 1e-24) ** 0.5
+        inv = 1.0 / length(v)
         return self._of_cosines(self._nearest_one(v) * inv, row_dots(self.rows, v) * np.float32(inv))
 
     def _of_cosines(self, nearest: float, rows_cos: np.ndarray) -> float:
@@ -133,7 +133,7 @@ class NeighbourLite:
     def score_one(self, v: np.ndarray) -> float:
         """One (D,) float32 feature vector, the per-frame path: the basis' dots, then the centres' and rows'."""
         m, k = self.mix, len(self.mix.centroids)
-        g = row_dots(self.projection.basis, v) * np.float32(1.0 / max(float(v @ v), 1e-24) ** 0.5)
+        g = row_dots(self.projection.basis, v) * np.float32(1.0 / length(v))
         d = row_dots(self._both, g)
         return m._of_cosines(m._nearest_of(d[:k]), d[k:])
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .vectors import row_dots, unit_rows
+from .vectors import length, row_dots, unit_rows
 
 
 # k-means centres kept per class by the "prototypes" score. Leave-one-class-out with the fine-tuned default recipe
@@ -111,7 +111,7 @@ class Prototypes:
     def score_one(self, v: np.ndarray) -> float:
         """One (D,) float32 feature vector, the per-frame path (see Mahalanobis.score_one): three numpy calls for one
         fit, two more for several."""
-        return 1.0 - self._nearest_one(v) / max(float(v @ v), 1e-24) ** 0.5
+        return 1.0 - self._nearest_one(v) / length(v)
 
     def meta(self) -> dict:
         return {"prototypes": len(self.centroids), **({"members": self.members} if self.members > 1 else {})}
@@ -160,7 +160,7 @@ class RelativePrototypes(Prototypes):
     def score_one(self, v: np.ndarray) -> float:
         """(nearest foreign cosine - nearest class cosine): the difference of the two distances, per frame."""
         near = float(row_dots(self.foreign, v).max()) - self._nearest_one(v)
-        return near / max(float(v @ v), 1e-24) ** 0.5
+        return near / length(v)
 
     def meta(self) -> dict:
         return {**super().meta(), "foreign_prototypes": len(self.foreign)}
@@ -256,7 +256,7 @@ class RadiusPrototypes(StandardisedPair, Prototypes):
     def score_one(self, v: np.ndarray) -> float:
         """One (D,) float32 feature vector, the per-frame path: the prototypes' row dots, then a few calls on the
         K cosines."""
-        cos = (row_dots(self.centroids, v) * (1.0 / max(float(v @ v), 1e-24) ** 0.5)).reshape(self.members, -1)
+        cos = (row_dots(self.centroids, v) * (1.0 / length(v))).reshape(self.members, -1)
         return self._mix(1.0 - float(cos.max(axis=1).mean()), float(((1.0 - cos) * self._inv_r).min(axis=1).mean()))
 
     def meta(self) -> dict:
