@@ -341,3 +341,20 @@ def test_baseline_bundle_timed_interleaved(bundle, tmp_path, capsys):
     (other / "metadata.json").write_text(json.dumps(meta))
     assert main([str(bundle), *FAST, "--variants", "tflite-fp32", "--no-record", "--baseline", str(other)]) == 2
     assert "has no tflite-fp32" in capsys.readouterr().err
+
+
+def test_score_cost_interval_covers_the_true_ratio_and_narrows_with_rounds():
+    from trashcam.benchmarks.score_cost import cost_summary, ratio_interval
+    from trashcam.benchmarks.latency import summarize
+
+    rng = np.random.default_rng(3)
+
+    def rounds(n):  # a shared machine: each round's two calls slowed alike, the score adding 10 %
+        load = rng.lognormal(0.0, 0.2, n)
+        return 3.0 * load * rng.lognormal(0, 0.05, n), 3.3 * load * rng.lognormal(0, 0.05, n)
+
+    few, many = ratio_interval(*rounds(20)), ratio_interval(*rounds(2000))
+    assert few[0] < 1.10 < few[1] and many[0] < 1.10 < many[1]
+    assert many[1] - many[0] < (few[1] - few[0]) / 3
+    c = cost_summary(dict(zip(("probs", "scored"), map(list, rounds(200)))), summarize)
+    assert c["extra_us_p50"] == pytest.approx((c["scored_ms"]["p50"] - c["probs_ms"]["p50"]) * 1e3, abs=0.2)

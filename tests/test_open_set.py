@@ -276,12 +276,15 @@ def test_bench_reports_score_cost_and_quality(scored_bundle, tmp_path):
                                      isolate=False, record=False))
     u = r["variants"][0]["uncertainty"]
     assert u["kind"] == TINY_AUTO and u["val_flagged"] is not None and u["ece_after"] is not None
-    assert u["cost"]["ratio_p50"] > 0 and u["cost"]["scored_ms"]["runs"] == 5
+    c = u["cost"]
+    assert c["ratio_p50"] > 0 and c["scored_ms"]["runs"] == 5
+    assert c["ratio_p50_ci95"][0] <= c["ratio_p50"] <= c["ratio_p50_ci95"][1]
     ut = r["variants"][0]["uncertainty_test"]
     assert ut["rule"] == TINY_AUTO and 0 <= ut["flagged"] <= 1 and 0 <= ut["ece_after"] <= 1
     assert "## Uncertainty score" in to_markdown(r)
     line = [ln for ln in format_table(r).splitlines() if ln.startswith("uncertainty score of tflite-int8 @ 1 thr")]
     assert len(line) == 1 and f"{TINY_AUTO}, per frame x" in line[0] and "of the images it was fitted on" in line[0]
+    assert "95 % CI" in line[0]
 
 
 def test_slim_export_keeps_the_score(scored_bundle, tmp_path):
