@@ -33,6 +33,10 @@ of a fresh process that loaded and ran it. The environment (CPU model and SIMD f
 or asimddp, cores, OS, Python, runtime versions) is in the JSON: INT8 is only faster than FP32 on CPUs with
 integer dot-product instructions. End-to-end p50s are recorded in BUNDLE/metadata.json ("bench"), where
 `edge-run --variant auto` reads them (--no-record: leave the bundle alone).
+After edge-calibrate, each variant's uncertainty score too: the share it flags (validation, test, foreign),
+ECE after temperature, and its per-frame cost: the scored frame over the probabilities-only one, timed
+interleaved, p50 with a 95 % bootstrap interval and the extra microseconds (a ratio near a budget is only on
+one side of it when the interval is).
 A --data folder with a class the model does not know is an error (exit 2).
 Exit status: 0 ok, 1 a requested variant could not be measured, 2 bad bundle/data/arguments.
 """
