@@ -18,7 +18,7 @@ from trashcam.edge.images import keep_frame_memory, load_for_model, open_image
 from trashcam.edge.interpreters import open_engine, variant_format
 from trashcam.edge.runtime import bundle_temperature
 
-from .latency import per_frame, summarize, time_interleaved, time_streamed
+from .latency import per_frame, ratio_interval, summarize, time_interleaved, time_streamed
 
 
 class VariantUnavailable(RuntimeError):
@@ -117,7 +117,8 @@ def measure_variant(bundle_dir: str | Path, variant: str, threads: int, paths: S
     if baseline:
         b = summarize(ms["baseline_invoke"])
         base = {"baseline": {"bundle": str(Path(baseline).resolve()), "latency_ms": b,
-                             "invoke_ratio_p50": round(invoke["p50"] / b["p50"], 3)}}
+                             "invoke_ratio_p50": round(invoke["p50"] / b["p50"], 3),
+                             "invoke_ratio_p50_ci95": ratio_interval(ms["baseline_invoke"], ms["invoke"])}}
     return {
         "runtime": runtime,
         "load_ms": round(load_ms, 3),

@@ -75,6 +75,17 @@ def time_interleaved(fns: dict[str, Callable[[], object]], runs: int, warmup: in
     return out
 
 
+def ratio_interval(base_ms, other_ms, draws: int = 2000, seed: int = 0) -> list[float]:
+    """95 % bootstrap interval of median(other) / median(base), two call lists of time_interleaved. Its rounds are
+    resampled whole, a round's two calls together: they ran back to back, under the same state of the machine. It
+    says how far one run's ratio can be trusted against a budget (issue 15: the score's 5 %); drift between runs on
+    a shared machine comes on top."""
+    b, o = np.asarray(base_ms, np.float64), np.asarray(other_ms, np.float64)
+    i = np.random.default_rng(seed).integers(0, len(b), (draws, len(b)))
+    r = np.median(o[i], axis=1) / np.median(b[i], axis=1)
+    return [round(float(x), 4) for x in np.percentile(r, [2.5, 97.5])]
+
+
 def time_streamed(engine, paths: Sequence[str], pre: Preprocessing, temperature: float, runs: int, warmup: int,
                   chunk: int = 25, make_engine: Callable[[int], object] | None = None
                   ) -> tuple[list[float], list[float], int]:

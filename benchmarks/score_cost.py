@@ -17,6 +17,8 @@ import numpy as np
 from trashcam.edge.bundle import Bundle
 from trashcam.edge.runtime import calibrated_probs, flag_frame, uncertainty_rule
 
+from .latency import ratio_interval
+
 
 def timed_calls(bundle: Bundle, variant: str, engine, image_u8: np.ndarray, temperature: float
                 ) -> dict[str, Callable[[], object]]:
@@ -35,16 +37,6 @@ def timed_calls(bundle: Bundle, variant: str, engine, image_u8: np.ndarray, temp
         return flag_frame(ood, min_confidence, engine, probs())[1]
 
     return {"probs": probs, "scored": scored}
-
-
-def ratio_interval(probs_ms: np.ndarray, scored_ms: np.ndarray, draws: int = 2000, seed: int = 0) -> list[float]:
-    """95 % bootstrap interval of median(scored) / median(probs). The rounds are resampled whole, a round's two calls
-    together: they ran back to back, under the same state of the machine. It says how far this run's ratio can be
-    trusted against a budget (issue 15: 5 %); drift between runs on a shared machine comes on top."""
-    rng = np.random.default_rng(seed)
-    i = rng.integers(0, len(probs_ms), (draws, len(probs_ms)))
-    r = np.median(scored_ms[i], axis=1) / np.median(probs_ms[i], axis=1)
-    return [round(float(x), 4) for x in np.percentile(r, [2.5, 97.5])]
 
 
 def cost_summary(ms: dict[str, list[float]], summarize) -> dict | None:

@@ -278,7 +278,7 @@ def test_bench_reports_score_cost_and_quality(scored_bundle, tmp_path):
     assert u["kind"] == TINY_AUTO and u["val_flagged"] is not None and u["ece_after"] is not None
     c = u["cost"]
     assert c["ratio_p50"] > 0 and c["scored_ms"]["runs"] == 5
-    assert c["ratio_p50_ci95"][0] <= c["ratio_p50"] <= c["ratio_p50_ci95"][1]
+    assert 0 < c["ratio_p50_ci95"][0] <= c["ratio_p50_ci95"][1] and c["extra_us_p50"] is not None
     ut = r["variants"][0]["uncertainty_test"]
     assert ut["rule"] == TINY_AUTO and 0 <= ut["flagged"] <= 1 and 0 <= ut["ece_after"] <= 1
     assert "## Uncertainty score" in to_markdown(r)
