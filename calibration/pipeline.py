@@ -18,6 +18,7 @@ import numpy as np
 from trashcam.edge.bundle import Bundle, BundleError, atomic_write_json, bundle_lock, now_iso
 from trashcam.edge.images import is_image_file
 from trashcam.edge.interpreters import ENGINES, open_engine, variant_format
+from trashcam.edge.ood import conformal_keep
 from trashcam.edge.temperature import apply_temperature
 
 from .config import CalibrationConfig
@@ -66,9 +67,9 @@ def refit(bundle: Bundle) -> bool:
 
 
 def few_images_warning(n: int, flag_rate: float, what: str) -> str | None:
-    """Split conformal (edge/ood.py threshold_for_rate) can promise no less than 1 / (n + 1): with fewer than
+    """Split conformal (edge/ood.py conformal_keep) can promise no less than 1 / (n + 1): with fewer than
     1 / flag_rate - 1 images the threshold sits above all of them and still flags more new known-class images."""
-    if 1.0 / (n + 1) <= flag_rate:
+    if conformal_keep(n, flag_rate) <= n:
         return None
     return (f"WARNING: {n} {what} images: the uncertain threshold sits above all their scores, yet a new known-class "
             f"image falls above it with probability 1 / (n + 1) = {1 / (n + 1):.1%}, more than --flag-rate "

@@ -234,6 +234,12 @@ class OodScore:
         return cls(kind, float(meta.get("threshold", float("inf"))), stats, norm)
 
 
+def conformal_keep(n: int, flag_rate: float) -> int:
+    """How many of n calibration scores split conformal keeps below the threshold: ceil((1 - rate)(n + 1)). Above n
+    (fewer than 1 / rate - 1 images) no threshold keeps the promise: the highest one still flags 1 / (n + 1)."""
+    return int(np.ceil((1.0 - flag_rate) * (n + 1) - 1e-9))
+
+
 def threshold_for_rate(in_dist_scores: np.ndarray, flag_rate: float) -> float:
     """The threshold (score > t flags) above which a new in-distribution image falls with probability at most
     `flag_rate`: split conformal, the ceil((1 - rate)(n + 1))-th smallest of the n scores kept below it. Keeping
@@ -243,8 +249,7 @@ def threshold_for_rate(in_dist_scores: np.ndarray, flag_rate: float) -> float:
     s = np.sort(np.asarray(in_dist_scores, np.float64))
     if len(s) == 0:
         raise ValueError("cannot choose a threshold on zero images")
-    keep = int(np.ceil((1.0 - flag_rate) * (len(s) + 1) - 1e-9))
-    keep = min(max(keep, 1), len(s))
+    keep = min(max(conformal_keep(len(s), flag_rate), 1), len(s))
     if keep == len(s):
         return float(s[-1] + max(abs(s[-1]) * 1e-6, 1e-9))
     return float((s[keep - 1] + s[keep]) / 2)

@@ -76,4 +76,6 @@ def test_stage2_trains_on_validation_images_too(tiny_backbone, synthetic_dataset
     assert "trained on its validation images" in capsys.readouterr().err
     report = calibrate_bundle(plain_bundle, CalibrationConfig(plots=False, threads=1))
     assert report["fitted_on"]["source"].startswith("val split")
-    assert "trained on its validation images" not in capsys.readouterr().err
+    # no warning but the few-images one (calibration/pipeline.py few_images_warning), which these tiny splits earn
+    assert [ln for ln in capsys.readouterr().err.splitlines()
+            if "WARNING" in ln and "the uncertain threshold sits above all their scores" not in ln] == []
