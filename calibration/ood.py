@@ -39,6 +39,8 @@ DEFAULT_KIND = "neighbour-lite"
 # (2 fits at 160 px and 1000 train images: 0.8 against 1.9 MB). The quick recipe on the 110-image sample: 0.68
 # against 0.82 MB, and x1.080-1.086 / x1.102-1.122 of its 1.5 ms INT8 frame at 1 / 2 threads against radius-mix's
 # x1.079-1.086 / x1.096-1.107 (edge-bench, ABBA): the extra numpy calls weigh on a frame that short.
+# With its products as an int8 model (edge/dots.py) neighbour-lite reads a quarter of those bytes and is
+# the leaner one at every input size; radius-mix remains for calibration without LiteRT's schema.
 LEANER = "radius-mix"
 
 # What `auto` uses once there are reviewed foreign images (--ood-data, --add-data's _foreign/). Leave-one-class-out
@@ -51,8 +53,12 @@ OOD_DIR = "ood"
 
 
 def frame_bytes(score: OodScore) -> int:
-    """Bytes a frame's score reads: its arrays as the device holds them, float32 (rows are stored float16)."""
-    return 4 * sum(np.size(a) for a in score.stats.arrays().values()) if score.stats is not None else 0
+    """Bytes a frame's score reads: its int8 products' model where it has one (edge/dots.py), else its arrays as the
+    device holds them, float32 (rows are stored float16)."""
+    if score.stats is None:
+        return 0
+    dots = getattr(score.stats, "dots", None)
+    return dots.nbytes if dots is not None else 4 * sum(np.size(a) for a in score.stats.arrays().values())
 
 
 def keras_features(model, x: np.ndarray, batch: int = 32) -> np.ndarray | None:

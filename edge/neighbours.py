@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .dots import DotsModel
 from .projection import Projection
 from .prototypes import Prototypes, StandardisedPair, _members, floored_radii
 from .vectors import length, row_dots, unit_rows
@@ -101,10 +102,12 @@ LITE_DIMS = 192
 @dataclass
 class NeighbourLite:
     """neighbour-mix computed in `projection`'s p + 1 dimensions (edge/projection.py): the frame mapped once, then
-    the centres' and the rows' dots there."""
+    the centres' and the rows' dots there; by `dots` (the same products with int8 weights, edge/dots.py) where
+    edge-calibrate could build it, else by NumPy."""
 
     projection: Projection
     mix: NeighbourMix
+    dots: DotsModel | None = None
 
     def __post_init__(self) -> None:
         p, m = self.projection.dims, self.mix
@@ -116,33 +119,58 @@ class NeighbourLite:
 
     @classmethod
     def fit(cls, train_feats: np.ndarray, train_y: np.ndarray, val_feats: np.ndarray, dims: int = LITE_DIMS,
-            members: int = 1, seed: int = 0) -> "NeighbourLite":
+            members: int = 1, seed: int = 0, dots: bool = True) -> "NeighbourLite":
         """The basis on the train features, then neighbour-mix's fit (k-means centres of `members` fits seeded as
-        Prototypes.fit seeds them, the rows' radii, both parts standardised on `val_feats`) in its coordinates."""
+        Prototypes.fit seeds them, the rows' radii, both parts standardised on `val_feats`) in its coordinates;
+        with `dots`, its products as an int8 model (`with_dots`)."""
         proj = Projection.fit(train_feats, dims)
         t = proj.train(train_feats)
         protos = Prototypes.fit(t, train_y, seed=seed, members=members)
-        return cls(proj, NeighbourMix.fit_rows(protos, t, train_y, proj.frames(val_feats)))
+        lite = cls(proj, NeighbourMix.fit_rows(protos, t, train_y, proj.frames(val_feats)))
+        return lite.with_dots(val_feats) if dots else lite
+
+    def with_dots(self, val_feats: np.ndarray) -> "NeighbourLite":
+        """This score with its products in a DotsModel and both parts standardised again on `val_feats` through it,
+        as frames will compute them; itself where no model can be built or run here. Leave-one-class-out it flags
+        what NumPy's flags (98.7-99.7 % of the held-out images alike, docs/cold-start.md)."""
+        val = np.atleast_2d(np.asarray(val_feats, np.float32))
+        dots = DotsModel.fit([self.projection.basis, self._both], val[0]) if len(val) else None
+        if dots is None:
+            return self
+        m = self.mix
+        plain, far = NeighbourLite(self.projection, m, dots).parts(val)
+        return NeighbourLite(self.projection, NeighbourMix(m.centroids, m.members, m.rows, m.radii,
+                                                           NeighbourMix.norm_of(plain, far)), dots)
 
     def parts(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.mix.parts(self.projection.frames(feats))
+        if self.dots is None:
+            return self.mix.parts(self.projection.frames(feats))
+        m, k = self.mix, len(self.mix.centroids)
+        x = np.atleast_2d(np.asarray(feats, np.float32))
+        d = np.array([self.dots(v) / length(v) for v in x], np.float64).reshape(len(x), -1)
+        return 1.0 - m.nearest(d[:, :k]), ((1.0 - d[:, k:]) * m._inv_r).min(axis=1, initial=np.inf)
 
     def score(self, feats: np.ndarray) -> np.ndarray:
-        return self.mix.score(self.projection.frames(feats))
+        return self.mix._mix(*self.parts(feats))
 
     def score_one(self, v: np.ndarray) -> float:
         """One (D,) float32 feature vector, the per-frame path: the basis' dots, then the centres' and rows'."""
         m, k = self.mix, len(self.mix.centroids)
-        g = row_dots(self.projection.basis, v) * np.float32(1.0 / length(v))
-        d = row_dots(self._both, g)
+        if self.dots is not None:
+            d = self.dots(v) * np.float32(1.0 / length(v))
+        else:
+            d = row_dots(self._both, row_dots(self.projection.basis, v) * np.float32(1.0 / length(v)))
         return m._of_cosines(m._nearest_of(d[:k]), d[k:])
 
     def meta(self) -> dict:
-        return {**self.mix.meta(), "dims": self.projection.dims}
+        return {**self.mix.meta(), "dims": self.projection.dims,
+                "dots": "int8 tflite" if self.dots is not None else "numpy float32"}
 
     def arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
-        return {**self.mix.arrays(prefix), f"{prefix}basis": self.projection.basis}
+        return {**self.mix.arrays(prefix), f"{prefix}basis": self.projection.basis,
+                **(self.dots.arrays(prefix) if self.dots is not None else {})}
 
     @classmethod
     def from_arrays(cls, arrays, prefix: str = "", shrinkage: float = 0.0) -> "NeighbourLite":
-        return cls(Projection(arrays[f"{prefix}basis"]), NeighbourMix.from_arrays(arrays, prefix))
+        return cls(Projection(arrays[f"{prefix}basis"]), NeighbourMix.from_arrays(arrays, prefix),
+                   DotsModel.from_arrays(arrays, prefix))

@@ -125,19 +125,81 @@ def test_edge_calibrate_offers_neighbour_lite():
     assert np.mean(got.score(None, foreign) > got.threshold) > 0.5
 
 
-def test_auto_takes_neighbour_lite_unless_radius_mix_reads_fewer_bytes_a_frame():
+def test_auto_takes_neighbour_lite_unless_radius_mix_reads_fewer_bytes_a_frame(monkeypatch):
     """The score's time after an invoke goes with the bytes it reads: with many k-means fits (a 288 px model) radius-mix
-    reads more than neighbour-lite's basis and rows, with one fit (small inputs) less, and auto follows."""
+    reads more than neighbour-lite's basis and rows, with one fit (small inputs) less, and auto follows; with its
+    int8 products' model neighbour-lite reads less at both."""
     from trashcam.calibration.ood import DEFAULT_KIND, LEANER, fit_ood, frame_bytes
+    from trashcam.edge import dots
 
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1, 2], 60)
     x = np.abs(np.repeat(rng.normal(size=(3, 256)), 60, 0) + rng.normal(size=(180, 256)) * 0.5)
     probs = np.full((90, 3), 1 / 3)
     assert (DEFAULT_KIND, LEANER) == ("neighbour-lite", "radius-mix")
-    for fits, kind in ((8, DEFAULT_KIND), (1, LEANER)):
+    for int8, fits, kind in ((True, 8, DEFAULT_KIND), (True, 1, DEFAULT_KIND), (False, 8, DEFAULT_KIND),
+                             (False, 1, LEANER)):
+        if not int8:  # calibrating where LiteRT's schema is missing: NumPy's float32 dots
+            monkeypatch.setattr(dots, "build_model", lambda mats: None)
         got, rep = fit_ood(probs, x[1::2], x[::2], y[::2], 0.05, "auto", fits=fits)
         assert got.kind == rep["kind"] == kind
         lite, _ = fit_ood(probs, x[1::2], x[::2], y[::2], 0.05, DEFAULT_KIND, fits=fits)
         mix, _ = fit_ood(probs, x[1::2], x[::2], y[::2], 0.05, LEANER, fits=fits)
+        assert (lite.stats.dots is not None) == int8
         assert (frame_bytes(lite) <= frame_bytes(mix)) == (kind == DEFAULT_KIND)
+
+
+def test_int8_dots_model_reproduces_float_products_and_refuses_a_runtime_that_does_not(caplog):
+    """edge/dots.py: per-row int8 precision through per-tensor FULLY_CONNECTED + MUL ops, one interpreter per thread,
+    and a device whose runtime misses the stored probe result falls back to NumPy with a warning."""
+    import threading
+
+    from trashcam.edge.dots import DotsModel
+
+    rng = np.random.default_rng(0)
+    w0 = (rng.normal(size=(24, 64)) * np.logspace(-3, 0, 24)[:, None]).astype(np.float32)  # rows 1000x apart
+    w1 = rng.normal(size=(10, 24)).astype(np.float32)
+    x = np.abs(rng.normal(size=(20, 64))).astype(np.float32)
+    d0 = DotsModel.fit([w0], x[0])
+    got = np.array([d0(v) for v in x])
+    per_row = np.abs(got - x @ w0.T).max(0) / np.abs(x @ w0.T).max(0)
+    assert per_row.max() < 0.03  # the smallest rows as precise as the largest: their own scales
+    dm = DotsModel.fit([w0, w1], x[0])
+    ref = x @ w0.T @ w1.T
+    assert np.abs(np.array([dm(v) for v in x]) - ref).max() < 0.03 * np.abs(ref).max()
+    back = DotsModel.from_arrays(dm.arrays("p_"), "p_")
+    np.testing.assert_array_equal(back(x[3]), dm(x[3]))
+    assert DotsModel.from_arrays({}) is None  # bundles calibrated before it
+    out = {}
+    threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, [dm(v) for v in x])) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(np.array_equal(np.array(out[i]), np.array(out[0])) for i in range(3))
+    wrong = {**dm.arrays(), "dots_expect": dm.expect * 2}  # what a runtime off by a factor looks like
+    with caplog.at_level("WARNING"):
+        assert DotsModel.from_arrays(wrong) is None
+    assert "using NumPy's" in caplog.text
+
+
+def test_neighbour_lite_with_int8_dots_flags_what_numpy_flags_and_old_arrays_keep_numpy():
+    from trashcam.edge.neighbours import NeighbourLite
+    from trashcam.edge.ood import OodScore, threshold_for_rate
+
+    x, y, foreign = blobs()
+    train, val = x[::2], x[1::2].astype(np.float32)
+    lite = NeighbourLite.fit(train, y[::2], val, dims=6, members=2)
+    plain = NeighbourLite.fit(train, y[::2], val, dims=6, members=2, dots=False)
+    assert lite.dots is not None and plain.dots is None and lite.meta()["dots"] == "int8 tflite"
+    q = np.concatenate([val, foreign]).astype(np.float32)
+    flags = [s.score(q) > threshold_for_rate(s.score(val), 0.1) for s in (lite, plain)]
+    assert np.mean(flags[0] == flags[1]) >= 0.95
+    np.testing.assert_allclose([lite.score_one(v) for v in q[:8]], lite.score(q[:8]), atol=1e-4)
+    assert abs(lite.score(val).mean()) < 1e-6  # standardised on its own products, as frames compute them
+    back = OodScore.from_meta(OodScore("neighbour-lite", 0.5, lite).to_meta(), lite.arrays())
+    assert back.stats.dots is not None
+    np.testing.assert_allclose(back.score(None, q), lite.score(q), atol=1e-6)
+    old = {k: v for k, v in lite.arrays().items() if not k.startswith("dots")}  # a bundle from before
+    assert NeighbourLite.from_arrays(old).dots is None
+    np.testing.assert_allclose(NeighbourLite.from_arrays(plain.arrays()).score(q), plain.score(q), atol=1e-6)

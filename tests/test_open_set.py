@@ -12,7 +12,7 @@ import pytest
 from trashcam.calibration.ood import DEFAULT_KIND, LEANER
 
 # What auto fits on the tiny fixture model (one k-means fit, short features): radius-mix, which reads fewer bytes a
-# frame there than DEFAULT_KIND's basis and rows (test_neighbour_mix.py has the rule)
+# frame there than DEFAULT_KIND, even with its int8 products' model (test_neighbour_mix.py has the rule)
 TINY_AUTO = LEANER
 
 
