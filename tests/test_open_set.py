@@ -471,3 +471,29 @@ def test_flag_frame_reads_features_only_for_a_feature_score():
     assert Engine.reads == 0
     protos = OodScore("prototypes", 0.5, Prototypes(np.array([[1.0, 0.0], [0.0, 1.0]])))
     assert flag_frame(protos, 0.0, Engine(), probs) == (pytest.approx(0.0, abs=1e-6), False) and Engine.reads == 1
+
+
+def test_neighbour_lite_bundle_runs_its_int8_dots_on_the_device_path(scored_bundle, tmp_path):
+    """Calibrated with neighbour-lite, the INT8 variant's arrays file carries the int8 products' model; Classifier,
+    edge-run's path, scores every frame through it, as the threshold was fitted, and edge-bench says so."""
+    from trashcam.benchmarks.config import BenchConfig
+    from trashcam.benchmarks.pipeline import run_benchmark
+    from trashcam.benchmarks.report import format_table
+    from trashcam.calibration.config import CalibrationConfig
+    from trashcam.calibration.pipeline import calibrate_bundle
+    from trashcam.edge.runtime import Classifier
+
+    d = tmp_path / "nl"
+    shutil.copytree(scored_bundle[0], d)
+    calibrate_bundle(d, CalibrationConfig(plots=False, threads=1, variants=("tflite-int8",),
+                                          ood_score="neighbour-lite"))
+    assert "dots" in np.load(d / "ood/tflite-int8.npz").files
+    clf = Classifier(d, "tflite-int8", threads=1)
+    assert clf.ood.kind == "neighbour-lite" and clf.ood.stats.dots is not None
+    img = np.random.default_rng(3).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    p = clf.classify(img)
+    assert p.score == pytest.approx(float(clf.ood.stats.score(clf.engine.features())[0]), abs=1e-4)
+    r = run_benchmark(d, BenchConfig(variants=("tflite-int8",), threads=(1,), runs=5, warmup=1, e2e_images=4,
+                                     isolate=False, record=False))
+    assert r["variants"][0]["uncertainty"]["dots"] == "int8 tflite"
+    assert "neighbour-lite (int8 dots), per frame x" in format_table(r)
