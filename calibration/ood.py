@@ -119,10 +119,10 @@ def fit_ood(val_probs: np.ndarray, val_feats: np.ndarray | None, train_feats: np
                                             protos)
         mix = RadiusPrototypes.fit_radii(protos, train_feats, val_feats)
         candidates["radius-mix"] = OodScore("radius-mix", threshold_for_rate(mix.score(val_feats), flag_rate), mix)
-        near = NeighbourMix.fit_rows(protos, train_feats, train_y, val_feats)
+        near = NeighbourMix.fit_rows(protos, train_feats, train_y, val_feats).with_dots(val_feats)
         candidates["neighbour-mix"] = OodScore("neighbour-mix", threshold_for_rate(near.score(val_feats), flag_rate),
                                                near)
-        lite = NeighbourLite.fit(train_feats, train_y, val_feats, members=fits)
+        lite = NeighbourLite.fit(train_feats, train_y, val_feats, members=fits).with_dots(val_feats)
         candidates["neighbour-lite"] = OodScore("neighbour-lite", threshold_for_rate(lite.score(val_feats), flag_rate),
                                                 lite)
     have_foreign = foreign is not None and len(foreign[0])

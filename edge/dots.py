@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .vectors import length
+
 log = logging.getLogger(__name__)
 
 # Largest error a device may make on the probe, relative to its largest float result: int8 weights and inputs
@@ -137,6 +139,11 @@ class DotsModel:
         it.set_tensor(i, v.reshape(1, -1))
         it.invoke()
         return it.get_tensor(o)[0]
+
+    def cosines(self, feats: np.ndarray) -> np.ndarray:
+        """(N, K) float64: each of (N, D) features' products over its length (cosines, for unit weight rows)."""
+        x = np.atleast_2d(np.asarray(feats, np.float32))
+        return np.array([self(v) / length(v) for v in x], np.float64).reshape(len(x), -1)
 
     def __getstate__(self) -> dict:  # a copy or a pickle takes the model, never another thread's interpreter
         return {"model": self.model, "probe": self.probe, "expect": self.expect}

@@ -10,7 +10,7 @@ Leave-one-class-out and its per-frame cost: docs/cold-start.md.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -24,14 +24,29 @@ from .vectors import length, row_dots, unit_rows
 NEIGHBOURS = 16
 
 
+class Int8Dots:
+    """`with_dots` for a score whose per-frame work is its `products()` and then a few calls on the cosines."""
+
+    def with_dots(self, val_feats: np.ndarray):
+        """This score with its products in a DotsModel and both parts standardised again on `val_feats` through it,
+        as frames will compute them; itself where no model can be built or run here. Leave-one-class-out it flags
+        what NumPy's does (within 0.6 pp on four runs' means, docs/cold-start.md)."""
+        val = np.atleast_2d(np.asarray(val_feats, np.float32))
+        dots = DotsModel.fit(self.products(), val[0]) if len(val) else None
+        if dots is None:
+            return self
+        return self._standardised(replace(self, dots=dots).parts(val), dots)
+
+
 @dataclass
-class NeighbourMix(StandardisedPair, Prototypes):
+class NeighbourMix(StandardisedPair, Prototypes, Int8Dots):
     """The prototypes' cosine distance, averaged with the nearest of `rows` (unit train features) in units of each
     row's radius, both z-scored by `norm` (mean and sd on validation of the plain part, then the radius part)."""
 
     rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # (N, D) unit rows; float16 stored
     radii: np.ndarray = field(default_factory=lambda: np.ones(0, np.float32))  # (N,)
     norm: np.ndarray = field(default_factory=lambda: np.array([0.0, 1.0, 0.0, 1.0]))
+    dots: DotsModel | None = None  # the centres' and rows' products with int8 weights (edge/dots.py), else NumPy's
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -62,32 +77,55 @@ class NeighbourMix(StandardisedPair, Prototypes):
         plain, far = cls(protos.centroids, protos.members, x, radii).parts(val_feats)
         return cls(protos.centroids, protos.members, x, radii, cls.norm_of(plain, far))
 
+    def products(self) -> list[np.ndarray]:
+        """What a frame's feature is multiplied by for its cosines (before its length): centres and rows."""
+        return [np.concatenate([self.centroids, self.rows])]
+
+    def _standardised(self, parts, dots):
+        return replace(self, norm=self.norm_of(*parts), dots=dots)
+
     def parts(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the prototypes' distance, the nearest row's distance in radii) of (N, D) features."""
+        if self.dots is not None:
+            return self._parts_of(self.dots.cosines(feats))
         f = unit_rows(np.atleast_2d(np.asarray(feats, np.float64)))
-        far = ((1.0 - f @ self.rows.T.astype(np.float64)) * self._inv_r).min(axis=1)
-        return 1.0 - self.nearest(f @ self.centroids.T.astype(np.float64)), far
+        return self._parts_of(np.concatenate([f @ self.centroids.T.astype(np.float64),
+                                              f @ self.rows.T.astype(np.float64)], axis=1))
+
+    def _parts_of(self, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, centres + rows) cosines -> `parts`."""
+        k = len(self.centroids)
+        return 1.0 - self.nearest(d[:, :k]), ((1.0 - d[:, k:]) * self._inv_r).min(axis=1, initial=np.inf)
 
     def score_one(self, v: np.ndarray) -> float:
         """One (D,) float32 feature vector, the per-frame path: the centres' and the rows' dots, then a few calls."""
         inv = 1.0 / length(v)
+        if self.dots is not None:
+            return self._of_dots(self.dots(v) * np.float32(inv))
         return self._of_cosines(self._nearest_one(v) * inv, row_dots(self.rows, v) * np.float32(inv))
+
+    def _of_dots(self, d: np.ndarray) -> float:
+        """The score of a frame from its (centres + rows,) cosines."""
+        k = len(self.centroids)
+        return self._of_cosines(self._nearest_of(d[:k]), d[k:])
 
     def _of_cosines(self, nearest: float, rows_cos: np.ndarray) -> float:
         """The score of a frame from its nearest centres' cosine (averaged over the fits) and its rows' cosines."""
         return self._mix(1.0 - nearest, float(((1.0 - rows_cos) * self._inv_r).min()))
 
     def meta(self) -> dict:
-        return {**super().meta(), "neighbours": len(self.rows), "radius_median": float(np.median(self.radii))}
+        return {**super().meta(), "neighbours": len(self.rows), "radius_median": float(np.median(self.radii)),
+                "dots": "int8 tflite" if self.dots is not None else "numpy float32"}
 
     def arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
         return {**super().arrays(prefix), f"{prefix}rows": self.rows.astype(np.float16), f"{prefix}radii": self.radii,
-                f"{prefix}norm": self.norm}
+                f"{prefix}norm": self.norm, **(self.dots.arrays(prefix) if self.dots is not None else {})}
 
     @classmethod
-    def from_arrays(cls, arrays, prefix: str = "", shrinkage: float = 0.0) -> "NeighbourMix":
+    def from_arrays(cls, arrays, prefix: str = "", shrinkage: float = 0.0, dots: bool = True) -> "NeighbourMix":
         return cls(arrays[f"{prefix}centroids"], _members(arrays, prefix), arrays[f"{prefix}rows"],
-                   arrays[f"{prefix}radii"], arrays[f"{prefix}norm"])
+                   arrays[f"{prefix}radii"], arrays[f"{prefix}norm"],
+                   DotsModel.from_arrays(arrays, prefix) if dots else None)
 
 
 # Principal directions neighbour-lite keeps. Leave-one-class-out (rule I, docs/cold-start.md; cached INT8 features,
@@ -100,7 +138,7 @@ LITE_DIMS = 192
 
 
 @dataclass
-class NeighbourLite:
+class NeighbourLite(Int8Dots):
     """neighbour-mix computed in `projection`'s p + 1 dimensions (edge/projection.py): the frame mapped once, then
     the centres' and the rows' dots there; by `dots` (the same products with int8 weights, edge/dots.py) where
     edge-calibrate could build it, else by NumPy."""
@@ -119,48 +157,34 @@ class NeighbourLite:
 
     @classmethod
     def fit(cls, train_feats: np.ndarray, train_y: np.ndarray, val_feats: np.ndarray, dims: int = LITE_DIMS,
-            members: int = 1, seed: int = 0, dots: bool = True) -> "NeighbourLite":
+            members: int = 1, seed: int = 0) -> "NeighbourLite":
         """The basis on the train features, then neighbour-mix's fit (k-means centres of `members` fits seeded as
-        Prototypes.fit seeds them, the rows' radii, both parts standardised on `val_feats`) in its coordinates;
-        with `dots`, its products as an int8 model (`with_dots`)."""
+        Prototypes.fit seeds them, the rows' radii, both parts standardised on `val_feats`) in its coordinates."""
         proj = Projection.fit(train_feats, dims)
         t = proj.train(train_feats)
         protos = Prototypes.fit(t, train_y, seed=seed, members=members)
-        lite = cls(proj, NeighbourMix.fit_rows(protos, t, train_y, proj.frames(val_feats)))
-        return lite.with_dots(val_feats) if dots else lite
+        return cls(proj, NeighbourMix.fit_rows(protos, t, train_y, proj.frames(val_feats)))
 
-    def with_dots(self, val_feats: np.ndarray) -> "NeighbourLite":
-        """This score with its products in a DotsModel and both parts standardised again on `val_feats` through it,
-        as frames will compute them; itself where no model can be built or run here. Leave-one-class-out it flags
-        what NumPy's flags (98.7-99.7 % of the held-out images alike, docs/cold-start.md)."""
-        val = np.atleast_2d(np.asarray(val_feats, np.float32))
-        dots = DotsModel.fit([self.projection.basis, self._both], val[0]) if len(val) else None
-        if dots is None:
-            return self
-        m = self.mix
-        plain, far = NeighbourLite(self.projection, m, dots).parts(val)
-        return NeighbourLite(self.projection, NeighbourMix(m.centroids, m.members, m.rows, m.radii,
-                                                           NeighbourMix.norm_of(plain, far)), dots)
+    def products(self) -> list[np.ndarray]:
+        return [self.projection.basis, self._both]
+
+    def _standardised(self, parts, dots):
+        return replace(self, mix=replace(self.mix, norm=self.mix.norm_of(*parts)), dots=dots)
 
     def parts(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.dots is None:
-            return self.mix.parts(self.projection.frames(feats))
-        m, k = self.mix, len(self.mix.centroids)
-        x = np.atleast_2d(np.asarray(feats, np.float32))
-        d = np.array([self.dots(v) / length(v) for v in x], np.float64).reshape(len(x), -1)
-        return 1.0 - m.nearest(d[:, :k]), ((1.0 - d[:, k:]) * m._inv_r).min(axis=1, initial=np.inf)
+        if self.dots is not None:
+            return self.mix._parts_of(self.dots.cosines(feats))
+        return self.mix.parts(self.projection.frames(feats))
 
     def score(self, feats: np.ndarray) -> np.ndarray:
         return self.mix._mix(*self.parts(feats))
 
     def score_one(self, v: np.ndarray) -> float:
         """One (D,) float32 feature vector, the per-frame path: the basis' dots, then the centres' and rows'."""
-        m, k = self.mix, len(self.mix.centroids)
+        inv = np.float32(1.0 / length(v))
         if self.dots is not None:
-            d = self.dots(v) * np.float32(1.0 / length(v))
-        else:
-            d = row_dots(self._both, row_dots(self.projection.basis, v) * np.float32(1.0 / length(v)))
-        return m._of_cosines(m._nearest_of(d[:k]), d[k:])
+            return self.mix._of_dots(self.dots(v) * inv)
+        return self.mix._of_dots(row_dots(self._both, row_dots(self.projection.basis, v) * inv))
 
     def meta(self) -> dict:
         return {**self.mix.meta(), "dims": self.projection.dims,
@@ -172,5 +196,5 @@ class NeighbourLite:
 
     @classmethod
     def from_arrays(cls, arrays, prefix: str = "", shrinkage: float = 0.0) -> "NeighbourLite":
-        return cls(Projection(arrays[f"{prefix}basis"]), NeighbourMix.from_arrays(arrays, prefix),
+        return cls(Projection(arrays[f"{prefix}basis"]), NeighbourMix.from_arrays(arrays, prefix, dots=False),
                    DotsModel.from_arrays(arrays, prefix))

@@ -183,23 +183,28 @@ def test_int8_dots_model_reproduces_float_products_and_refuses_a_runtime_that_do
     assert "using NumPy's" in caplog.text
 
 
-def test_neighbour_lite_with_int8_dots_flags_what_numpy_flags_and_old_arrays_keep_numpy():
-    from trashcam.edge.neighbours import NeighbourLite
-    from trashcam.edge.ood import OodScore, threshold_for_rate
+@pytest.mark.parametrize("kind", ["neighbour-lite", "neighbour-mix"])
+def test_int8_dots_flag_what_numpy_flags_and_old_arrays_keep_numpy(kind):
+    from trashcam.edge.neighbours import NeighbourLite, NeighbourMix
+    from trashcam.edge.ood import FEATURE_STATS, OodScore, threshold_for_rate
+    from trashcam.edge.prototypes import Prototypes
 
     x, y, foreign = blobs()
     train, val = x[::2], x[1::2].astype(np.float32)
-    lite = NeighbourLite.fit(train, y[::2], val, dims=6, members=2)
-    plain = NeighbourLite.fit(train, y[::2], val, dims=6, members=2, dots=False)
-    assert lite.dots is not None and plain.dots is None and lite.meta()["dots"] == "int8 tflite"
+    if kind == "neighbour-lite":
+        plain = NeighbourLite.fit(train, y[::2], val, dims=6, members=2)
+    else:
+        plain = NeighbourMix.fit_rows(Prototypes.fit(train, y[::2], per_class=3, members=2), train, y[::2], val)
+    fast = plain.with_dots(val)
+    assert fast.dots is not None and plain.dots is None and fast.meta()["dots"] == "int8 tflite"
     q = np.concatenate([val, foreign]).astype(np.float32)
-    flags = [s.score(q) > threshold_for_rate(s.score(val), 0.1) for s in (lite, plain)]
+    flags = [s.score(q) > threshold_for_rate(s.score(val), 0.1) for s in (fast, plain)]
     assert np.mean(flags[0] == flags[1]) >= 0.95
-    np.testing.assert_allclose([lite.score_one(v) for v in q[:8]], lite.score(q[:8]), atol=1e-4)
-    assert abs(lite.score(val).mean()) < 1e-6  # standardised on its own products, as frames compute them
-    back = OodScore.from_meta(OodScore("neighbour-lite", 0.5, lite).to_meta(), lite.arrays())
+    np.testing.assert_allclose([fast.score_one(v) for v in q[:8]], fast.score(q[:8]), atol=1e-4)
+    assert abs(fast.score(val).mean()) < 1e-6  # standardised on its own products, as frames compute them
+    back = OodScore.from_meta(OodScore(kind, 0.5, fast).to_meta(), fast.arrays())
     assert back.stats.dots is not None
-    np.testing.assert_allclose(back.score(None, q), lite.score(q), atol=1e-6)
-    old = {k: v for k, v in lite.arrays().items() if not k.startswith("dots")}  # a bundle from before
-    assert NeighbourLite.from_arrays(old).dots is None
-    np.testing.assert_allclose(NeighbourLite.from_arrays(plain.arrays()).score(q), plain.score(q), atol=1e-6)
+    np.testing.assert_allclose(back.score(None, q), fast.score(q), atol=1e-6)
+    old = {k: v for k, v in fast.arrays().items() if not k.startswith("dots")}  # a bundle from before
+    assert FEATURE_STATS[kind].from_arrays(old).dots is None
+    np.testing.assert_allclose(FEATURE_STATS[kind].from_arrays(plain.arrays()).score(q), plain.score(q), atol=1e-6)
