@@ -1,4 +1,5 @@
-"""The "uncertain" score: how foreign an image looks to the model, higher = more foreign. NumPy only.
+"""The "uncertain" score: how foreign an image looks to the model, higher = more foreign. NumPy, and for the
+neighbour scores' products a tiny int8 TFLite model where edge-calibrate built one (edge/dots.py).
 
 A bundle variant that outputs its pooled features (a second model output) carries a fitted score in
 metadata.json (`calibration.variants[v].ood`) plus an .npz of its arrays; `Classifier` computes it per frame.
