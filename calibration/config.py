@@ -35,11 +35,12 @@ class CalibrationConfig(JsonConfig):
     ood_score: str = setting("auto", "uncertainty score: auto (neighbour-lite: each frame's distance to each "
                                      "class's k-means centres, averaged with its distance to the nearest train "
                                      "feature in units of that feature's own radius, in the train features' top 192 "
-                                     "directions; with reviewed foreign images, relative: the prototypes' distance "
-                                     "minus the distance to centres of those images), msp, mahalanobis, combined, "
-                                     "prototypes, radius-mix (the default before 2026-12-06), neighbour-mix "
-                                     "(neighbour-lite in all 1280 directions: a little more flagged, ~3.5x its "
-                                     "bytes a frame), neighbour-lite, relative",
+                                     "directions, its products run as a tiny int8 TFLite model; with reviewed "
+                                     "foreign images, relative: the prototypes' distance minus the distance to "
+                                     "centres of those images), msp, mahalanobis, combined, prototypes, radius-mix "
+                                     "(the default before 2026-12-06), neighbour-mix (neighbour-lite in all 1280 "
+                                     "directions: a little more flagged, ~3.5x its bytes a frame), neighbour-lite, "
+                                     "relative",
                              choices=("auto", *OOD_KINDS), flag="--uncertainty-score")
     flag_rate: float = setting(0.05, "the score's threshold flags at most this share of new known-class images "
                                "(split conformal on the validation images)", above=0.0,

@@ -28,8 +28,10 @@ from trashcam.edge.prototypes import PROTOTYPE_FITS, Prototypes, RadiusPrototype
 # against radius-mix's 50.3 / 42.3 %, and 49.9 % against 46.8 % on a third trained after that rule was written (worst
 # fold 24.6 against 18.6 %), at 5.1 % of in-distribution images, reading fewer bytes a frame than radius-mix: x1.047
 # against x1.050 of an INT8 Lite0-288 frame at 1 thread, x1.077 against x1.081 at 2, on an AMX Xeon. As edge-calibrate
-# fits it (draw 0, split-conformal threshold): 50.2 / 44.0 / 48.2 % against radius-mix's 47.6 / 40.8 / 45.1 %.
-# neighbour-mix (exact; 53.4 / 45.9 / 49.0 %) reads 3.5x the bytes: selectable. radius-mix was the default from
+# fits it (draw 0, split-conformal threshold): 50.2 / 44.0 / 48.2 % against radius-mix's 47.6 / 40.8 / 45.1 %. Its
+# products as an int8 model (edge/dots.py, 2026-12-06): x1.035-1.038 / x1.055-1.059 against NumPy's x1.055-1.057 /
+# x1.090-1.095 on that Xeon (edge-bench, one session), flagging what NumPy's flags (50.3 / 44.6 / 48.3 / 52.2 %).
+# neighbour-mix (exact; 53.4 / 45.9 / 49.0 %) reads 3.5x the bytes (int8: x1.057 / x1.092): selectable. radius-mix was the default from
 # 2026-12-05 evening (42.8-49.0 % deployed over eight runs, old threshold rank), the plain prototypes before it
 # (40.5 % against Mahalanobis + max-probability's 34.9 %, 2026-12-02).
 DEFAULT_KIND = "neighbour-lite"
