@@ -30,7 +30,7 @@ class Int8Dots:
     def with_dots(self, val_feats: np.ndarray):
         """This score with its products in a DotsModel and both parts standardised again on `val_feats` through it,
         as frames will compute them; itself where no model can be built or run here. Leave-one-class-out it flags
-        what NumPy's does (within 0.6 pp on four runs' means, docs/cold-start.md)."""
+        what NumPy's does (within 0.6 pp on each of four runs, docs/cold-start.md)."""
         val = np.atleast_2d(np.asarray(val_feats, np.float32))
         dots = DotsModel.fit(self.products(), val[0]) if len(val) else None
         if dots is None:
