@@ -55,7 +55,7 @@ def fold(bundle_dir: Path, data: Path, held_out: str, sizes: tuple[int, ...], ra
     row("prototypes", 0, lambda p, f: protos.score(f))
     mix = RadiusPrototypes.fit_radii(protos, train_f, cal_f)
     row("radius-mix", 0, lambda p, f: mix.score(f))
-    lite = NeighbourLite.fit(train_f, train_y, cal_f, members=fits).with_dots(cal_f)  # as edge-calibrate
+    lite = NeighbourLite.fit(train_f, train_y, cal_f, members=fits).with_model(cal_f)  # as edge-calibrate
     row("neighbour-lite", 0, lambda p, f: lite.score(f))
     for asked in sizes:
         n = min(asked, len(pool))

@@ -94,12 +94,12 @@ def fold(F: dict, kinds: tuple[str, ...], seeds: tuple[int, ...], rate: float, *
 
             if kind == "neighbour-lite":  # its own centres, in its projection
                 lite = NeighbourLite.fit(F["train_f"], F["train_y"], F["cal_f"], members=kw.get("members", 8),
-                                         seed=seed).with_dots(F["cal_f"])  # as edge-calibrate fits it
+                                         seed=seed).with_model(F["cal_f"])  # as edge-calibrate fits it
                 return lite.score(F["cal_f"]), lite.score(F["foreign_f"])
             protos = Prototypes.fit(F["train_f"], F["train_y"], seed=seed, members=kw.get("members", 8))
             if kind == "neighbour-mix":
                 near = NeighbourMix.fit_rows(protos, F["train_f"], F["train_y"], F["cal_f"])
-                score = near.with_dots(F["cal_f"]).score
+                score = near.with_model(F["cal_f"]).score
             else:
                 mix = RadiusPrototypes.fit_radii(protos, F["train_f"], F["cal_f"])
                 score = mix.score if kind == "radius-mix" else lambda f: mix.parts(f)[1]

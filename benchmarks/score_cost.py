@@ -62,7 +62,7 @@ def quality(bundle: Bundle, variant: str) -> dict | None:
     if not meta:
         return None
     out = {"kind": meta.get("kind"), "threshold": meta.get("threshold"), "flag_rate": meta.get("flag_rate"),
-           "dots": meta.get("dots")}  # neighbour-lite: "int8 tflite" (edge/dots.py) or "numpy float32"
+           "per_frame": meta.get("per_frame")}  # neighbour scores: "int8 tflite" (edge/score_model.py) or NumPy
     rel = bundle.calibration.get("report")
     try:
         rep = json.loads(bundle.file(rel).read_text())["variants"][variant] if rel else {}
@@ -110,8 +110,8 @@ def console_lines(result: dict) -> list[str]:
                   (("val_flagged", "the images it was fitted on"), ("foreign_flagged", "foreign images"))
                   if u.get(k) is not None]
         flags = ", flags " + " and ".join(shares) if shares else ""
-        dots = " (int8 dots)" if u.get("dots") == "int8 tflite" else ""
-        out.append(f"uncertainty score of {e['name']} @ {e['threads']} thr: {u.get('kind')}{dots}, per frame "
+        how = " (int8 model)" if u.get("per_frame") == "int8 tflite" else ""
+        out.append(f"uncertainty score of {e['name']} @ {e['threads']} thr: {u.get('kind')}{how}, per frame "
                    f"{_cost_text(c)} p50 ({c['scored_ms']['p50']:.2f} ms scored / {c['probs_ms']['p50']:.2f} ms "
                    f"probabilities only){flags}")
     return out

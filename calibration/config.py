@@ -35,7 +35,7 @@ class CalibrationConfig(JsonConfig):
     ood_score: str = setting("auto", "uncertainty score: auto (neighbour-lite: each frame's distance to each "
                                      "class's k-means centres, averaged with its distance to the nearest train "
                                      "feature in units of that feature's own radius, in the train features' top 192 "
-                                     "directions, its products run as a tiny int8 TFLite model; with reviewed "
+                                     "directions, computed by a tiny int8 TFLite model; with reviewed "
                                      "foreign images, relative: the prototypes' distance minus the distance to "
                                      "centres of those images), msp, mahalanobis, combined, prototypes, radius-mix "
                                      "(the default before 2026-12-06), neighbour-mix (neighbour-lite in all 1280 "

@@ -28,10 +28,10 @@ from trashcam.edge.prototypes import PROTOTYPE_FITS, Prototypes, RadiusPrototype
 # against radius-mix's 50.3 / 42.3 %, and 49.9 % against 46.8 % on a third trained after that rule was written (worst
 # fold 24.6 against 18.6 %), at 5.1 % of in-distribution images, reading fewer bytes a frame than radius-mix: x1.047
 # against x1.050 of an INT8 Lite0-288 frame at 1 thread, x1.077 against x1.081 at 2, on an AMX Xeon. As edge-calibrate
-# fits it (draw 0, split-conformal threshold): 50.2 / 44.0 / 48.2 % against radius-mix's 47.6 / 40.8 / 45.1 %. Its
-# products as an int8 model (edge/dots.py, 2026-12-06): x1.035-1.038 / x1.055-1.059 against NumPy's x1.055-1.057 /
-# x1.090-1.095 on that Xeon (edge-bench, one session), flagging what NumPy's flags (50.3 / 44.6 / 48.3 / 52.2 %).
-# neighbour-mix (exact; 53.4 / 45.9 / 49.0 %) reads 3.5x the bytes (int8: x1.057 / x1.092): selectable. radius-mix was the default from
+# fits it (draw 0, split-conformal threshold): 50.2 / 44.0 / 48.2 % against radius-mix's 47.6 / 40.8 / 45.1 %. As an
+# int8 model (edge/score_model.py, 2026-12-06) it costs x1.017 / x1.027 at 1 / 2 threads against NumPy's x1.066 /
+# x1.109 on that Xeon (one process, interleaved), flagging what NumPy's form flags (within 0.6 pp a run).
+# neighbour-mix (exact; 53.4 / 45.9 / 49.0 %) reads 3.5x the bytes: selectable. radius-mix was the default from
 # 2026-12-05 evening (42.8-49.0 % deployed over eight runs, old threshold rank), the plain prototypes before it
 # (40.5 % against Mahalanobis + max-probability's 34.9 %, 2026-12-02).
 DEFAULT_KIND = "neighbour-lite"
@@ -41,7 +41,7 @@ DEFAULT_KIND = "neighbour-lite"
 # (2 fits at 160 px and 1000 train images: 0.8 against 1.9 MB). The quick recipe on the 110-image sample: 0.68
 # against 0.82 MB, and x1.080-1.086 / x1.102-1.122 of its 1.5 ms INT8 frame at 1 / 2 threads against radius-mix's
 # x1.079-1.086 / x1.096-1.107 (edge-bench, ABBA): the extra numpy calls weigh on a frame that short.
-# With its products as an int8 model (edge/dots.py) neighbour-lite reads a quarter of those bytes and is
+# As an int8 model (edge/score_model.py) neighbour-lite reads a quarter of those bytes and is
 # the leaner one at every input size; radius-mix remains for calibration without LiteRT's schema.
 LEANER = "radius-mix"
 
@@ -55,12 +55,12 @@ OOD_DIR = "ood"
 
 
 def frame_bytes(score: OodScore) -> int:
-    """Bytes a frame's score reads: its int8 products' model where it has one (edge/dots.py), else its arrays as the
+    """Bytes a frame's score reads: its int8 model where it has one (edge/score_model.py), else its arrays as the
     device holds them, float32 (rows are stored float16)."""
     if score.stats is None:
         return 0
-    dots = getattr(score.stats, "dots", None)
-    return dots.nbytes if dots is not None else 4 * sum(np.size(a) for a in score.stats.arrays().values())
+    model = getattr(score.stats, "score_model", None)
+    return model.nbytes if model is not None else 4 * sum(np.size(a) for a in score.stats.arrays().values())
 
 
 def keras_features(model, x: np.ndarray, batch: int = 32) -> np.ndarray | None:
@@ -121,10 +121,10 @@ def fit_ood(val_probs: np.ndarray, val_feats: np.ndarray | None, train_feats: np
                                             protos)
         mix = RadiusPrototypes.fit_radii(protos, train_feats, val_feats)
         candidates["radius-mix"] = OodScore("radius-mix", threshold_for_rate(mix.score(val_feats), flag_rate), mix)
-        near = NeighbourMix.fit_rows(protos, train_feats, train_y, val_feats).with_dots(val_feats)
+        near = NeighbourMix.fit_rows(protos, train_feats, train_y, val_feats).with_model(val_feats)
         candidates["neighbour-mix"] = OodScore("neighbour-mix", threshold_for_rate(near.score(val_feats), flag_rate),
                                                near)
-        lite = NeighbourLite.fit(train_feats, train_y, val_feats, members=fits).with_dots(val_feats)
+        lite = NeighbourLite.fit(train_feats, train_y, val_feats, members=fits).with_model(val_feats)
         candidates["neighbour-lite"] = OodScore("neighbour-lite", threshold_for_rate(lite.score(val_feats), flag_rate),
                                                 lite)
     have_foreign = foreign is not None and len(foreign[0])

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .dots import DotsModel
 from .projection import Projection
 from .prototypes import Prototypes, StandardisedPair, _members, floored_radii
+from .score_model import ScoreModel, build_model
 from .vectors import length, row_dots, unit_rows
 
 # Neighbours a train feature's radius is the mean distance to: a k-means centre served ~16 train features (1000
@@ -24,29 +24,33 @@ from .vectors import length, row_dots, unit_rows
 NEIGHBOURS = 16
 
 
-class Int8Dots:
-    """`with_dots` for a score whose per-frame work is its `products()` and then a few calls on the cosines."""
+class Int8Score:
+    """`with_model` for a score whose per-frame work a ScoreModel can do (edge/score_model.py): NeighbourMix and
+    NeighbourLite."""
 
-    def with_dots(self, val_feats: np.ndarray):
-        """This score with its products in a DotsModel and both parts standardised again on `val_feats` through it,
-        as frames will compute them; itself where no model can be built or run here. Leave-one-class-out it flags
-        what NumPy's does (within 0.6 pp on each of four runs, docs/cold-start.md)."""
+    score_model: ScoreModel | None
+
+    def with_model(self, val_feats: np.ndarray):
+        """This score with its per-frame work in an int8 ScoreModel and both parts standardised again on `val_feats`
+        through it, as frames will compute them; itself where no model can be built or run here. Leave-one-class-out
+        it flags what NumPy's form flags (docs/cold-start.md, stop 46)."""
         val = np.atleast_2d(np.asarray(val_feats, np.float32))
-        dots = DotsModel.fit(self.products(), val[0]) if len(val) else None
-        if dots is None:
+        if not len(val):
             return self
-        return self._standardised(replace(self, dots=dots).parts(val), dots)
+        exact = replace(self, score_model=None)
+        model = ScoreModel.fit(build_model(**exact.model_inputs()), val, exact.parts(val))
+        return self if model is None else exact._standardised(model.parts(val), model)
 
 
 @dataclass
-class NeighbourMix(StandardisedPair, Prototypes, Int8Dots):
+class NeighbourMix(StandardisedPair, Prototypes, Int8Score):
     """The prototypes' cosine distance, averaged with the nearest of `rows` (unit train features) in units of each
     row's radius, both z-scored by `norm` (mean and sd on validation of the plain part, then the radius part)."""
 
     rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # (N, D) unit rows; float16 stored
     radii: np.ndarray = field(default_factory=lambda: np.ones(0, np.float32))  # (N,)
     norm: np.ndarray = field(default_factory=lambda: np.array([0.0, 1.0, 0.0, 1.0]))
-    dots: DotsModel | None = None  # the centres' and rows' products with int8 weights (edge/dots.py), else NumPy's
+    score_model: ScoreModel | None = None  # the per-frame work with int8 weights (edge/score_model.py), else NumPy
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -77,37 +81,28 @@ class NeighbourMix(StandardisedPair, Prototypes, Int8Dots):
         plain, far = cls(protos.centroids, protos.members, x, radii).parts(val_feats)
         return cls(protos.centroids, protos.members, x, radii, cls.norm_of(plain, far))
 
-    def products(self) -> list[np.ndarray]:
-        """What a frame's feature is multiplied by for its cosines (before its length): centres and rows."""
-        return [np.concatenate([self.centroids, self.rows])]
+    def model_inputs(self) -> dict:
+        return {"basis": None, "centres": self.centroids, "rows": self.rows, "members": self.members,
+                "inv_r": self._inv_r}
 
-    def _standardised(self, parts, dots):
-        return replace(self, norm=self.norm_of(*parts), dots=dots)
+    def _standardised(self, parts, model: ScoreModel) -> "NeighbourMix":
+        return replace(self, norm=self.norm_of(*parts), score_model=model)
 
     def parts(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the prototypes' distance, the nearest row's distance in radii) of (N, D) features."""
-        if self.dots is not None:
-            return self._parts_of(self.dots.cosines(feats))
+        if self.score_model is not None:
+            return self.score_model.parts(feats)
         f = unit_rows(np.atleast_2d(np.asarray(feats, np.float64)))
-        return self._parts_of(np.concatenate([f @ self.centroids.T.astype(np.float64),
-                                              f @ self.rows.T.astype(np.float64)], axis=1))
-
-    def _parts_of(self, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, centres + rows) cosines -> `parts`."""
-        k = len(self.centroids)
-        return 1.0 - self.nearest(d[:, :k]), ((1.0 - d[:, k:]) * self._inv_r).min(axis=1, initial=np.inf)
+        far = ((1.0 - f @ self.rows.T.astype(np.float64)) * self._inv_r).min(axis=1)
+        return 1.0 - self.nearest(f @ self.centroids.T.astype(np.float64)), far
 
     def score_one(self, v: np.ndarray) -> float:
-        """One (D,) float32 feature vector, the per-frame path: the centres' and the rows' dots, then a few calls."""
+        """One (D,) float32 feature vector, the per-frame path: one invoke of the int8 model, else the centres' and
+        the rows' dots and a few calls."""
+        if self.score_model is not None:
+            return self._mix(*self.score_model(v))
         inv = 1.0 / length(v)
-        if self.dots is not None:
-            return self._of_dots(self.dots(v) * np.float32(inv))
         return self._of_cosines(self._nearest_one(v) * inv, row_dots(self.rows, v) * np.float32(inv))
-
-    def _of_dots(self, d: np.ndarray) -> float:
-        """The score of a frame from its (centres + rows,) cosines."""
-        k = len(self.centroids)
-        return self._of_cosines(self._nearest_of(d[:k]), d[k:])
 
     def _of_cosines(self, nearest: float, rows_cos: np.ndarray) -> float:
         """The score of a frame from its nearest centres' cosine (averaged over the fits) and its rows' cosines."""
@@ -115,17 +110,26 @@ class NeighbourMix(StandardisedPair, Prototypes, Int8Dots):
 
     def meta(self) -> dict:
         return {**super().meta(), "neighbours": len(self.rows), "radius_median": float(np.median(self.radii)),
-                "dots": "int8 tflite" if self.dots is not None else "numpy float32"}
+                "per_frame": per_frame(self.score_model)}
 
     def arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
         return {**super().arrays(prefix), f"{prefix}rows": self.rows.astype(np.float16), f"{prefix}radii": self.radii,
-                f"{prefix}norm": self.norm, **(self.dots.arrays(prefix) if self.dots is not None else {})}
+                f"{prefix}norm": self.norm, **model_arrays(self.score_model, prefix)}
 
     @classmethod
-    def from_arrays(cls, arrays, prefix: str = "", shrinkage: float = 0.0, dots: bool = True) -> "NeighbourMix":
+    def from_arrays(cls, arrays, prefix: str = "", shrinkage: float = 0.0, model: bool = True) -> "NeighbourMix":
         return cls(arrays[f"{prefix}centroids"], _members(arrays, prefix), arrays[f"{prefix}rows"],
                    arrays[f"{prefix}radii"], arrays[f"{prefix}norm"],
-                   DotsModel.from_arrays(arrays, prefix) if dots else None)
+                   ScoreModel.from_arrays(arrays, prefix) if model else None)
+
+
+def per_frame(model: ScoreModel | None) -> str:
+    """What a frame runs, for the score's metadata and edge-bench."""
+    return "int8 tflite" if model is not None else "numpy float32"
+
+
+def model_arrays(model: ScoreModel | None, prefix: str) -> dict[str, np.ndarray]:
+    return model.arrays(prefix) if model is not None else {}
 
 
 # Principal directions neighbour-lite keeps. Leave-one-class-out (rule I, docs/cold-start.md; cached INT8 features,
@@ -138,14 +142,14 @@ LITE_DIMS = 192
 
 
 @dataclass
-class NeighbourLite(Int8Dots):
+class NeighbourLite(Int8Score):
     """neighbour-mix computed in `projection`'s p + 1 dimensions (edge/projection.py): the frame mapped once, then
-    the centres' and the rows' dots there; by `dots` (the same products with int8 weights, edge/dots.py) where
-    edge-calibrate could build it, else by NumPy."""
+    the centres' and the rows' dots there; by `score_model` (int8 weights, edge/score_model.py) where edge-calibrate
+    could build one, else by NumPy."""
 
     projection: Projection
     mix: NeighbourMix
-    dots: DotsModel | None = None
+    score_model: ScoreModel | None = None
 
     def __post_init__(self) -> None:
         p, m = self.projection.dims, self.mix
@@ -165,36 +169,40 @@ class NeighbourLite(Int8Dots):
         protos = Prototypes.fit(t, train_y, seed=seed, members=members)
         return cls(proj, NeighbourMix.fit_rows(protos, t, train_y, proj.frames(val_feats)))
 
-    def products(self) -> list[np.ndarray]:
-        return [self.projection.basis, self._both]
+    def model_inputs(self) -> dict:
+        p, m = self.projection.dims, self.mix
+        return {"basis": self.projection.basis, "centres": m.centroids[:, :p], "rows": m.rows[:, :p],
+                "members": m.members, "inv_r": m._inv_r}
 
-    def _standardised(self, parts, dots):
-        return replace(self, mix=replace(self.mix, norm=self.mix.norm_of(*parts)), dots=dots)
+    def _standardised(self, parts, model: ScoreModel) -> "NeighbourLite":
+        return replace(self, mix=replace(self.mix, norm=self.mix.norm_of(*parts)), score_model=model)
 
     def parts(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.dots is not None:
-            return self.mix._parts_of(self.dots.cosines(feats))
+        if self.score_model is not None:
+            return self.score_model.parts(feats)
         return self.mix.parts(self.projection.frames(feats))
 
     def score(self, feats: np.ndarray) -> np.ndarray:
         return self.mix._mix(*self.parts(feats))
 
     def score_one(self, v: np.ndarray) -> float:
-        """One (D,) float32 feature vector, the per-frame path: the basis' dots, then the centres' and rows'."""
-        inv = np.float32(1.0 / length(v))
-        if self.dots is not None:
-            return self.mix._of_dots(self.dots(v) * inv)
-        return self.mix._of_dots(row_dots(self._both, row_dots(self.projection.basis, v) * inv))
+        """One (D,) float32 feature vector, the per-frame path: one invoke of the int8 model, else the basis' dots,
+        then the centres' and rows'."""
+        if self.score_model is not None:
+            return self.mix._mix(*self.score_model(v))
+        m, k = self.mix, len(self.mix.centroids)
+        g = row_dots(self.projection.basis, v) * np.float32(1.0 / length(v))
+        d = row_dots(self._both, g)
+        return m._of_cosines(m._nearest_of(d[:k]), d[k:])
 
     def meta(self) -> dict:
-        return {**self.mix.meta(), "dims": self.projection.dims,
-                "dots": "int8 tflite" if self.dots is not None else "numpy float32"}
+        return {**self.mix.meta(), "dims": self.projection.dims, "per_frame": per_frame(self.score_model)}
 
     def arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
         return {**self.mix.arrays(prefix), f"{prefix}basis": self.projection.basis,
-                **(self.dots.arrays(prefix) if self.dots is not None else {})}
+                **model_arrays(self.score_model, prefix)}
 
     @classmethod
     def from_arrays(cls, arrays, prefix: str = "", shrinkage: float = 0.0) -> "NeighbourLite":
-        return cls(Projection(arrays[f"{prefix}basis"]), NeighbourMix.from_arrays(arrays, prefix, dots=False),
-                   DotsModel.from_arrays(arrays, prefix))
+        return cls(Projection(arrays[f"{prefix}basis"]), NeighbourMix.from_arrays(arrays, prefix, model=False),
+                   ScoreModel.from_arrays(arrays, prefix))

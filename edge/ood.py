@@ -1,5 +1,6 @@
 """The "uncertain" score: how foreign an image looks to the model, higher = more foreign. NumPy, and for the
-neighbour scores' products a tiny int8 TFLite model where edge-calibrate built one (edge/dots.py).
+neighbour scores' per-frame work a tiny int8 TFLite model where edge-calibrate built one
+(edge/score_model.py).
 
 A bundle variant that outputs its pooled features (a second model output) carries a fitted score in
 metadata.json (`calibration.variants[v].ood`) plus an .npz of its arrays; `Classifier` computes it per frame.

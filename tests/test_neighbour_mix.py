@@ -127,10 +127,10 @@ def test_edge_calibrate_offers_neighbour_lite():
 
 def test_auto_takes_neighbour_lite_unless_radius_mix_reads_fewer_bytes_a_frame(monkeypatch):
     """The score's time after an invoke goes with the bytes it reads: with many k-means fits (a 288 px model) radius-mix
-    reads more than neighbour-lite's basis and rows, with one fit (small inputs) less, and auto follows; with its
-    int8 products' model neighbour-lite reads less at both."""
+    reads more than neighbour-lite's basis and rows, with one fit (small inputs) less, and auto follows; as an int8
+    model neighbour-lite reads less at both."""
     from trashcam.calibration.ood import DEFAULT_KIND, LEANER, fit_ood, frame_bytes
-    from trashcam.edge import dots
+    from trashcam.edge import neighbours
 
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1, 2], 60)
@@ -139,52 +139,22 @@ def test_auto_takes_neighbour_lite_unless_radius_mix_reads_fewer_bytes_a_frame(m
     assert (DEFAULT_KIND, LEANER) == ("neighbour-lite", "radius-mix")
     for int8, fits, kind in ((True, 8, DEFAULT_KIND), (True, 1, DEFAULT_KIND), (False, 8, DEFAULT_KIND),
                              (False, 1, LEANER)):
-        if not int8:  # calibrating where LiteRT's schema is missing: NumPy's float32 dots
-            monkeypatch.setattr(dots, "build_model", lambda mats: None)
+        if not int8:  # calibrating where LiteRT's schema is missing: NumPy's float32 form
+            monkeypatch.setattr(neighbours, "build_model", lambda **kw: None)
         got, rep = fit_ood(probs, x[1::2], x[::2], y[::2], 0.05, "auto", fits=fits)
         assert got.kind == rep["kind"] == kind
         lite, _ = fit_ood(probs, x[1::2], x[::2], y[::2], 0.05, DEFAULT_KIND, fits=fits)
         mix, _ = fit_ood(probs, x[1::2], x[::2], y[::2], 0.05, LEANER, fits=fits)
-        assert (lite.stats.dots is not None) == int8
+        assert (lite.stats.score_model is not None) == int8
         assert (frame_bytes(lite) <= frame_bytes(mix)) == (kind == DEFAULT_KIND)
 
 
-def test_int8_dots_model_reproduces_float_products_and_refuses_a_runtime_that_does_not(caplog):
-    """edge/dots.py: per-row int8 precision through per-tensor FULLY_CONNECTED + MUL ops, one interpreter per thread,
-    and a device whose runtime misses the stored probe result falls back to NumPy with a warning."""
+@pytest.mark.parametrize("kind", ["neighbour-lite", "neighbour-mix"])
+def test_int8_score_model_flags_what_numpy_flags_and_old_arrays_keep_numpy(kind, caplog):
+    """edge/score_model.py: the whole per-frame score in one invoke, standardised through itself; stored, checked
+    on load against its probe (a runtime that misses it falls back to NumPy, with a warning), shared by threads."""
     import threading
 
-    from trashcam.edge.dots import DotsModel
-
-    rng = np.random.default_rng(0)
-    w0 = (rng.normal(size=(24, 64)) * np.logspace(-3, 0, 24)[:, None]).astype(np.float32)  # rows 1000x apart
-    w1 = rng.normal(size=(10, 24)).astype(np.float32)
-    x = np.abs(rng.normal(size=(20, 64))).astype(np.float32)
-    d0 = DotsModel.fit([w0], x[0])
-    got = np.array([d0(v) for v in x])
-    per_row = np.abs(got - x @ w0.T).max(0) / np.abs(x @ w0.T).max(0)
-    assert per_row.max() < 0.03  # the smallest rows as precise as the largest: their own scales
-    dm = DotsModel.fit([w0, w1], x[0])
-    ref = x @ w0.T @ w1.T
-    assert np.abs(np.array([dm(v) for v in x]) - ref).max() < 0.03 * np.abs(ref).max()
-    back = DotsModel.from_arrays(dm.arrays("p_"), "p_")
-    np.testing.assert_array_equal(back(x[3]), dm(x[3]))
-    assert DotsModel.from_arrays({}) is None  # bundles calibrated before it
-    out = {}
-    threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, [dm(v) for v in x])) for i in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert all(np.array_equal(np.array(out[i]), np.array(out[0])) for i in range(3))
-    wrong = {**dm.arrays(), "dots_expect": dm.expect * 2}  # what a runtime off by a factor looks like
-    with caplog.at_level("WARNING"):
-        assert DotsModel.from_arrays(wrong) is None
-    assert "using NumPy's" in caplog.text
-
-
-@pytest.mark.parametrize("kind", ["neighbour-lite", "neighbour-mix"])
-def test_int8_dots_flag_what_numpy_flags_and_old_arrays_keep_numpy(kind):
     from trashcam.edge.neighbours import NeighbourLite, NeighbourMix
     from trashcam.edge.ood import FEATURE_STATS, OodScore, threshold_for_rate
     from trashcam.edge.prototypes import Prototypes
@@ -195,16 +165,49 @@ def test_int8_dots_flag_what_numpy_flags_and_old_arrays_keep_numpy(kind):
         plain = NeighbourLite.fit(train, y[::2], val, dims=6, members=2)
     else:
         plain = NeighbourMix.fit_rows(Prototypes.fit(train, y[::2], per_class=3, members=2), train, y[::2], val)
-    fast = plain.with_dots(val)
-    assert fast.dots is not None and plain.dots is None and fast.meta()["dots"] == "int8 tflite"
+    fast = plain.with_model(val)
+    assert fast.score_model is not None and plain.score_model is None and fast.meta()["per_frame"] == "int8 tflite"
     q = np.concatenate([val, foreign]).astype(np.float32)
+    exact, got = np.array(plain.parts(q)), np.array(fast.parts(q))
+    assert min(np.corrcoef(g, e)[0, 1] for g, e in zip(got, exact)) > 0.99  # int8 weights and inputs: the same parts
     flags = [s.score(q) > threshold_for_rate(s.score(val), 0.1) for s in (fast, plain)]
     assert np.mean(flags[0] == flags[1]) >= 0.95
-    np.testing.assert_allclose([fast.score_one(v) for v in q[:8]], fast.score(q[:8]), atol=1e-4)
-    assert abs(fast.score(val).mean()) < 1e-6  # standardised on its own products, as frames compute them
+    np.testing.assert_allclose([fast.score_one(v) for v in q[:8]], fast.score(q[:8]), atol=1e-6)
+    assert abs(fast.score(val).mean()) < 1e-6  # standardised on its own parts, as frames compute them
     back = OodScore.from_meta(OodScore(kind, 0.5, fast).to_meta(), fast.arrays())
-    assert back.stats.dots is not None
+    assert back.stats.score_model is not None
     np.testing.assert_allclose(back.score(None, q), fast.score(q), atol=1e-6)
-    old = {k: v for k, v in fast.arrays().items() if not k.startswith("dots")}  # a bundle from before
-    assert FEATURE_STATS[kind].from_arrays(old).dots is None
+    out = {}
+    threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, back.score(None, q))) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(np.array_equal(out[i], out[0]) for i in range(3))
+    old = {k: v for k, v in fast.arrays().items() if not k.startswith("score_model")}  # a bundle from before
+    assert FEATURE_STATS[kind].from_arrays(old).score_model is None
     np.testing.assert_allclose(FEATURE_STATS[kind].from_arrays(plain.arrays()).score(q), plain.score(q), atol=1e-6)
+    wrong = {**fast.arrays(), "score_model_expect": fast.score_model.expect + 1}  # a runtime off by a lot
+    with caplog.at_level("WARNING"):
+        assert FEATURE_STATS[kind].from_arrays(wrong).score_model is None
+    assert "using NumPy" in caplog.text
+
+
+def test_score_model_keeps_small_rows_as_precise_as_large_ones():
+    """Per-tensor int8 weights with every row at full range and a MUL by the rows' scales: per-row precision (what
+    per-channel weights give, which tflite_runtime 2.14 computes wrongly)."""
+    from trashcam.edge.score_model import ScoreModel, build_model
+
+    rng = np.random.default_rng(0)
+    x = np.abs(rng.normal(size=(20, 64))).astype(np.float32)
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    centres = rng.normal(size=(8, 64)) * np.logspace(-3, 0, 8)[:, None]  # rows 1000x apart, 2 fits of 4
+    rows = rng.normal(size=(5, 64))
+    inv_r = np.full(5, 2.0, np.float32)
+    exact_near = (u @ centres.T).reshape(20, 2, 4).max(axis=2).mean(axis=1)
+    exact_far = ((1 - u @ rows.T) * 2.0).min(axis=1)
+    m = ScoreModel.fit(build_model(None, centres, rows, 2, inv_r), x, (1 - exact_near, exact_far))
+    plain, far = m.parts(x)
+    assert m.checked(m.model, m.probe, m.expect) is not None
+    np.testing.assert_allclose(1 - plain, exact_near, atol=0.01 * np.abs(centres).max() * 8 ** 0.5)
+    np.testing.assert_allclose(far, exact_far, atol=0.05)
