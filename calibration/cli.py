@@ -54,8 +54,9 @@ def format_table(report: dict) -> str:
         foreign = f", {c['foreign_flagged'] * 100:.1f}% of foreign images" if "foreign_flagged" in c else ""
         if "foreign_flagged_in_sample" in c:
             foreign += " (each half scored with centres fitted on the other half)"
+        how = ", an int8 model" if u.get("per_frame") == "int8 tflite" else ""
         lines.append(f"{name}: 'uncertain' = {u['kind']} score > {c['threshold']:.4g} "
-                     f"({u.get('chosen_by', 'asked for')}): flags {c['val_flagged'] * 100:.1f}% of the fitting images{foreign}")
+                     f"({u.get('chosen_by', 'asked for')}{how}): flags {c['val_flagged'] * 100:.1f}% of the fitting images{foreign}")
     return "\n".join(lines)
 
 

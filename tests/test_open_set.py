@@ -497,7 +497,8 @@ def test_neighbour_lite_bundle_runs_its_int8_model_on_the_device_path(scored_bun
     d = tmp_path / "nl"
     shutil.copytree(scored_bundle[0], d)
     monkeypatch.setattr(score_model, "MIN_AGREEMENT", -1.0)
-    calibrate_bundle(d, cfg)
+    rep = calibrate_bundle(d, cfg)
+    assert rep["variants"]["tflite-int8"]["uncertainty"]["per_frame"] == "int8 tflite"  # edge-calibrate says so
     assert "score_model" in np.load(d / "ood/tflite-int8.npz").files
     clf = Classifier(d, "tflite-int8", threads=1)
     assert clf.ood.kind == "neighbour-lite" and clf.ood.stats.score_model is not None
