@@ -191,7 +191,7 @@ class ScoreModel:
             self._local.it = it
             self._local.io = (it.get_input_details()[0]["index"], it.get_output_details()[0]["index"])
         i, o = self._local.io
-        it.set_tensor(i, v.reshape(1, -1))
+        it.set_tensor(i, np.asarray(v, np.float32).reshape(1, -1))
         it.invoke()
         near, far = it.get_tensor(o)[0].tolist()
         return 1.0 - near, far
