@@ -61,8 +61,13 @@ def quality(bundle: Bundle, variant: str) -> dict | None:
     meta = bundle.calibration.get("ood_by_variant", {}).get(variant)
     if not meta:
         return None
+    from trashcam.edge.ood import load_for_variant
+
+    # what this machine runs (neighbour scores: "int8 tflite", edge/score_model.py, or NumPy where the stored model
+    # fails its probe here), not what edge-calibrate stored
+    stats = getattr(load_for_variant(bundle, variant), "stats", None)
     out = {"kind": meta.get("kind"), "threshold": meta.get("threshold"), "flag_rate": meta.get("flag_rate"),
-           "per_frame": meta.get("per_frame")}  # neighbour scores: "int8 tflite" (edge/score_model.py) or NumPy
+           "per_frame": stats.meta().get("per_frame") if stats is not None else None}
     rel = bundle.calibration.get("report")
     try:
         rep = json.loads(bundle.file(rel).read_text())["variants"][variant] if rel else {}

@@ -509,3 +509,9 @@ def test_neighbour_lite_bundle_runs_its_int8_model_on_the_device_path(scored_bun
                                      isolate=False, record=False))
     assert r["variants"][0]["uncertainty"]["per_frame"] == "int8 tflite"
     assert "neighbour-lite (int8 model), per frame x" in format_table(r)
+    monkeypatch.setattr(score_model, "PROBE_TOLERANCE", -1.0)  # a device whose runtime misses the probe
+    with caplog.at_level("WARNING"):
+        r = run_benchmark(d, BenchConfig(variants=("tflite-int8",), threads=(1,), runs=3, warmup=1, e2e_images=2,
+                                         isolate=False, record=False))
+    assert r["variants"][0]["uncertainty"]["per_frame"] == "numpy float32"
+    assert "neighbour-lite, per frame x" in format_table(r)
