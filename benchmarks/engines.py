@@ -101,13 +101,14 @@ def measure_variant(bundle_dir: str | Path, variant: str, threads: int, paths: S
     if not np.all(np.isfinite(probs)):
         raise RuntimeError(f"{variant} produced non-finite outputs")
     temperature = bundle_temperature(bundle, variant)
-    from .score_cost import cost_summary, quality, timed_calls
+    from .score_cost import cost_summary, quality, score_rule, timed_calls
+    rule = score_rule(bundle, variant, engine)
     ms = time_interleaved({"invoke": lambda: engine.invoke_raw(x),
                            **_baseline_call(baseline, variant, threads, paths),
                            "e2e": per_frame(engine, paths, pre, temperature),
                            "frame": per_frame(engine, frames, pre, temperature),
-                           **timed_calls(bundle, variant, engine, image, temperature)}, runs, warmup)
-    uncertainty = quality(bundle, variant)
+                           **timed_calls(rule, engine, image, temperature)}, runs, warmup)
+    uncertainty = quality(bundle, variant, rule[0])
     if uncertainty is not None:
         uncertainty["cost"] = cost_summary(ms, summarize)
     if on_timed:

@@ -20,13 +20,15 @@ from trashcam.edge.runtime import calibrated_probs, flag_frame, uncertainty_rule
 from .latency import ratio_interval
 
 
-def timed_calls(bundle: Bundle, variant: str, engine, image_u8: np.ndarray, temperature: float
-                ) -> dict[str, Callable[[], object]]:
-    """{"probs": ..., "scored": ...} for time_interleaved; empty when the variant has no fitted feature score
-    (or the engine cannot run one: keras)."""
-    if not hasattr(engine, "features"):
-        return {}
-    ood, min_confidence = uncertainty_rule(bundle, variant, engine)
+def score_rule(bundle: Bundle, variant: str, engine) -> tuple:
+    """The variant's "uncertain" rule as `flag_frame` reads it, loaded once for the timing and the report; no score
+    where the engine cannot run one (keras)."""
+    return uncertainty_rule(bundle, variant, engine) if hasattr(engine, "features") else (None, 0.0)
+
+
+def timed_calls(rule: tuple, engine, image_u8: np.ndarray, temperature: float) -> dict[str, Callable[[], object]]:
+    """{"probs": ..., "scored": ...} for time_interleaved; empty when `rule` (score_rule) has no fitted score."""
+    ood, min_confidence = rule
     if ood is None:
         return {}
 
@@ -56,16 +58,15 @@ def _cost_text(c: dict) -> str:
     return f"x{c['ratio_p50']:.3f} (95 % CI {lo:.3f}-{hi:.3f}, {c['extra_us_p50']:+.0f} us)"
 
 
-def quality(bundle: Bundle, variant: str) -> dict | None:
-    """The variant's fitted score and what edge-calibrate measured with it."""
+def quality(bundle: Bundle, variant: str, ood=None) -> dict | None:
+    """The variant's fitted score and what edge-calibrate measured with it; `ood`, the score as loaded here, says
+    what a frame runs."""
     meta = bundle.calibration.get("ood_by_variant", {}).get(variant)
     if not meta:
         return None
-    from trashcam.edge.ood import load_for_variant
-
     # what this machine runs (neighbour scores: "int8 tflite", edge/score_model.py, or NumPy where the stored model
     # fails its probe here), not what edge-calibrate stored
-    stats = getattr(load_for_variant(bundle, variant), "stats", None)
+    stats = getattr(ood, "stats", None)
     out = {"kind": meta.get("kind"), "threshold": meta.get("threshold"), "flag_rate": meta.get("flag_rate"),
            "per_frame": stats.meta().get("per_frame") if stats is not None else None}
     rel = bundle.calibration.get("report")

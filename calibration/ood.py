@@ -162,8 +162,9 @@ def fit_ood(val_probs: np.ndarray, val_feats: np.ndarray | None, train_feats: np
     elif kind not in candidates:
         raise ValueError(f"the {kind} score needs the model's feature output; re-run edge-convert")
     report["kind"] = kind
-    if candidates[kind].stats is not None and "per_frame" in candidates[kind].stats.meta():  # the neighbour scores
-        report["per_frame"] = candidates[kind].stats.meta()["per_frame"]
+    meta = candidates[kind].stats.meta() if candidates[kind].stats is not None else {}
+    if "per_frame" in meta:  # the neighbour scores
+        report["per_frame"] = meta["per_frame"]
     return candidates[kind], report
 
 

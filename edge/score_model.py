@@ -9,8 +9,8 @@ Each product is a FULLY_CONNECTED op with per-tensor int8 weights, every row sca
 MUL by the rows' own scales: per-channel precision from ops every runtime runs (tflite_runtime 2.14, the last
 tflite-runtime release and common on Raspberry Pis, returns wrong numbers for per-channel hybrid weights, silently).
 Built TF-free with LiteRT's flatbuffer schema at calibration time; run by whichever TFLite runtime the device has.
-A probe frame and its float parts travel with the model, and a runtime that does not reproduce them is not used:
-the score falls back to NumPy.
+edge-calibrate keeps a model only where its parts follow the float64 arithmetic; a probe frame and the model's parts
+of it travel with the model, and a device whose runtime does not reproduce them falls back to NumPy.
 """
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ class ScoreModel:
 
     model: bytes
     probe: np.ndarray  # (D,) float32
-    expect: np.ndarray  # (2,): the probe's (plain, far) in float64 arithmetic
+    expect: np.ndarray  # (2,): the probe's (plain, far) as the model computed them where it was calibrated
     _local: threading.local = field(default_factory=threading.local, repr=False, compare=False)
 
     @classmethod
@@ -149,10 +149,8 @@ class ScoreModel:
         if model is None:
             return None
         score = cls(bytes(model), np.asarray(val[0], np.float32), np.zeros(2))
-        try:
-            got = score.parts(val)
-        except (ImportError, RuntimeError, ValueError) as e:  # no TFLite runtime, or one that cannot run the ops
-            log.warning("the uncertainty score's int8 model cannot run here (%s); using NumPy", e)
+        got = _first_run(score.parts, val)
+        if got is None:
             return None
         agree = min(float(np.corrcoef(g, e)[0, 1]) for g, e in zip(got, exact))
         if not agree >= MIN_AGREEMENT:  # NaN (fewer than 2 images, or a constant part) too
@@ -169,12 +167,10 @@ class ScoreModel:
         if model is None:
             return None
         score = cls(bytes(model), np.asarray(probe, np.float32), np.asarray(expect, np.float64))
-        try:
-            got = np.array(score(score.probe))
-        except (ImportError, RuntimeError, ValueError) as e:  # no TFLite runtime, or one that cannot run the ops
-            log.warning("the uncertainty score's int8 model cannot run here (%s); using NumPy", e)
+        got = _first_run(score, score.probe)
+        if got is None:
             return None
-        err = float(np.max(np.abs(got - score.expect) / np.maximum(np.abs(score.expect), 1.0)))
+        err = float(np.max(np.abs(np.array(got) - score.expect) / np.maximum(np.abs(score.expect), 1.0)))
         if not err <= PROBE_TOLERANCE:
             log.warning("this TFLite runtime computes the uncertainty score's int8 model %.2f off on its probe; "
                         "using NumPy", err)
@@ -224,3 +220,12 @@ class ScoreModel:
             return None
         return cls.checked(np.asarray(arrays[f"{prefix}score_model"], np.uint8).tobytes(),
                            arrays[f"{prefix}score_model_probe"], arrays[f"{prefix}score_model_expect"])
+
+
+def _first_run(call, x):
+    """`call(x)`, or None with a warning where no TFLite runtime here can run the model."""
+    try:
+        return call(x)
+    except (ImportError, RuntimeError, ValueError) as e:
+        log.warning("the uncertainty score's int8 model cannot run here (%s); using NumPy", e)
+        return None
