@@ -129,7 +129,7 @@ def fit_ood(val_probs: np.ndarray, val_feats: np.ndarray | None, train_feats: np
                                                 lite)
     have_foreign = foreign is not None and len(foreign[0])
     if "prototypes" in candidates and have_foreign and foreign[1] is not None:
-        rel = RelativePrototypes.fit_foreign(protos, foreign[1])
+        rel = RelativePrototypes.fit_foreign(protos, foreign[1]).with_model(val_feats)
         candidates["relative"] = OodScore("relative", threshold_for_rate(rel.score(val_feats), flag_rate), rel)
     report: dict[str, Any] = {"flag_rate": flag_rate, "candidates": {}}
     for name, c in candidates.items():
@@ -163,7 +163,7 @@ def fit_ood(val_probs: np.ndarray, val_feats: np.ndarray | None, train_feats: np
         raise ValueError(f"the {kind} score needs the model's feature output; re-run edge-convert")
     report["kind"] = kind
     meta = candidates[kind].stats.meta() if candidates[kind].stats is not None else {}
-    if "per_frame" in meta:  # the neighbour scores
+    if "per_frame" in meta:  # the scores an int8 model can run (edge/score_model.py)
         report["per_frame"] = meta["per_frame"]
     return candidates[kind], report
 
@@ -179,7 +179,7 @@ def relative_crossfit(protos: Prototypes, val_feats: np.ndarray, foreign_feats: 
         return None
     hits = []
     for fit, new in (halves, halves[::-1]):
-        rel = RelativePrototypes.fit_foreign(protos, foreign_feats[fit])
+        rel = RelativePrototypes.fit_foreign(protos, foreign_feats[fit]).with_model(val_feats)
         hits.append(rel.score(foreign_feats[new]) > threshold_for_rate(rel.score(val_feats), flag_rate))
     return float(np.mean(np.concatenate(hits)))
 

@@ -16,30 +16,12 @@ import numpy as np
 
 from .projection import Projection
 from .prototypes import Prototypes, StandardisedPair, _members, floored_radii
-from .score_model import ScoreModel, build_model
+from .score_model import Int8Score, ScoreModel, model_arrays, per_frame
 from .vectors import length, row_dots, unit_rows
 
 # Neighbours a train feature's radius is the mean distance to: a k-means centre served ~16 train features (1000
 # features, 4-5 classes, 16 centres a class), so a feature's radius is measured over as many.
 NEIGHBOURS = 16
-
-
-class Int8Score:
-    """`with_model` for a score whose per-frame work a ScoreModel can do (edge/score_model.py): NeighbourMix and
-    NeighbourLite."""
-
-    score_model: ScoreModel | None
-
-    def with_model(self, val_feats: np.ndarray):
-        """This score with its per-frame work in an int8 ScoreModel and both parts standardised again on `val_feats`
-        through it, as frames will compute them; itself where no model can be built or run here. Leave-one-class-out
-        it flags what NumPy's form flags (docs/cold-start.md, stop 46)."""
-        val = np.atleast_2d(np.asarray(val_feats, np.float32))
-        if not len(val):
-            return self
-        exact = replace(self, score_model=None)
-        model = ScoreModel.fit(build_model(**exact.model_inputs()), val, exact.parts(val))
-        return self if model is None else exact._standardised(model.parts(val), model)
 
 
 @dataclass
@@ -121,15 +103,6 @@ class NeighbourMix(StandardisedPair, Prototypes, Int8Score):
         return cls(arrays[f"{prefix}centroids"], _members(arrays, prefix), arrays[f"{prefix}rows"],
                    arrays[f"{prefix}radii"], arrays[f"{prefix}norm"],
                    ScoreModel.from_arrays(arrays, prefix) if model else None)
-
-
-def per_frame(model: ScoreModel | None) -> str:
-    """What a frame runs, for the score's metadata and edge-bench."""
-    return "int8 tflite" if model is not None else "numpy float32"
-
-
-def model_arrays(model: ScoreModel | None, prefix: str) -> dict[str, np.ndarray]:
-    return model.arrays(prefix) if model is not None else {}
 
 
 # Principal directions neighbour-lite keeps. Leave-one-class-out (rule I, docs/cold-start.md; cached INT8 features,

@@ -1,15 +1,16 @@
 """The "prototypes", "radius-mix" and "relative" uncertainty scores: cosine distance to a few k-means centres of each
 class's train features; that distance averaged with the same distance in units of each centre's radius; and the
-distance against the centres of a site's reviewed foreign images. NumPy only; edge/ood.py wraps them in OodScore with
-the other scores.
+distance against the centres of a site's reviewed foreign images. NumPy, and for "relative" the int8 model of
+edge/score_model.py where calibration could build one; edge/ood.py wraps them in OodScore with the other scores.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .score_model import Int8Score, ScoreModel, model_arrays, per_frame
 from .vectors import length, row_dots, unit_rows
 
 
@@ -136,12 +137,16 @@ def foreign_centres(n: int) -> int:
 
 
 @dataclass
-class RelativePrototypes(Prototypes):
+class RelativePrototypes(Prototypes, Int8Score):
     """The prototypes' distance minus the distance to the nearest centre of a site's reviewed foreign images
     (`_foreign/`): a frame that looks like a foreign object the site has already seen scores high even where it lies
-    near a class, which the class centres alone cannot tell (benchmarks/field_foreign.py measured it)."""
+    near a class, which the class centres alone cannot tell (benchmarks/field_foreign.py measured it). Per frame by
+    `score_model` where edge-calibrate could build one (the neighbour scores' int8 model with the foreign centres as
+    its rows, radius 1: its two parts are the two distances), else by NumPy, which reads 8 fits' centres of 1280
+    floats (2.6-3.3 MB): x1.087 of an INT8 frame at 2 threads on an AMX Xeon (docs/cold-start.md, stop 47)."""
 
     foreign: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # (F, D) float32, unit rows
+    score_model: ScoreModel | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -152,25 +157,44 @@ class RelativePrototypes(Prototypes):
         x = unit_rows(np.asarray(foreign_feats, np.float64))
         return cls(protos.centroids, protos.members, spherical_kmeans(x, foreign_centres(len(x)), seed))
 
-    def score(self, feats: np.ndarray) -> np.ndarray:
+    def model_inputs(self) -> dict:
+        return {"basis": None, "centres": self.centroids, "rows": self.foreign, "members": self.members,
+                "inv_r": np.ones(len(self.foreign), np.float32)}
+
+    def _standardised(self, parts, model: ScoreModel) -> "RelativePrototypes":
+        return replace(self, score_model=model)  # a difference of two cosines: nothing to standardise
+
+    def parts(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the prototypes' distance, the nearest foreign centre's distance) of (N, D) features."""
+        if self.score_model is not None:
+            return self.score_model.parts(feats)
         f = unit_rows(np.atleast_2d(np.asarray(feats, np.float64)))
-        near_class = self.nearest(f @ self.centroids.T.astype(np.float64))
-        return (f @ self.foreign.T.astype(np.float64)).max(axis=1) - near_class
+        return (1.0 - self.nearest(f @ self.centroids.T.astype(np.float64)),
+                1.0 - (f @ self.foreign.T.astype(np.float64)).max(axis=1))
+
+    def score(self, feats: np.ndarray) -> np.ndarray:
+        plain, foreign = self.parts(feats)
+        return plain - foreign
 
     def score_one(self, v: np.ndarray) -> float:
         """(nearest foreign cosine - nearest class cosine): the difference of the two distances, per frame."""
+        if self.score_model is not None:
+            plain, foreign = self.score_model(v)
+            return plain - foreign
         near = float(row_dots(self.foreign, v).max()) - self._nearest_one(v)
         return near / length(v)
 
     def meta(self) -> dict:
-        return {**super().meta(), "foreign_prototypes": len(self.foreign)}
+        return {**super().meta(), "foreign_prototypes": len(self.foreign), "per_frame": per_frame(self.score_model)}
 
     def arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
-        return {**super().arrays(prefix), f"{prefix}foreign_centroids": self.foreign}
+        return {**super().arrays(prefix), f"{prefix}foreign_centroids": self.foreign,
+                **model_arrays(self.score_model, prefix)}
 
     @classmethod
     def from_arrays(cls, arrays, prefix: str = "", shrinkage: float = 0.0) -> "RelativePrototypes":
-        return cls(arrays[f"{prefix}centroids"], _members(arrays, prefix), arrays[f"{prefix}foreign_centroids"])
+        return cls(arrays[f"{prefix}centroids"], _members(arrays, prefix), arrays[f"{prefix}foreign_centroids"],
+                   ScoreModel.from_arrays(arrays, prefix))
 
 
 class StandardisedPair:

@@ -4,6 +4,8 @@ distance in radii). NumPy's dots are float32 only (its float16 and int8 ones are
 invoke its dozen small calls run on cold caches; the runtime's dynamic-range FULLY_CONNECTED multiplies with int8
 weights (the input quantised on the fly), so neighbour-lite's frame reads 0.54 MB instead of 2.2 MB and runs one
 invoke instead of a dozen NumPy calls: x1.027 of an INT8 frame at 2 threads against NumPy's x1.109 (docs/cold-start.md).
+The relative score (reviewed foreign images, edge/prototypes.py) runs the same model with the foreign centres as its
+rows and radius 1: x1.034 against NumPy's x1.087-1.102 (stop 47).
 
 Each product is a FULLY_CONNECTED op with per-tensor int8 weights, every row scaled to the full int8 range, then a
 MUL by the rows' own scales: per-channel precision from ops every runtime runs (tflite_runtime 2.14, the last
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -229,3 +231,31 @@ def _first_run(call, x):
     except (ImportError, RuntimeError, ValueError) as e:
         log.warning("the uncertainty score's int8 model cannot run here (%s); using NumPy", e)
         return None
+
+
+class Int8Score:
+    """`with_model` for a score whose per-frame work a ScoreModel can do: NeighbourMix, NeighbourLite and
+    RelativePrototypes. Each gives `model_inputs()` (build_model's arguments), `parts` and `_standardised`."""
+
+    score_model: ScoreModel | None
+
+    def with_model(self, val_feats: np.ndarray):
+        """This score with its per-frame work in an int8 ScoreModel, re-fitted to the model's parts of `val_feats`
+        (the neighbour scores standardise both parts again on them, as frames will compute them); itself where no
+        model can be built or run here. Leave-one-class-out it flags what NumPy's form flags (docs/cold-start.md,
+        stops 46 and 47)."""
+        val = np.atleast_2d(np.asarray(val_feats, np.float32))
+        if not len(val):
+            return self
+        exact = replace(self, score_model=None)
+        model = ScoreModel.fit(build_model(**exact.model_inputs()), val, exact.parts(val))
+        return self if model is None else exact._standardised(model.parts(val), model)
+
+
+def per_frame(model: ScoreModel | None) -> str:
+    """What a frame runs, for the score's metadata and edge-bench."""
+    return "int8 tflite" if model is not None else "numpy float32"
+
+
+def model_arrays(model: ScoreModel | None, prefix: str) -> dict[str, np.ndarray]:
+    return model.arrays(prefix) if model is not None else {}

@@ -130,7 +130,7 @@ def test_auto_takes_neighbour_lite_unless_radius_mix_reads_fewer_bytes_a_frame(m
     reads more than neighbour-lite's basis and rows, with one fit (small inputs) less, and auto follows; as an int8
     model neighbour-lite reads less at both."""
     from trashcam.calibration.ood import DEFAULT_KIND, LEANER, fit_ood, frame_bytes
-    from trashcam.edge import neighbours
+    from trashcam.edge import score_model
 
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1, 2], 60)
@@ -140,7 +140,7 @@ def test_auto_takes_neighbour_lite_unless_radius_mix_reads_fewer_bytes_a_frame(m
     for int8, fits, kind in ((True, 8, DEFAULT_KIND), (True, 1, DEFAULT_KIND), (False, 8, DEFAULT_KIND),
                              (False, 1, LEANER)):
         if not int8:  # calibrating where LiteRT's schema is missing: NumPy's float32 form
-            monkeypatch.setattr(neighbours, "build_model", lambda **kw: None)
+            monkeypatch.setattr(score_model, "build_model", lambda **kw: None)
         got, rep = fit_ood(probs, x[1::2], x[::2], y[::2], 0.05, "auto", fits=fits)
         assert got.kind == rep["kind"] == kind
         lite, _ = fit_ood(probs, x[1::2], x[::2], y[::2], 0.05, DEFAULT_KIND, fits=fits)
@@ -149,20 +149,24 @@ def test_auto_takes_neighbour_lite_unless_radius_mix_reads_fewer_bytes_a_frame(m
         assert (frame_bytes(lite) <= frame_bytes(mix)) == (kind == DEFAULT_KIND)
 
 
-@pytest.mark.parametrize("kind", ["neighbour-lite", "neighbour-mix"])
+@pytest.mark.parametrize("kind", ["neighbour-lite", "neighbour-mix", "relative"])
 def test_int8_score_model_flags_what_numpy_flags_and_old_arrays_keep_numpy(kind, caplog):
-    """edge/score_model.py: the whole per-frame score in one invoke, standardised through itself; stored, checked
-    on load against its probe (a runtime that misses it falls back to NumPy, with a warning), shared by threads."""
+    """edge/score_model.py: the whole per-frame score in one invoke, standardised through itself (the neighbour
+    scores); stored, checked on load against its probe (a runtime that misses it falls back to NumPy, with a warning),
+    shared by threads. The relative score (reviewed foreign images) runs the same model with the foreign centres as
+    its rows."""
     import threading
 
     from trashcam.edge.neighbours import NeighbourLite, NeighbourMix
     from trashcam.edge.ood import FEATURE_STATS, OodScore, threshold_for_rate
-    from trashcam.edge.prototypes import Prototypes
+    from trashcam.edge.prototypes import Prototypes, RelativePrototypes
 
     x, y, foreign = blobs()
     train, val = x[::2], x[1::2].astype(np.float32)
     if kind == "neighbour-lite":
         plain = NeighbourLite.fit(train, y[::2], val, dims=6, members=2)
+    elif kind == "relative":
+        plain = RelativePrototypes.fit_foreign(Prototypes.fit(train, y[::2], per_class=3, members=2), foreign[::2])
     else:
         plain = NeighbourMix.fit_rows(Prototypes.fit(train, y[::2], per_class=3, members=2), train, y[::2], val)
     fast = plain.with_model(val)
@@ -173,7 +177,8 @@ def test_int8_score_model_flags_what_numpy_flags_and_old_arrays_keep_numpy(kind,
     flags = [s.score(q) > threshold_for_rate(s.score(val), 0.1) for s in (fast, plain)]
     assert np.mean(flags[0] == flags[1]) >= 0.95
     np.testing.assert_allclose([fast.score_one(v) for v in q[:8]], fast.score(q[:8]), atol=1e-6)
-    assert abs(fast.score(val).mean()) < 1e-6  # standardised on its own parts, as frames compute them
+    if kind != "relative":  # a difference of two cosines: nothing to standardise
+        assert abs(fast.score(val).mean()) < 1e-6  # standardised on its own parts, as frames compute them
     back = OodScore.from_meta(OodScore(kind, 0.5, fast).to_meta(), fast.arrays())
     assert back.stats.score_model is not None
     np.testing.assert_allclose(back.score(None, q), fast.score(q), atol=1e-6)
