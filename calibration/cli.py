@@ -42,7 +42,7 @@ def format_table(report: dict) -> str:
         lines.append(f"{name:<12} {r['temperature']:>7.3f} {r['before']['nll']:>10.4f} {r['after']['nll']:>7.4f} "
                      f"{r['before']['ece'] * 100:>9.2f}% {r['after']['ece'] * 100:>6.2f}% "
                      f"{th['threshold']:>9.4f} {th['coverage'] * 100:>7.1f}% {prec:>9}"
-                     + (f"  ood flagged {r['ood']['flagged_uncertain'] * 100:.1f}%" if "ood" in r else ""))
+                     + (f"  ood below threshold {r['ood']['flagged_uncertain'] * 100:.1f}%" if "ood" in r else ""))
     f = report["fitted_on"]
     lines.append(f"fitted on {f['n_images']} images ({f['source']}); {f['n_skipped']} unreadable skipped; "
                  f"threshold from {report['base_variant']}")
