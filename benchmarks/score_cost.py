@@ -64,8 +64,8 @@ def quality(bundle: Bundle, variant: str, ood=None) -> dict | None:
     meta = bundle.calibration.get("ood_by_variant", {}).get(variant)
     if not meta:
         return None
-    # what this machine runs (neighbour scores: "int8 tflite", edge/score_model.py, or NumPy where the stored model
-    # fails its probe here), not what edge-calibrate stored
+    # what this machine runs (the neighbour and relative scores: "int8 tflite", edge/score_model.py, or NumPy where
+    # the stored model fails its probe here), not what edge-calibrate stored
     stats = getattr(ood, "stats", None)
     out = {"kind": meta.get("kind"), "threshold": meta.get("threshold"), "flag_rate": meta.get("flag_rate"),
            "per_frame": stats.meta().get("per_frame") if stats is not None else None}
