@@ -1,7 +1,8 @@
 """The "neighbour-mix" uncertainty score: the prototypes' distance (edge/prototypes.py) averaged with the distance to
 the nearest train feature in units of that feature's own radius (the mean distance to its nearest neighbours of its
-class), each part standardised on validation images. NumPy only; edge/ood.py wraps it in OodScore with the other
-scores.
+class), each part standardised on validation images; and "neighbour-lite", the same in the train features' top
+principal directions. Per frame by the int8 model of edge/score_model.py where calibration could build one, else by
+NumPy; edge/ood.py wraps them in OodScore with the other scores.
 
 It is radius-mix with every train feature edge-calibrate fits on as a radius centre instead of the k-means centres:
 the density its second part measures is local to each train image (a local outlier factor, roughly), with no k-means
