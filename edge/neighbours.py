@@ -30,6 +30,8 @@ class NeighbourMix(StandardisedPair, Prototypes, Int8Score):
     """The prototypes' cosine distance, averaged with the nearest of `rows` (unit train features) in units of each
     row's radius, both z-scored by `norm` (mean and sd on validation of the plain part, then the radius part)."""
 
+    kind = "neighbour-mix"
+
     rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # (N, D) unit rows; float16 stored
     radii: np.ndarray = field(default_factory=lambda: np.ones(0, np.float32))  # (N,)
     norm: np.ndarray = field(default_factory=lambda: np.array([0.0, 1.0, 0.0, 1.0]))
@@ -120,6 +122,8 @@ class NeighbourLite(Int8Score):
     """neighbour-mix computed in `projection`'s p + 1 dimensions (edge/projection.py): the frame mapped once, then
     the centres' and the rows' dots there; by `score_model` (int8 weights, edge/score_model.py) where edge-calibrate
     could build one, else by NumPy."""
+
+    kind = "neighbour-lite"
 
     projection: Projection
     mix: NeighbourMix

@@ -145,6 +145,8 @@ class RelativePrototypes(Prototypes, Int8Score):
     its rows, radius 1: its two parts are the two distances), else by NumPy, which reads 8 fits' centres of 1280
     floats (2.6-3.3 MB): x1.087 of an INT8 frame at 2 threads on an AMX Xeon (docs/cold-start.md, stop 47)."""
 
+    kind = "relative"
+
     foreign: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # (F, D) float32, unit rows
     score_model: ScoreModel | None = None
 

@@ -144,7 +144,8 @@ class ScoreModel:
     _local: threading.local = field(default_factory=threading.local, repr=False, compare=False)
 
     @classmethod
-    def fit(cls, model: bytes | None, val: np.ndarray, exact: tuple[np.ndarray, np.ndarray]) -> "ScoreModel | None":
+    def fit(cls, model: bytes | None, val: np.ndarray, exact: tuple[np.ndarray, np.ndarray],
+            what: str = "uncertainty score") -> "ScoreModel | None":
         """The model if it runs here and its parts of the (N, D) features `val` follow `exact`, their float64
         (plain, far) (correlation >= MIN_AGREEMENT each), with its parts of val[0] as the probe a device must
         reproduce; else None, with a warning where there was a model."""
@@ -156,8 +157,8 @@ class ScoreModel:
             return None
         agree = min(float(np.corrcoef(g, e)[0, 1]) for g, e in zip(got, exact))
         if not agree >= MIN_AGREEMENT:  # NaN (fewer than 2 images, or a constant part) too
-            log.warning("the uncertainty score's int8 model follows the float arithmetic at %.3f correlation here; "
-                        "using NumPy", agree)
+            log.warning("the %s's int8 model follows the float arithmetic at %.3f correlation here; "
+                        "using NumPy", what, agree)
             return None
         score.expect = np.array([got[0][0], got[1][0]])
         return score
@@ -238,6 +239,7 @@ class Int8Score:
     RelativePrototypes. Each gives `model_inputs()` (build_model's arguments), `parts` and `_standardised`."""
 
     score_model: ScoreModel | None
+    kind = "uncertainty"  # its name in warnings: edge-calibrate fits every score and keeps one
 
     def with_model(self, val_feats: np.ndarray):
         """This score with its per-frame work in an int8 ScoreModel, re-fitted to the model's parts of `val_feats`
@@ -248,7 +250,7 @@ class Int8Score:
         if not len(val):
             return self
         exact = replace(self, score_model=None)
-        model = ScoreModel.fit(build_model(**exact.model_inputs()), val, exact.parts(val))
+        model = ScoreModel.fit(build_model(**exact.model_inputs()), val, exact.parts(val), f"{self.kind} score")
         return self if model is None else exact._standardised(model.parts(val), model)
 
 
