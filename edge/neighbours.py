@@ -26,7 +26,7 @@ NEIGHBOURS = 16
 
 
 @dataclass
-class NeighbourMix(StandardisedPair, Prototypes, Int8Score):
+class NeighbourMix(Int8Score, StandardisedPair, Prototypes):
     """The prototypes' cosine distance, averaged with the nearest of `rows` (unit train features) in units of each
     row's radius, both z-scored by `norm` (mean and sd on validation of the plain part, then the radius part)."""
 
@@ -73,19 +73,17 @@ class NeighbourMix(StandardisedPair, Prototypes, Int8Score):
     def _standardised(self, parts, model: ScoreModel) -> "NeighbourMix":
         return replace(self, norm=self.norm_of(*parts), score_model=model)
 
-    def parts(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _exact_parts(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the prototypes' distance, the nearest row's distance in radii) of (N, D) features."""
-        if self.score_model is not None:
-            return self.score_model.parts(feats)
         f = unit_rows(np.atleast_2d(np.asarray(feats, np.float64)))
         far = ((1.0 - f @ self.rows.T.astype(np.float64)) * self._inv_r).min(axis=1)
         return 1.0 - self.nearest(f @ self.centroids.T.astype(np.float64)), far
 
-    def score_one(self, v: np.ndarray) -> float:
-        """One (D,) float32 feature vector, the per-frame path: one invoke of the int8 model, else the centres' and
-        the rows' dots and a few calls."""
-        if self.score_model is not None:
-            return self._mix(*self.score_model(v))
+    def _combine(self, plain, far):
+        return self._mix(plain, far)
+
+    def _score_one_exact(self, v: np.ndarray) -> float:
+        """The centres' and the rows' dots, then a few calls."""
         inv = 1.0 / length(v)
         return self._of_cosines(self._nearest_one(v) * inv, row_dots(self.rows, v) * np.float32(inv))
 
@@ -155,19 +153,14 @@ class NeighbourLite(Int8Score):
     def _standardised(self, parts, model: ScoreModel) -> "NeighbourLite":
         return replace(self, mix=replace(self.mix, norm=self.mix.norm_of(*parts)), score_model=model)
 
-    def parts(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.score_model is not None:
-            return self.score_model.parts(feats)
-        return self.mix.parts(self.projection.frames(feats))
+    def _exact_parts(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.mix._exact_parts(self.projection.frames(feats))
 
-    def score(self, feats: np.ndarray) -> np.ndarray:
-        return self.mix._mix(*self.parts(feats))
+    def _combine(self, plain, far):
+        return self.mix._mix(plain, far)
 
-    def score_one(self, v: np.ndarray) -> float:
-        """One (D,) float32 feature vector, the per-frame path: one invoke of the int8 model, else the basis' dots,
-        then the centres' and rows'."""
-        if self.score_model is not None:
-            return self.mix._mix(*self.score_model(v))
+    def _score_one_exact(self, v: np.ndarray) -> float:
+        """The basis' dots, then the centres' and rows'."""
         m, k = self.mix, len(self.mix.centroids)
         g = row_dots(self.projection.basis, v) * np.float32(1.0 / length(v))
         d = row_dots(self._both, g)

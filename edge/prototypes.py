@@ -137,7 +137,7 @@ def foreign_centres(n: int) -> int:
 
 
 @dataclass
-class RelativePrototypes(Prototypes, Int8Score):
+class RelativePrototypes(Int8Score, Prototypes):
     """The prototypes' distance minus the distance to the nearest centre of a site's reviewed foreign images
     (`_foreign/`): a frame that looks like a foreign object the site has already seen scores high even where it lies
     near a class, which the class centres alone cannot tell (benchmarks/field_foreign.py measured it). Per frame by
@@ -166,23 +166,16 @@ class RelativePrototypes(Prototypes, Int8Score):
     def _standardised(self, parts, model: ScoreModel) -> "RelativePrototypes":
         return replace(self, score_model=model)  # a difference of two cosines: nothing to standardise
 
-    def parts(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _exact_parts(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the prototypes' distance, the nearest foreign centre's distance) of (N, D) features."""
-        if self.score_model is not None:
-            return self.score_model.parts(feats)
         f = unit_rows(np.atleast_2d(np.asarray(feats, np.float64)))
         return (1.0 - self.nearest(f @ self.centroids.T.astype(np.float64)),
                 1.0 - (f @ self.foreign.T.astype(np.float64)).max(axis=1))
 
-    def score(self, feats: np.ndarray) -> np.ndarray:
-        plain, foreign = self.parts(feats)
-        return plain - foreign
+    def _combine(self, plain, foreign):
+        return plain - foreign  # (nearest foreign cosine - nearest class cosine)
 
-    def score_one(self, v: np.ndarray) -> float:
-        """(nearest foreign cosine - nearest class cosine): the difference of the two distances, per frame."""
-        if self.score_model is not None:
-            plain, foreign = self.score_model(v)
-            return plain - foreign
+    def _score_one_exact(self, v: np.ndarray) -> float:
         near = float(row_dots(self.foreign, v).max()) - self._nearest_one(v)
         return near / length(v)
 

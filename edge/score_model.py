@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -235,11 +235,26 @@ def _first_run(call, x):
 
 
 class Int8Score:
-    """`with_model` for a score whose per-frame work a ScoreModel can do: NeighbourMix, NeighbourLite and
-    RelativePrototypes. Each gives `model_inputs()` (build_model's arguments), `parts` and `_standardised`."""
+    """A score of two parts per frame whose work a ScoreModel can do (NeighbourMix, NeighbourLite and
+    RelativePrototypes): `with_model` builds it, and `parts`, `score` and `score_one` run it where there is one, else
+    NumPy. Each gives `model_inputs()` (build_model's arguments), `_exact_parts` and `_score_one_exact` (NumPy),
+    `_combine` (the score of its two parts) and `_standardised`. List it before other bases: its methods must win."""
 
     score_model: ScoreModel | None
     kind = "uncertainty"  # its name in warnings: edge-calibrate fits every score and keeps one
+
+    def parts(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N,) plain and far parts of (N, D) features."""
+        return self.score_model.parts(feats) if self.score_model is not None else self._exact_parts(feats)
+
+    def score(self, feats: np.ndarray) -> np.ndarray:
+        return self._combine(*self.parts(feats))
+
+    def score_one(self, v: np.ndarray) -> float:
+        """One (D,) float32 feature vector, the per-frame path: one invoke of the int8 model, else NumPy's calls."""
+        if self.score_model is not None:
+            return self._combine(*self.score_model(v))
+        return self._score_one_exact(v)
 
     def with_model(self, val_feats: np.ndarray):
         """This score with its per-frame work in an int8 ScoreModel, re-fitted to the model's parts of `val_feats`
@@ -249,9 +264,8 @@ class Int8Score:
         val = np.atleast_2d(np.asarray(val_feats, np.float32))
         if not len(val):
             return self
-        exact = replace(self, score_model=None)
-        model = ScoreModel.fit(build_model(**exact.model_inputs()), val, exact.parts(val), f"{self.kind} score")
-        return self if model is None else exact._standardised(model.parts(val), model)
+        model = ScoreModel.fit(build_model(**self.model_inputs()), val, self._exact_parts(val), f"{self.kind} score")
+        return self if model is None else self._standardised(model.parts(val), model)
 
 
 def per_frame(model: ScoreModel | None) -> str:
