@@ -1,5 +1,5 @@
 """The "uncertain" score: how foreign an image looks to the model, higher = more foreign. NumPy, and for the
-neighbour scores' per-frame work a tiny int8 TFLite model where edge-calibrate built one
+neighbour and relative scores' per-frame work a tiny int8 TFLite model where edge-calibrate built one
 (edge/score_model.py).
 
 A bundle variant that outputs its pooled features (a second model output) carries a fitted score in
