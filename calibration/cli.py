@@ -56,7 +56,8 @@ def format_table(report: dict) -> str:
             foreign += " (each half scored with centres fitted on the other half)"
         how = ", an int8 model" if u.get("per_frame") == "int8 tflite" else ""
         lines.append(f"{name}: 'uncertain' = {u['kind']} score > {c['threshold']:.4g} "
-                     f"({u.get('chosen_by', 'asked for')}{how}): flags {c['val_flagged'] * 100:.1f}% of the fitting images{foreign}")
+                     f"({u.get('chosen_by', 'asked for')}{how}): flags {c['val_flagged'] * 100:.1f}% of the fitting "
+                     f"images{foreign}")
     return "\n".join(lines)
 
 
