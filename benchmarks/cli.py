@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from trashcam.edge.clitools import CONTEXT, config_options, error, given, make_config, raw, run
+from trashcam.edge.clitools import CONTEXT, config_options, error, given, input_errors, make_config, raw, run
 
 from .config import BenchConfig
 
@@ -91,15 +91,13 @@ def command(bundle: str | None, json_out, csv, md, plots, compare, **params) -> 
         return _compare(*compare)
     if not bundle:
         raise click.UsageError("a BUNDLE directory is required (or --compare A.json B.json)")
-    from trashcam.edge.bundle import BundleError
-    from trashcam.edge.dataset import DatasetError
 
     config = config_from_params(params)
     try:
         from .pipeline import run_benchmark
         from .report import format_table
         result = run_benchmark(bundle, config)
-    except (BundleError, DatasetError, ValueError, FileNotFoundError) as e:
+    except input_errors() as e:
         return error(PROG, str(e))
     print(format_table(result))
     _write_outputs(result, {"json": json_out, "csv": csv, "md": md, "plots": plots})

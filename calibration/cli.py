@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from trashcam.edge.clitools import CONTEXT, config_options, error, given, make_config, raw, run
+from trashcam.edge.clitools import CONTEXT, config_options, error, given, input_errors, make_config, raw, run
 
 from .config import CalibrationConfig
 
@@ -75,14 +75,12 @@ def config_from_params(params: dict) -> CalibrationConfig:
 @config_options(CalibrationConfig)
 @click.option("--variant", multiple=True, hidden=True)
 def command(bundle: str, **params) -> int:
-    from trashcam.edge.bundle import BundleError
-    from trashcam.edge.dataset import DatasetError
 
     config = config_from_params(params)
     try:
         from .pipeline import calibrate_bundle
         report = calibrate_bundle(bundle, config)
-    except (BundleError, DatasetError, ValueError, FileNotFoundError) as e:
+    except input_errors() as e:
         return error(PROG, str(e))
     print(format_table(report))
     return 0

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from trashcam.edge.clitools import CONTEXT, config_options, error, given, make_config, raw, run
+from trashcam.edge.clitools import CONTEXT, config_options, error, given, input_errors, make_config, raw, run
 
 from .config import ConvertConfig
 
@@ -63,15 +63,13 @@ def _shorthands(fn):
 @config_options(ConvertConfig)
 @_shorthands
 def command(bundle: str, **params) -> int:
-    from trashcam.edge.bundle import BundleError
-    from trashcam.edge.dataset import DatasetError
 
     config = config_from_params(params)
     try:
         from .pipeline import convert_bundle
         from .report import advice, format_table
         report = convert_bundle(bundle, config)
-    except (BundleError, DatasetError, ValueError, FileNotFoundError) as e:
+    except input_errors() as e:
         return error(PROG, str(e))
     print(format_table(report))
     for line in advice(report):

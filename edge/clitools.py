@@ -195,3 +195,11 @@ def help_text(cmd: click.Command, prog: str) -> str:
 def error(prog: str, message: str, code: int = 2) -> int:
     print(f"{prog}: error: {message}", file=sys.stderr)
     return code
+
+
+def input_errors() -> tuple[type[Exception], ...]:
+    """What a stage raises for bad input (a broken bundle, an unreadable dataset, a bad value, a missing file): its CLI
+    prints one line and exits 2. Anything else is a bug and keeps its traceback. Imported late: --help stays fast."""
+    from .bundle import BundleError
+    from .dataset import DatasetError
+    return BundleError, DatasetError, ValueError, FileNotFoundError
