@@ -75,7 +75,6 @@ def config_from_params(params: dict) -> CalibrationConfig:
 @config_options(CalibrationConfig)
 @click.option("--variant", multiple=True, hidden=True)
 def command(bundle: str, **params) -> int:
-
     config = config_from_params(params)
     try:
         from .pipeline import calibrate_bundle

@@ -63,7 +63,6 @@ def _shorthands(fn):
 @config_options(ConvertConfig)
 @_shorthands
 def command(bundle: str, **params) -> int:
-
     config = config_from_params(params)
     try:
         from .pipeline import convert_bundle
