@@ -79,9 +79,6 @@ class NeighbourMix(Int8Score, StandardisedPair, Prototypes):
         far = ((1.0 - f @ self.rows.T.astype(np.float64)) * self._inv_r).min(axis=1)
         return 1.0 - self.nearest(f @ self.centroids.T.astype(np.float64)), far
 
-    def _combine(self, plain, far):
-        return self._mix(plain, far)
-
     def _score_one_exact(self, v: np.ndarray) -> float:
         """The centres' and the rows' dots, then a few calls."""
         inv = 1.0 / length(v)
@@ -89,7 +86,7 @@ class NeighbourMix(Int8Score, StandardisedPair, Prototypes):
 
     def _of_cosines(self, nearest: float, rows_cos: np.ndarray) -> float:
         """The score of a frame from its nearest centres' cosine (averaged over the fits) and its rows' cosines."""
-        return self._mix(1.0 - nearest, float(((1.0 - rows_cos) * self._inv_r).min()))
+        return self._combine(1.0 - nearest, float(((1.0 - rows_cos) * self._inv_r).min()))
 
     def meta(self) -> dict:
         return {**super().meta(), "neighbours": len(self.rows), "radius_median": float(np.median(self.radii)),
@@ -157,7 +154,7 @@ class NeighbourLite(Int8Score):
         return self.mix._exact_parts(self.projection.frames(feats))
 
     def _combine(self, plain, far):
-        return self.mix._mix(plain, far)
+        return self.mix._combine(plain, far)
 
     def _score_one_exact(self, v: np.ndarray) -> float:
         """The basis' dots, then the centres' and rows'."""

@@ -206,12 +206,12 @@ class StandardisedPair:
         if self._norm[1] <= 0 or self._norm[3] <= 0:
             raise ValueError(f"standard deviations {self._norm[1]}, {self._norm[3]} must be positive")
 
-    def _mix(self, plain, far):
+    def _combine(self, plain, far):
         pm, ps, rm, rs = self._norm
         return ((plain - pm) / ps + (far - rm) / rs) / 2
 
     def score(self, feats: np.ndarray) -> np.ndarray:
-        return self._mix(*self.parts(feats))
+        return self._combine(*self.parts(feats))
 
     @staticmethod
     def norm_of(plain: np.ndarray, far: np.ndarray) -> list[float]:
@@ -276,7 +276,7 @@ class RadiusPrototypes(StandardisedPair, Prototypes):
         """One (D,) float32 feature vector, the per-frame path: the prototypes' row dots, then a few calls on the
         K cosines."""
         cos = (row_dots(self.centroids, v) * (1.0 / length(v))).reshape(self.members, -1)
-        return self._mix(1.0 - float(cos.max(axis=1).mean()), float(((1.0 - cos) * self._inv_r).min(axis=1).mean()))
+        return self._combine(1.0 - float(cos.max(axis=1).mean()), float(((1.0 - cos) * self._inv_r).min(axis=1).mean()))
 
     def meta(self) -> dict:
         return {**super().meta(), "radius_median": float(np.median(self.radii))}
