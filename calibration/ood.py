@@ -13,12 +13,13 @@ Arrays go to `ood/<variant>.npz` (listed with its sha256), the rest to calibrati
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from trashcam.edge.bundle import Bundle, atomic_write_bytes
-from trashcam.edge.ood import KINDS as OOD_KINDS, Mahalanobis, OodScore, msp_score, threshold_for_rate
+from trashcam.edge.ood import KINDS as OOD_KINDS, Mahalanobis, OodScore, both, msp_score, threshold_for_rate
 from trashcam.edge.neighbours import NeighbourLite, NeighbourMix
 from trashcam.edge.prototypes import PROTOTYPE_FITS, Prototypes, RadiusPrototypes, RelativePrototypes, prototype_fits
 
@@ -54,6 +55,16 @@ KINDS = ("auto", *OOD_KINDS)
 OOD_DIR = "ood"
 
 
+@dataclass
+class Maxima:
+    """The per-channel maxima (the converted models' third output, train/features.py) of fit_ood's validation, train
+    and foreign images, each (N, D) or None: what the scores that read them fit on (edge/ood.py, READS_MAXIMA)."""
+
+    val: np.ndarray | None = None
+    train: np.ndarray | None = None
+    foreign: np.ndarray | None = None
+
+
 def frame_bytes(score: OodScore) -> int:
     """Bytes a frame's score reads: its int8 model where it has one (edge/score_model.py), else its arrays as the
     device holds them, float32 (rows are stored float16)."""
@@ -75,17 +86,26 @@ def keras_features(model, x: np.ndarray, batch: int = 32) -> np.ndarray | None:
                            for i in range(0, len(x), batch)]) if len(x) else np.zeros((0, int(t.shape[-1])))
 
 
-def predict_with_features(engine, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """(probabilities, pooled features or None) of `engine` for a uint8 batch, one invoke per image."""
+def predict_outputs(engine, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(probabilities, pooled features or None, the feature map's per-channel maxima or None) of `engine` for a
+    uint8 batch, one invoke per image."""
     if getattr(engine, "format", "") == "keras":
-        return engine.predict(x), keras_features(engine.model, x)
+        return engine.predict(x), keras_features(engine.model, x), None
     if not getattr(engine, "has_features", False):
-        return engine.predict(x), None
-    probs, feats = [], []
+        return engine.predict(x), None, None
+    maxima = getattr(engine, "has_features_max", False)
+    probs, feats, maxes = [], [], []
     for im in x:
         probs.append(engine.postprocess(engine.invoke_raw(engine.prepare(im))))
         feats.append(engine.features())
-    return np.concatenate(probs), np.concatenate(feats)
+        if maxima:
+            maxes.append(engine.features_max())
+    return np.concatenate(probs), np.concatenate(feats), (np.concatenate(maxes) if maxima else None)
+
+
+def predict_with_features(engine, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(probabilities, pooled features or None) of `engine` for a uint8 batch."""
+    return predict_outputs(engine, x)[:2]
 
 
 def _subsample(y: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -100,8 +120,9 @@ def _subsample(y: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 def fit_ood(val_probs: np.ndarray, val_feats: np.ndarray | None, train_feats: np.ndarray | None,
             train_y: np.ndarray | None, flag_rate: float = 0.05, kind: str = "auto",
             foreign: tuple[np.ndarray, np.ndarray | None] | None = None,
-            fits: int = PROTOTYPE_FITS) -> tuple[OodScore, dict[str, Any]]:
-    """-> (fitted score, report). `val_probs` after temperature; `foreign` = (probs, feats) of foreign images."""
+            fits: int = PROTOTYPE_FITS, maxima: Maxima | None = None) -> tuple[OodScore, dict[str, Any]]:
+    """-> (fitted score, report). `val_probs` after temperature; `foreign` = (probs, feats) of foreign images;
+    `maxima`: the same images' per-channel maxima, where the model outputs them (the scores that read them)."""
     if kind not in KINDS:
         raise ValueError(f"uncertainty score must be one of {', '.join(KINDS)}, got {kind!r}")
     candidates: dict[str, OodScore] = {}
@@ -127,16 +148,23 @@ def fit_ood(val_probs: np.ndarray, val_feats: np.ndarray | None, train_feats: np
         lite = NeighbourLite.fit(train_feats, train_y, val_feats, members=fits).with_model(val_feats)
         candidates["neighbour-lite"] = OodScore("neighbour-lite", threshold_for_rate(lite.score(val_feats), flag_rate),
                                                 lite)
+    if "neighbour-lite" in candidates and maxima is not None and maxima.val is not None and maxima.train is not None:
+        val_both = both(val_feats, maxima.val)
+        wide = NeighbourLite.fit(both(train_feats, maxima.train), train_y, val_both, members=fits).with_model(val_both)
+        candidates["neighbour-max"] = OodScore("neighbour-max", threshold_for_rate(wide.score(val_both), flag_rate),
+                                               wide)
     have_foreign = foreign is not None and len(foreign[0])
     if "prototypes" in candidates and have_foreign and foreign[1] is not None:
         rel = RelativePrototypes.fit_foreign(protos, foreign[1]).with_model(val_feats)
         candidates["relative"] = OodScore("relative", threshold_for_rate(rel.score(val_feats), flag_rate), rel)
     report: dict[str, Any] = {"flag_rate": flag_rate, "candidates": {}}
+    maxima = maxima or Maxima()
     for name, c in candidates.items():
-        row = {"threshold": c.threshold,
-               "val_flagged": float(np.mean(c.score(val_probs, val_feats) > c.threshold))}
+        row = {"threshold": c.threshold, "val_flagged": float(np.mean(
+            c.score(val_probs, c.features_of(val_feats, maxima.val)) > c.threshold))}
         if have_foreign:
-            row["foreign_flagged"] = float(np.mean(c.score(*foreign) > c.threshold))
+            row["foreign_flagged"] = float(np.mean(
+                c.score(foreign[0], c.features_of(foreign[1], maxima.foreign)) > c.threshold))
         report["candidates"][name] = row
     crossfit = relative_crossfit(protos, val_feats, foreign[1], flag_rate) if "relative" in candidates else None
     if crossfit is not None:  # the relative score was fitted on these images: say what it does on new ones
@@ -234,17 +262,20 @@ def foreign_images(bundle: Bundle, ood, config):
 
 
 def score_variant(engine, val_probs: np.ndarray, val_feats, fit_set, config, foreign,
-                  what: str = "validation") -> tuple[OodScore, dict]:
-    """Fit one variant's score with its own outputs (train features for the statistics)."""
+                  what: str = "validation", maxima: Maxima | None = None) -> tuple[OodScore, dict]:
+    """Fit one variant's score with its own outputs (train features for the statistics). `maxima`: the validation
+    and foreign images' maxima where the engine outputs them; the train images' are added here."""
     train_feats = train_y = None
     if val_feats is not None and fit_set is not None and len(fit_set):
-        _, train_feats = predict_with_features(engine, fit_set.x)
+        _, train_feats, train_max = predict_outputs(engine, fit_set.x)
         train_y = fit_set.y
+        if maxima is not None:
+            maxima.train = train_max
     fits = config.prototype_fits
     if fits is None:  # by the input's pixels: the score's cost stays a like share of smaller models' frames
         fits = prototype_fits(fit_set.x.shape[1] * fit_set.x.shape[2]) if train_y is not None else 1
     score, rep = fit_ood(val_probs, val_feats, train_feats, train_y, config.flag_rate, config.ood_score, foreign,
-                         fits)
+                         fits, maxima)
     rep["fitted_on"] = (f"statistics: {len(train_y)} train images; threshold: {len(val_probs)} {what} images"
                         if train_y is not None else f"threshold: {len(val_probs)} {what} images")
     return score, rep
