@@ -103,11 +103,6 @@ def predict_outputs(engine, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | Non
     return np.concatenate(probs), np.concatenate(feats), (np.concatenate(maxes) if maxima else None)
 
 
-def predict_with_features(engine, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """(probabilities, pooled features or None) of `engine` for a uint8 batch."""
-    return predict_outputs(engine, x)[:2]
-
-
 def _subsample(y: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     """Up to `n` indices, the same share of every class."""
     if n <= 0 or len(y) <= n:
