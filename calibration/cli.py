@@ -1,4 +1,5 @@
-"""`edge-calibrate BUNDLE`: temperature scaling and the "uncertain" threshold, fitted on images the model never trained on."""
+"""`edge-calibrate BUNDLE`: temperature scaling and the "uncertain" threshold, fitted on images the model never
+trained on."""
 from __future__ import annotations
 
 import sys
@@ -69,8 +70,8 @@ def config_from_params(params: dict) -> CalibrationConfig:
 
 
 @click.command(PROG, context_settings=CONTEXT, epilog=raw(EPILOG),
-               help="Temperature scaling and the 'uncertain' threshold, fitted on the validation split (the test split for a "
-                    "refit bundle, which trained on its validation images).")
+               help="Temperature scaling and the 'uncertain' threshold, fitted on the validation split (the test split "
+                    "for a refit bundle, which trained on its validation images).")
 @click.argument("bundle")
 @config_options(CalibrationConfig)
 @click.option("--variant", multiple=True, hidden=True)
