@@ -2,10 +2,10 @@
 maximum of the same feature map as a third.
 
 The on-device "uncertain" score (edge/ood.py) is a distance in the pooled-feature space the head sees, so the
-converted variants output [probabilities, features]: output 0 keeps what every consumer already reads, output 1
-named "features" is quantised like the rest in INT8 and de-quantised by the edge runtime. The feature tensor is
-the output of the recipe's `head_pool` layer (global average pooling of the backbone), else of the last
-GlobalAveragePooling2D layer, so small test models qualify too. Output 2, "features_max", pools the map that layer
+converted variants output [probabilities, features, features_max]: output 0 keeps what every consumer already
+reads, output 1 named "features" is quantised like the rest in INT8 and de-quantised by the edge runtime. The
+feature tensor is the output of the recipe's `head_pool` layer (global average pooling of the backbone), else of the
+last GlobalAveragePooling2D layer, so small test models qualify too. Output 2, "features_max", pools the map that layer
 averages by its maximum instead: leave-one-class-out, a score on both (edge/ood.py's "neighbour-max") flagged more of a
 held-out class than one on the mean alone (docs/cold-start.md, stops 49-50). The probabilities do not change.
 """
