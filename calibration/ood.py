@@ -23,8 +23,14 @@ from trashcam.edge.ood import KINDS as OOD_KINDS, Mahalanobis, OodScore, both, m
 from trashcam.edge.neighbours import NeighbourLite, NeighbourMix
 from trashcam.edge.prototypes import PROTOTYPE_FITS, Prototypes, RadiusPrototypes, RelativePrototypes, prototype_fits
 
-# What leave-one-class-out chose when no foreign images say otherwise: the fine-tuned default recipe trained without
-# each class in turn, INT8, edge-calibrate's 1000 train images and 8 k-means fits (k-means draws 0-4, threshold at
+# What leave-one-class-out chose when no foreign images say otherwise, and the model outputs its feature map's
+# maxima (train/features.py): neighbour-lite on the unit pooled features beside the unit maxima. Stop 49 found it
+# flagged +0.4 to +7.2 pp more of a held-out class than neighbour-lite on all eight runs of seeds 5-12 (post-hoc,
+# cached INT8 outputs; 46.4 against 43.4 % on their mean); rule M (stop 50, docs/cold-start.md) confirmed it on a
+# fresh run, built and deployed: RULE_M_RESULT.
+DEFAULT_KIND = "neighbour-max"
+# The default where the model has no maxima output (the keras variant; bundles converted before stop 50), and the
+# default before: the fine-tuned default recipe trained without each class in turn, INT8, edge-calibrate's 1000 train images and 8 k-means fits (k-means draws 0-4, threshold at
 # 5 % of validation; docs/cold-start.md). neighbour-lite flagged 53.6 / 46.0 % of the held-out class on two LOCO runs
 # against radius-mix's 50.3 / 42.3 %, and 49.9 % against 46.8 % on a third trained after that rule was written (worst
 # fold 24.6 against 18.6 %), at 5.1 % of in-distribution images, reading fewer bytes a frame than radius-mix: x1.047
@@ -35,7 +41,7 @@ from trashcam.edge.prototypes import PROTOTYPE_FITS, Prototypes, RadiusPrototype
 # neighbour-mix (exact; 53.4 / 45.9 / 49.0 %) reads 3.5x the bytes: selectable. radius-mix was the default from
 # 2026-12-05 evening (42.8-49.0 % deployed over eight runs, old threshold rank), the plain prototypes before it
 # (40.5 % against Mahalanobis + max-probability's 34.9 %, 2026-12-02).
-DEFAULT_KIND = "neighbour-lite"
+WITHOUT_MAXIMA = "neighbour-lite"
 # What `auto` uses instead where it reads fewer bytes a frame than DEFAULT_KIND: the score's time after an invoke goes
 # with the bytes it reads (docs/cold-start.md), and rule I asked neighbour-lite to cost no more than radius-mix. At
 # 288 x 288 it reads less (2.2 against 2.6-3.3 MB); for smaller inputs radius-mix's fewer k-means fits can read less
@@ -170,15 +176,15 @@ def fit_ood(val_probs: np.ndarray, val_feats: np.ndarray | None, train_feats: np
         if "relative" in candidates:
             kind = RELATIVE_WITH_FOREIGN
         elif have_foreign:  # the field's own foreign objects decide; ties keep the experiment's choice
-            order = [DEFAULT_KIND] + [k for k in candidates if k != DEFAULT_KIND]
+            order = [DEFAULT_KIND, WITHOUT_MAXIMA] + [k for k in candidates if k not in (DEFAULT_KIND, WITHOUT_MAXIMA)]
             kind = max((k for k in order if k in candidates),
                        key=lambda k: report["candidates"][k]["foreign_flagged"])
         else:
-            kind = DEFAULT_KIND if DEFAULT_KIND in candidates else "msp"
-            if kind == DEFAULT_KIND and frame_bytes(candidates[kind]) > frame_bytes(candidates[LEANER]):
-                kind = LEANER
-                report["chosen_by"] = (f"default: it reads fewer bytes a frame than {DEFAULT_KIND} with {fits} "
+            kind = next((k for k in (DEFAULT_KIND, WITHOUT_MAXIMA) if k in candidates), "msp")
+            if kind != "msp" and frame_bytes(candidates[kind]) > frame_bytes(candidates[LEANER]):
+                report["chosen_by"] = (f"default: it reads fewer bytes a frame than {kind} with {fits} "
                                        "k-means fits")
+                kind = LEANER
     elif kind == "relative" and not have_foreign:
         raise ValueError("the relative score needs reviewed foreign images: --ood-data DIR, or the _foreign/ "
                          "images of edge-train --add-data")
