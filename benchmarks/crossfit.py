@@ -74,12 +74,14 @@ def measure(bundle_dir: Path, variant: str, threads: int, flag_rate: float, halv
 
 def bundle_crossfit(bundle, variant: str, engine, test, flag_rate: float = 0.05, halvings: int = 5) -> dict:
     """`crossfit` of an open `engine` on decoded `test` images, with the bundle's fitted score for `variant`."""
-    from trashcam.calibration.ood import predict_with_features
+    from trashcam.calibration.ood import predict_outputs
     from trashcam.edge.ood import load_for_variant
 
-    probs, feats = predict_with_features(engine, test.x)
+    probs, feats, maxes = predict_outputs(engine, test.x)
+    score = load_for_variant(bundle, variant)
+    feats = score.features_of(feats, maxes) if score is not None else feats
     return {"variant": variant, "calibrated_on": bundle.calibrated_on,
-            **crossfit(probs, feats, test.y, load_for_variant(bundle, variant), flag_rate, halvings)}
+            **crossfit(probs, feats, test.y, score, flag_rate, halvings)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,6 +40,8 @@ class CalibrationConfig(JsonConfig):
                                      "centres of those images), msp, mahalanobis, combined, prototypes, radius-mix "
                                      "(the default before 2026-12-06), neighbour-mix (neighbour-lite in all 1280 "
                                      "directions: a little more flagged, ~3.5x its bytes a frame), neighbour-lite, "
+                                     "neighbour-max (neighbour-lite on the pooled features beside each channel's "
+                                     "maximum over the last feature map, the converted models' third output), "
                                      "relative",
                              choices=("auto", *OOD_KINDS), flag="--uncertainty-score")
     flag_rate: float = setting(0.05, "the score's threshold flags at most this share of new known-class images "

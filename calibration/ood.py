@@ -13,28 +13,37 @@ Arrays go to `ood/<variant>.npz` (listed with its sha256), the rest to calibrati
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from trashcam.edge.bundle import Bundle, atomic_write_bytes
-from trashcam.edge.ood import KINDS as OOD_KINDS, Mahalanobis, OodScore, msp_score, threshold_for_rate
+from trashcam.edge.ood import KINDS as OOD_KINDS, Mahalanobis, OodScore, both, msp_score, threshold_for_rate
 from trashcam.edge.neighbours import NeighbourLite, NeighbourMix
 from trashcam.edge.prototypes import PROTOTYPE_FITS, Prototypes, RadiusPrototypes, RelativePrototypes, prototype_fits
 
-# What leave-one-class-out chose when no foreign images say otherwise: the fine-tuned default recipe trained without
-# each class in turn, INT8, edge-calibrate's 1000 train images and 8 k-means fits (k-means draws 0-4, threshold at
-# 5 % of validation; docs/cold-start.md). neighbour-lite flagged 53.6 / 46.0 % of the held-out class on two LOCO runs
-# against radius-mix's 50.3 / 42.3 %, and 49.9 % against 46.8 % on a third trained after that rule was written (worst
-# fold 24.6 against 18.6 %), at 5.1 % of in-distribution images, reading fewer bytes a frame than radius-mix: x1.047
-# against x1.050 of an INT8 Lite0-288 frame at 1 thread, x1.077 against x1.081 at 2, on an AMX Xeon. As edge-calibrate
-# fits it (draw 0, split-conformal threshold): 50.2 / 44.0 / 48.2 % against radius-mix's 47.6 / 40.8 / 45.1 %. As an
-# int8 model (edge/score_model.py, 2026-12-06) it costs x1.017 / x1.027 at 1 / 2 threads against NumPy's x1.066 /
-# x1.109 on that Xeon (one process, interleaved), flagging what NumPy's form flags (within 0.6 pp a run).
-# neighbour-mix (exact; 53.4 / 45.9 / 49.0 %) reads 3.5x the bytes: selectable. radius-mix was the default from
-# 2026-12-05 evening (42.8-49.0 % deployed over eight runs, old threshold rank), the plain prototypes before it
-# (40.5 % against Mahalanobis + max-probability's 34.9 %, 2026-12-02).
-DEFAULT_KIND = "neighbour-lite"
+# What leave-one-class-out chose when no foreign images say otherwise, and the model outputs its feature map's
+# maxima (train/features.py): neighbour-lite on the unit pooled features beside the unit maxima. Post hoc (stop 49,
+# cached INT8 outputs) it flagged +0.4 to +7.2 pp more of a held-out class than neighbour-lite on all eight runs of
+# seeds 5-12; built and deployed (re-converted fold bundles, edge-calibrate, Classifier's rule), three fresh runs
+# gave +0.9 / +3.2 / +3.6 pp (seeds 13-15: 40.6 / 44.9 / 42.5 % against 39.7 / 41.7 / 38.9 %) at 4.1-4.6 % of
+# known items, the probabilities identical to the bit, at x0.996-1.019 of the two-output frame (docs/cold-start.md,
+# stops 50-51). On all three cardboard rose 6-16 pp and glass 0-2 pp; metal, paper and plastic went either way.
+DEFAULT_KIND = "neighbour-max"
+# The default where the model has no maxima output (the keras variant; bundles converted before stop 51), and the
+# default before: the fine-tuned default recipe trained without each class in turn, INT8, edge-calibrate's 1000 train
+# images and 8 k-means fits (k-means draws 0-4, threshold at 5 % of validation; docs/cold-start.md). neighbour-lite
+# flagged 53.6 / 46.0 % of the held-out class on two LOCO runs against radius-mix's 50.3 / 42.3 %, and 49.9 % against
+# 46.8 % on a third trained after that rule was written (worst fold 24.6 against 18.6 %), at 5.1 % of in-distribution
+# images, reading fewer bytes a frame than radius-mix: x1.047 against x1.050 of an INT8 Lite0-288 frame at 1 thread,
+# x1.077 against x1.081 at 2, on an AMX Xeon. As edge-calibrate fits it (draw 0, split-conformal threshold): 50.2 / 44.0
+# / 48.2 % against radius-mix's 47.6 / 40.8 / 45.1 %. As an int8 model (edge/score_model.py, 2026-12-06) it costs x1.017
+# / x1.027 at 1 / 2 threads against NumPy's x1.066 / x1.109 on that Xeon (one process, interleaved), flagging what
+# NumPy's form flags (within 0.6 pp a run). neighbour-mix (exact; 53.4 / 45.9 / 49.0 %) reads 3.5x the bytes:
+# selectable. radius-mix was the default from 2026-12-05 evening (42.8-49.0 % deployed over eight runs, old threshold
+# rank), the plain prototypes before it (40.5 % against Mahalanobis + max-probability's 34.9 %, 2026-12-02).
+WITHOUT_MAXIMA = "neighbour-lite"
 # What `auto` uses instead where it reads fewer bytes a frame than DEFAULT_KIND: the score's time after an invoke goes
 # with the bytes it reads (docs/cold-start.md), and rule I asked neighbour-lite to cost no more than radius-mix. At
 # 288 x 288 it reads less (2.2 against 2.6-3.3 MB); for smaller inputs radius-mix's fewer k-means fits can read less
@@ -52,6 +61,16 @@ LEANER = "radius-mix"
 RELATIVE_WITH_FOREIGN = "relative"
 KINDS = ("auto", *OOD_KINDS)
 OOD_DIR = "ood"
+
+
+@dataclass
+class Maxima:
+    """The per-channel maxima (the converted models' third output, train/features.py) of fit_ood's validation, train
+    and foreign images, each (N, D) or None: what the scores that read them fit on (edge/ood.py, READS_MAXIMA)."""
+
+    val: np.ndarray | None = None
+    train: np.ndarray | None = None
+    foreign: np.ndarray | None = None
 
 
 def frame_bytes(score: OodScore) -> int:
@@ -75,17 +94,21 @@ def keras_features(model, x: np.ndarray, batch: int = 32) -> np.ndarray | None:
                            for i in range(0, len(x), batch)]) if len(x) else np.zeros((0, int(t.shape[-1])))
 
 
-def predict_with_features(engine, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """(probabilities, pooled features or None) of `engine` for a uint8 batch, one invoke per image."""
+def predict_outputs(engine, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(probabilities, pooled features or None, the feature map's per-channel maxima or None) of `engine` for a
+    uint8 batch, one invoke per image."""
     if getattr(engine, "format", "") == "keras":
-        return engine.predict(x), keras_features(engine.model, x)
+        return engine.predict(x), keras_features(engine.model, x), None
     if not getattr(engine, "has_features", False):
-        return engine.predict(x), None
-    probs, feats = [], []
+        return engine.predict(x), None, None
+    maxima = getattr(engine, "has_features_max", False)
+    probs, feats, maxes = [], [], []
     for im in x:
         probs.append(engine.postprocess(engine.invoke_raw(engine.prepare(im))))
         feats.append(engine.features())
-    return np.concatenate(probs), np.concatenate(feats)
+        if maxima:
+            maxes.append(engine.features_max())
+    return np.concatenate(probs), np.concatenate(feats), (np.concatenate(maxes) if maxima else None)
 
 
 def _subsample(y: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -100,8 +123,9 @@ def _subsample(y: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 def fit_ood(val_probs: np.ndarray, val_feats: np.ndarray | None, train_feats: np.ndarray | None,
             train_y: np.ndarray | None, flag_rate: float = 0.05, kind: str = "auto",
             foreign: tuple[np.ndarray, np.ndarray | None] | None = None,
-            fits: int = PROTOTYPE_FITS) -> tuple[OodScore, dict[str, Any]]:
-    """-> (fitted score, report). `val_probs` after temperature; `foreign` = (probs, feats) of foreign images."""
+            fits: int = PROTOTYPE_FITS, maxima: Maxima | None = None) -> tuple[OodScore, dict[str, Any]]:
+    """-> (fitted score, report). `val_probs` after temperature; `foreign` = (probs, feats) of foreign images;
+    `maxima`: the same images' per-channel maxima, where the model outputs them (the scores that read them)."""
     if kind not in KINDS:
         raise ValueError(f"uncertainty score must be one of {', '.join(KINDS)}, got {kind!r}")
     candidates: dict[str, OodScore] = {}
@@ -127,16 +151,23 @@ def fit_ood(val_probs: np.ndarray, val_feats: np.ndarray | None, train_feats: np
         lite = NeighbourLite.fit(train_feats, train_y, val_feats, members=fits).with_model(val_feats)
         candidates["neighbour-lite"] = OodScore("neighbour-lite", threshold_for_rate(lite.score(val_feats), flag_rate),
                                                 lite)
+    if "neighbour-lite" in candidates and maxima is not None and maxima.val is not None and maxima.train is not None:
+        val_both = both(val_feats, maxima.val)
+        wide = NeighbourLite.fit(both(train_feats, maxima.train), train_y, val_both, members=fits).with_model(val_both)
+        candidates["neighbour-max"] = OodScore("neighbour-max", threshold_for_rate(wide.score(val_both), flag_rate),
+                                               wide)
     have_foreign = foreign is not None and len(foreign[0])
     if "prototypes" in candidates and have_foreign and foreign[1] is not None:
         rel = RelativePrototypes.fit_foreign(protos, foreign[1]).with_model(val_feats)
         candidates["relative"] = OodScore("relative", threshold_for_rate(rel.score(val_feats), flag_rate), rel)
     report: dict[str, Any] = {"flag_rate": flag_rate, "candidates": {}}
+    maxima = maxima or Maxima()
     for name, c in candidates.items():
-        row = {"threshold": c.threshold,
-               "val_flagged": float(np.mean(c.score(val_probs, val_feats) > c.threshold))}
+        row = {"threshold": c.threshold, "val_flagged": float(np.mean(
+            c.score(val_probs, c.features_of(val_feats, maxima.val)) > c.threshold))}
         if have_foreign:
-            row["foreign_flagged"] = float(np.mean(c.score(*foreign) > c.threshold))
+            row["foreign_flagged"] = float(np.mean(
+                c.score(foreign[0], c.features_of(foreign[1], maxima.foreign)) > c.threshold))
         report["candidates"][name] = row
     crossfit = relative_crossfit(protos, val_feats, foreign[1], flag_rate) if "relative" in candidates else None
     if crossfit is not None:  # the relative score was fitted on these images: say what it does on new ones
@@ -147,15 +178,15 @@ def fit_ood(val_probs: np.ndarray, val_feats: np.ndarray | None, train_feats: np
         if "relative" in candidates:
             kind = RELATIVE_WITH_FOREIGN
         elif have_foreign:  # the field's own foreign objects decide; ties keep the experiment's choice
-            order = [DEFAULT_KIND] + [k for k in candidates if k != DEFAULT_KIND]
+            order = [DEFAULT_KIND, WITHOUT_MAXIMA] + [k for k in candidates if k not in (DEFAULT_KIND, WITHOUT_MAXIMA)]
             kind = max((k for k in order if k in candidates),
                        key=lambda k: report["candidates"][k]["foreign_flagged"])
         else:
-            kind = DEFAULT_KIND if DEFAULT_KIND in candidates else "msp"
-            if kind == DEFAULT_KIND and frame_bytes(candidates[kind]) > frame_bytes(candidates[LEANER]):
-                kind = LEANER
-                report["chosen_by"] = (f"default: it reads fewer bytes a frame than {DEFAULT_KIND} with {fits} "
+            kind = next((k for k in (DEFAULT_KIND, WITHOUT_MAXIMA) if k in candidates), "msp")
+            if kind != "msp" and frame_bytes(candidates[kind]) > frame_bytes(candidates[LEANER]):
+                report["chosen_by"] = (f"default: it reads fewer bytes a frame than {kind} with {fits} "
                                        "k-means fits")
+                kind = LEANER
     elif kind == "relative" and not have_foreign:
         raise ValueError("the relative score needs reviewed foreign images: --ood-data DIR, or the _foreign/ "
                          "images of edge-train --add-data")
@@ -234,17 +265,20 @@ def foreign_images(bundle: Bundle, ood, config):
 
 
 def score_variant(engine, val_probs: np.ndarray, val_feats, fit_set, config, foreign,
-                  what: str = "validation") -> tuple[OodScore, dict]:
-    """Fit one variant's score with its own outputs (train features for the statistics)."""
+                  what: str = "validation", maxima: Maxima | None = None) -> tuple[OodScore, dict]:
+    """Fit one variant's score with its own outputs (train features for the statistics). `maxima`: the validation
+    and foreign images' maxima where the engine outputs them; the train images' are added here."""
     train_feats = train_y = None
     if val_feats is not None and fit_set is not None and len(fit_set):
-        _, train_feats = predict_with_features(engine, fit_set.x)
+        _, train_feats, train_max = predict_outputs(engine, fit_set.x)
         train_y = fit_set.y
+        if maxima is not None:
+            maxima.train = train_max
     fits = config.prototype_fits
     if fits is None:  # by the input's pixels: the score's cost stays a like share of smaller models' frames
         fits = prototype_fits(fit_set.x.shape[1] * fit_set.x.shape[2]) if train_y is not None else 1
     score, rep = fit_ood(val_probs, val_feats, train_feats, train_y, config.flag_rate, config.ood_score, foreign,
-                         fits)
+                         fits, maxima)
     rep["fitted_on"] = (f"statistics: {len(train_y)} train images; threshold: {len(val_probs)} {what} images"
                         if train_y is not None else f"threshold: {len(val_probs)} {what} images")
     return score, rep

@@ -119,7 +119,7 @@ def _calibrate_locked(bundle_dir: str | os.PathLike, config: CalibrationConfig) 
         print(few, file=sys.stderr)
     base = "keras" if "keras" in names else names[0]
     ood = _ood_images(config.ood_data, bundle) if config.ood_data else None
-    from .ood import foreign_images, predict_with_features, save_ood, score_variant, train_images
+    from .ood import Maxima, foreign_images, predict_outputs, save_ood, score_variant, train_images
     ood = foreign_images(bundle, ood, config)
     fit_set = train_images(bundle, config)
     results: dict[str, dict[str, Any]] = {}
@@ -128,7 +128,8 @@ def _calibrate_locked(bundle_dir: str | os.PathLike, config: CalibrationConfig) 
     for name in names:
         print(f"[edge-calibrate] {name} ...", file=sys.stderr, flush=True)
         engine = _engine(bundle, name, config.threads)
-        probs, feats = predict_with_features(engine, images.x)
+        probs, feats, maxes = predict_outputs(engine, images.x)
+        maxima = Maxima(val=maxes)
         t = fit_temperature(probs, y)
         after = apply_temperature(probs, t)
         chosen = choose_threshold(after, y, config.target_precision, config.target_coverage)
@@ -137,12 +138,13 @@ def _calibrate_locked(bundle_dir: str | os.PathLike, config: CalibrationConfig) 
                "after": {k: _r(v) for k, v in summary(after, y, config.bins).items()},
                "threshold": chosen}
         if ood is not None:
-            ood_probs, ood_feats = predict_with_features(engine, ood.x)
+            ood_probs, ood_feats, maxima.foreign = predict_outputs(engine, ood.x)
             ood_probs = apply_temperature(ood_probs, t)
             res["ood"] = {"source": ood.source, "n_images": len(ood),
                           "flagged_uncertain": _r(flagged_fraction(ood_probs, chosen["threshold"]))}
         score, res["uncertainty"] = score_variant(engine, after, feats, fit_set, config,
-                                                  (ood_probs, ood_feats) if ood is not None else None, what)
+                                                  (ood_probs, ood_feats) if ood is not None else None, what,
+                                                  maxima)
         ood_meta[name] = save_ood(bundle, name, score, {"flag_rate": config.flag_rate,
                                                         "fitted_on": res["uncertainty"]["fitted_on"]})
         if config.plots:

@@ -47,7 +47,8 @@ def _quantize(x: np.ndarray, dtype: np.dtype, scale: float, zero_point: int) -> 
     return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
 
 
-FEATURES_OUTPUT = "features"  # the name train/features.py gives the pooled-feature output
+FEATURES_OUTPUT = "features"  # the names train/features.py gives the pooled-feature outputs
+MAX_OUTPUT = "features_max"
 
 
 def dequantize(raw: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
@@ -71,15 +72,16 @@ def _dequantize_table(detail: dict) -> np.ndarray | None:
     return (codes - zero_point) * scale
 
 
-def probs_and_features(interpreter) -> tuple[dict, dict | None]:
-    """(probabilities output, features output or None) of a TFLite model.
+def model_outputs(interpreter) -> tuple[dict, dict | None, dict | None]:
+    """(probabilities output, features output or None, features_max output or None) of a TFLite model.
 
     A converted model does not keep Keras' output order (the flatbuffer listed [features, probabilities] in a
-    test), so the order comes from the signature (output_0 = probabilities, output_1 = features); without one,
-    from the tensor names' ":k" suffix, else the narrower output is the probabilities."""
+    test), so the order comes from the signature (output_0 = probabilities, output_1 = features, output_2 = their
+    maxima: train/features.py); without one, from the tensor names' ":k" suffix, else the narrower output is the
+    probabilities."""
     outs = interpreter.get_output_details()
     if len(outs) == 1:
-        return outs[0], None
+        return outs[0], None, None
     by_index = {d["index"]: d for d in outs}
     try:
         sig = next(iter(interpreter._get_full_signature_list().values()))["outputs"]  # noqa: SLF001
@@ -89,7 +91,7 @@ def probs_and_features(interpreter) -> tuple[dict, dict | None]:
             tail = str(d["name"]).rsplit(":", 1)[-1]
             return (0, int(tail)) if tail.isdigit() else (1, int(d["shape"][-1]))
         ordered = sorted(outs, key=key)
-    return ordered[0], ordered[1]
+    return ordered[0], ordered[1], (ordered[2] if len(ordered) > 2 else None)
 
 
 class TFLiteEngine:
@@ -104,7 +106,7 @@ class TFLiteEngine:
         self.interpreter = Interpreter(model_path=str(self.path), num_threads=self.threads)
         self.interpreter.allocate_tensors()
         self._in = self.interpreter.get_input_details()[0]
-        self._out, self._feat = probs_and_features(self.interpreter)
+        self._out, self._feat, self._max = model_outputs(self.interpreter)
         self.input_dtype = np.dtype(self._in["dtype"])
         self.input_quant = tuple(self._in["quantization"])  # (scale, zero_point); (0.0, 0) when float
         self.output_quant = tuple(self._out["quantization"])
@@ -120,6 +122,7 @@ class TFLiteEngine:
         # multiply (the same float32 values; 3 numpy calls of overhead fewer per frame, for both outputs).
         self._out_lut = _dequantize_table(self._out)
         self._feat_lut = None if self._feat is None else _dequantize_table(self._feat)
+        self._max_lut = None if self._max is None else _dequantize_table(self._max)
 
     def prepare(self, image_u8: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> the model's input tensor (1, H, W, 3) in its dtype."""
@@ -152,12 +155,23 @@ class TFLiteEngine:
     def has_features(self) -> bool:
         return self._feat is not None
 
+    @property
+    def has_features_max(self) -> bool:
+        return self._max is not None
+
     def features(self) -> np.ndarray | None:
         """The pooled features of the last invoke (1, D) float32, de-quantised; None for a probs-only model."""
-        if self._feat is None:
+        return self._read(self._feat, self._feat_lut)
+
+    def features_max(self) -> np.ndarray | None:
+        """The feature map's per-channel maxima of the last invoke (1, D) float32; None for models converted
+        before that output (train/features.py)."""
+        return self._read(self._max, self._max_lut)
+
+    def _read(self, detail: dict | None, table: np.ndarray | None) -> np.ndarray | None:
+        if detail is None:
             return None
-        return _dequantize_codes(self.interpreter.get_tensor(self._feat["index"]), self._feat_lut,
-                                 self._feat["quantization"])
+        return _dequantize_codes(self.interpreter.get_tensor(detail["index"]), table, detail["quantization"])
 
     def predict(self, batch_u8: np.ndarray) -> np.ndarray:
         return np.concatenate([self.postprocess(self.invoke_raw(self.prepare(im))) for im in batch_u8])
@@ -181,8 +195,10 @@ class OnnxEngine:
         self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
         self._in = self.session.get_inputs()[0].name
         names = [o.name for o in self.session.get_outputs()]
-        self._feat = next((i for i, n in enumerate(names) if FEATURES_OUTPUT in n), None) if len(names) > 1 else None
-        self._probs = next(i for i in range(len(names)) if i != self._feat)
+        self._max = next((i for i, n in enumerate(names) if MAX_OUTPUT in n), None)
+        self._feat = next((i for i, n in enumerate(names) if FEATURES_OUTPUT in n and i != self._max), None) \
+            if len(names) > 1 else None
+        self._probs = next(i for i in range(len(names)) if i not in (self._feat, self._max))
         self._last: list = []
         self.runtime = f"onnxruntime {ort.__version__}"
         self.input_dtype = np.dtype(np.float32)
@@ -198,8 +214,15 @@ class OnnxEngine:
     def has_features(self) -> bool:
         return self._feat is not None
 
+    @property
+    def has_features_max(self) -> bool:
+        return self._max is not None
+
     def features(self) -> np.ndarray | None:
         return None if self._feat is None else np.asarray(self._last[self._feat], np.float32)
+
+    def features_max(self) -> np.ndarray | None:
+        return None if self._max is None else np.asarray(self._last[self._max], np.float32)
 
     def postprocess(self, raw: np.ndarray) -> np.ndarray:
         return raw.astype(np.float32)

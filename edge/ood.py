@@ -16,6 +16,9 @@ Scores (all "higher = more foreign"):
 - radius-mix:  z-scored prototypes + z-scored distance in units of each centre's radius, averaged
 - neighbour-mix: z-scored prototypes + z-scored distance in units of each train feature's own radius, averaged
 - neighbour-lite: neighbour-mix in the train features' top principal directions plus a residual coordinate
+- neighbour-max: neighbour-lite on the unit pooled features beside the unit per-channel maxima of the same feature
+               map (the converted models' third output, train/features.py): what a frame's strongest parts look like,
+               not only their average
 - relative:    prototypes minus the same distance to centres of a site's reviewed foreign images (needs them)
 The leave-one-class-out experiments (benchmarks/open_set.py, open_set_tuned.py) also measure energy, which needs the
 logits the deployed models do not output, and the plain nearest-neighbour distance.
@@ -28,7 +31,7 @@ import numpy as np
 
 from .neighbours import NeighbourLite, NeighbourMix
 from .prototypes import Prototypes, RadiusPrototypes, RelativePrototypes
-from .vectors import row_dots, unit_rows
+from .vectors import length, row_dots, unit_rows
 
 
 def msp_score(probs: np.ndarray) -> np.ndarray:
@@ -172,8 +175,16 @@ class Mahalanobis:
 FEATURE_STATS: dict[str, type | None] = {"msp": None, "mahalanobis": Mahalanobis, "combined": Mahalanobis,
                                          "prototypes": Prototypes, "radius-mix": RadiusPrototypes,
                                          "neighbour-mix": NeighbourMix, "neighbour-lite": NeighbourLite,
-                                         "relative": RelativePrototypes}
+                                         "neighbour-max": NeighbourLite, "relative": RelativePrototypes}
 KINDS = tuple(FEATURE_STATS)
+# Kinds that read the pooled features and their maxima side by side (`both`) instead of the features alone.
+READS_MAXIMA = ("neighbour-max",)
+
+
+def both(feats: np.ndarray, maxes: np.ndarray) -> np.ndarray:
+    """(N, 2D): each image's unit pooled features beside its unit per-channel maxima, so that neither part's scale
+    outweighs the other's."""
+    return np.concatenate([unit_rows(np.atleast_2d(feats)), unit_rows(np.atleast_2d(maxes))], axis=-1)
 
 
 @dataclass
@@ -189,6 +200,32 @@ class OodScore:
     @property
     def needs_features(self) -> bool:
         return FEATURE_STATS[self.kind] is not None
+
+    @property
+    def reads_maxima(self) -> bool:
+        return self.kind in READS_MAXIMA
+
+    def runs_on(self, engine) -> bool:
+        """Whether `engine` outputs what this score reads (models converted before an output was added do not)."""
+        return (not self.needs_features or getattr(engine, "has_features", False)) and \
+            (not self.reads_maxima or getattr(engine, "has_features_max", False))
+
+    def features_of(self, feats: np.ndarray | None, maxes: np.ndarray | None) -> np.ndarray | None:
+        """What `score` reads of a model's (N, D) pooled features and (N, D) maxima."""
+        if not self.reads_maxima or feats is None:
+            return feats
+        return None if maxes is None else both(feats, maxes)
+
+    def frame_features(self, engine) -> np.ndarray | None:
+        """What `frame_score` reads of the frame `engine` just ran (its outputs de-quantised only when read)."""
+        if not self.needs_features:
+            return None
+        f = engine.features()
+        if not self.reads_maxima:
+            return f
+        # one frame: `both` in four NumPy calls (the per-frame budget, edge-bench "scored" against "probs")
+        f, m = f.reshape(-1), engine.features_max().reshape(-1)
+        return np.concatenate([f * np.float32(1.0 / length(f)), m * np.float32(1.0 / length(m))])
 
     def frame_score(self, probs: np.ndarray, feats: np.ndarray | None) -> float:
         """`score` of one frame ((C,) probabilities, (1, D) or (D,) features) as a float, with as few numpy calls

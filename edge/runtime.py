@@ -84,7 +84,7 @@ def uncertainty_rule(bundle: Bundle, variant: str, engine, min_confidence: float
     if min_confidence is not None:
         return None, float(min_confidence)
     ood = load_for_variant(bundle, variant)
-    if ood is not None and ood.needs_features and not getattr(engine, "has_features", False):
+    if ood is not None and not ood.runs_on(engine):
         ood = None
     return ood, float(bundle.calibration.get("threshold", 0.0))
 
@@ -94,7 +94,7 @@ def flag_frame(ood: OodScore | None, min_confidence: float, engine, probs: np.nd
     `Classifier`, edge-run's streams and edge-bench's measurements. The features output is read (and
     de-quantised) only for a score that uses it."""
     if ood is not None:
-        score = ood.frame_score(probs, engine.features() if ood.needs_features else None)
+        score = ood.frame_score(probs, ood.frame_features(engine))
         return score, score > ood.threshold
     conf = float(np.max(probs))
     return 1.0 - conf, conf < min_confidence

@@ -129,24 +129,31 @@ def test_auto_takes_neighbour_lite_unless_radius_mix_reads_fewer_bytes_a_frame(m
     """The score's time after an invoke goes with the bytes it reads: with many k-means fits (a 288 px model) radius-mix
     reads more than neighbour-lite's basis and rows, with one fit (small inputs) less, and auto follows; as an int8
     model neighbour-lite reads less at both."""
-    from trashcam.calibration.ood import DEFAULT_KIND, LEANER, fit_ood, frame_bytes
+    from trashcam.calibration.ood import DEFAULT_KIND, LEANER, WITHOUT_MAXIMA, Maxima, fit_ood, frame_bytes
     from trashcam.edge import score_model
 
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1, 2], 60)
     x = np.abs(np.repeat(rng.normal(size=(3, 256)), 60, 0) + rng.normal(size=(180, 256)) * 0.5)
     probs = np.full((90, 3), 1 / 3)
-    assert (DEFAULT_KIND, LEANER) == ("neighbour-lite", "radius-mix")
-    for int8, fits, kind in ((True, 8, DEFAULT_KIND), (True, 1, DEFAULT_KIND), (False, 8, DEFAULT_KIND),
+    maxima = Maxima(val=x[1::2] * 2 + 1, train=x[::2] * 2 + 1)  # features_max, as a model with that output gives
+    assert (DEFAULT_KIND, WITHOUT_MAXIMA, LEANER) == ("neighbour-max", "neighbour-lite", "radius-mix")
+    for int8, fits, kind in ((True, 8, WITHOUT_MAXIMA), (True, 1, WITHOUT_MAXIMA), (False, 8, WITHOUT_MAXIMA),
                              (False, 1, LEANER)):
         if not int8:  # calibrating where LiteRT's schema is missing: NumPy's float32 form
             monkeypatch.setattr(score_model, "build_model", lambda **kw: None)
         got, rep = fit_ood(probs, x[1::2], x[::2], y[::2], 0.05, "auto", fits=fits)
         assert got.kind == rep["kind"] == kind
-        lite, _ = fit_ood(probs, x[1::2], x[::2], y[::2], 0.05, DEFAULT_KIND, fits=fits)
+        lite, _ = fit_ood(probs, x[1::2], x[::2], y[::2], 0.05, WITHOUT_MAXIMA, fits=fits)
         mix, _ = fit_ood(probs, x[1::2], x[::2], y[::2], 0.05, LEANER, fits=fits)
         assert (lite.stats.score_model is not None) == int8
-        assert (frame_bytes(lite) <= frame_bytes(mix)) == (kind == DEFAULT_KIND)
+        assert (frame_bytes(lite) <= frame_bytes(mix)) == (kind == WITHOUT_MAXIMA)
+        # with the maxima output: neighbour-max where it is the leaner (its basis is twice as wide)
+        got, rep = fit_ood(probs, x[1::2], x[::2], y[::2], 0.05, "auto", fits=fits, maxima=maxima)
+        wide = rep["candidates"]
+        assert "neighbour-max" in wide and got.kind == rep["kind"]
+        both, _ = fit_ood(probs, x[1::2], x[::2], y[::2], 0.05, DEFAULT_KIND, fits=fits, maxima=maxima)
+        assert got.kind == (DEFAULT_KIND if frame_bytes(both) <= frame_bytes(mix) else LEANER)
 
 
 @pytest.mark.parametrize("kind", ["neighbour-lite", "neighbour-mix", "relative"])

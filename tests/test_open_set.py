@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from trashcam.calibration.ood import DEFAULT_KIND, LEANER
+from trashcam.calibration.ood import LEANER, WITHOUT_MAXIMA
 
 # What auto fits on the tiny fixture model (one k-means fit, short features): radius-mix, which reads fewer bytes a
 # frame there than DEFAULT_KIND, even as an int8 model (test_neighbour_mix.py has the rule)
@@ -133,7 +133,7 @@ def test_relative_score_flags_what_looks_like_reviewed_foreign_images():
     _, rep = fit_ood(probs, val, x[::2], y[::2], 0.05, "auto", (np.full((1, 3), 1 / 3), foreign[:1]))
     assert rep["kind"] == "relative" and 0 <= rep["candidates"]["relative"]["foreign_flagged"] <= 1  # one image
     _, rep = fit_ood(probs, val, x[::2], y[::2], 0.05, "auto")
-    assert rep["kind"] in (DEFAULT_KIND, LEANER) and "relative" not in rep["candidates"]  # test_neighbour_mix: which
+    assert rep["kind"] in (WITHOUT_MAXIMA, LEANER) and "relative" not in rep["candidates"]  # test_neighbour_mix: which
     with pytest.raises(ValueError, match="needs reviewed foreign images"):
         fit_ood(probs, val, x[::2], y[::2], 0.05, "relative")
 
@@ -190,6 +190,8 @@ def test_score_meta_round_trip_and_unknown_kind():
 
 
 def test_converted_variants_output_features(scored_bundle):
+    import keras
+
     from trashcam.edge.bundle import Bundle
     from trashcam.edge.interpreters import open_engine
     from trashcam.train.keras_engine import load_keras_model
@@ -199,7 +201,10 @@ def test_converted_variants_output_features(scored_bundle):
     img = np.random.default_rng(0).integers(0, 255, (*b.preprocessing.input_size, 3), dtype=np.uint8)
     model = load_keras_model(b)
     from trashcam.calibration.ood import keras_features
+    from trashcam.train.features import _pool_layer
     ref = keras_features(model, img[None])
+    feature_map = keras.Model(model.input, _pool_layer(model).input)(img[None].astype(np.float32))
+    ref_max = np.asarray(feature_map).max(axis=(1, 2))
     for v in ("tflite-fp32", "tflite-int8"):
         eng = open_engine(b, v, 1)
         assert eng.has_features
@@ -211,6 +216,11 @@ def test_converted_variants_output_features(scored_bundle):
         assert f.shape == ref.shape
         if v == "tflite-fp32":
             np.testing.assert_allclose(f, ref, rtol=1e-4, atol=1e-4)
+        # output 2: each channel's maximum over the map the features average (never below their mean)
+        assert eng.has_features_max and eng.features_max().shape == ref.shape
+        if v == "tflite-fp32":
+            np.testing.assert_allclose(eng.features_max(), ref_max, rtol=1e-4, atol=1e-4)
+        assert np.all(eng.features_max() >= f - 0.05)
 
 
 def test_calibrate_stores_a_feature_score_per_variant(scored_bundle):
@@ -515,3 +525,32 @@ def test_neighbour_lite_bundle_runs_its_int8_model_on_the_device_path(scored_bun
                                          isolate=False, record=False))
     assert r["variants"][0]["uncertainty"]["per_frame"] == "numpy float32"
     assert "neighbour-lite, per frame x" in format_table(r)
+
+
+def test_neighbour_max_reads_the_maxima_output_and_old_models_fall_back(scored_bundle, tmp_path):
+    """--ood-score neighbour-max fits neighbour-lite on the unit features beside the unit maxima; a frame's score is
+    that of the same two outputs; an engine without the maxima output (a model converted before it) falls back to
+    max-probability instead of scoring the wrong vector."""
+    from trashcam.calibration.config import CalibrationConfig
+    from trashcam.calibration.pipeline import calibrate_bundle
+    from trashcam.edge.ood import both
+    from trashcam.edge.runtime import Classifier, uncertainty_rule
+
+    d = tmp_path / "nm"
+    shutil.copytree(scored_bundle[0], d)
+    rep = calibrate_bundle(d, CalibrationConfig(plots=False, threads=1, variants=("tflite-int8",),
+                                                ood_score="neighbour-max"))
+    u = rep["variants"]["tflite-int8"]["uncertainty"]
+    assert u["kind"] == "neighbour-max" and u["candidates"]["neighbour-max"]["val_flagged"] <= 0.1
+    clf = Classifier(d, "tflite-int8", threads=1)
+    assert clf.ood.kind == "neighbour-max" and clf.ood.stats.projection.basis.shape[1] == 2 * 8
+    img = np.random.default_rng(4).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    p = clf.classify(img)
+    v = both(clf.engine.features(), clf.engine.features_max())
+    assert p.score == pytest.approx(float(clf.ood.stats.score(v)[0]), rel=1e-5)  # float32 per frame, float64 here
+    assert p.uncertain == (p.score > clf.ood.threshold)
+
+    class OldEngine:  # features, no maxima
+        has_features, has_features_max = True, False
+    ood, _ = uncertainty_rule(clf.bundle, "tflite-int8", OldEngine())
+    assert ood is None
