@@ -32,17 +32,18 @@ class CalibrationConfig(JsonConfig):
                                    metavar="DIR")
     threads: int | None = setting(None, "inference threads", min=1)
     # the "uncertain" score (calibration/ood.py), fitted per variant
-    ood_score: str = setting("auto", "uncertainty score: auto (neighbour-lite: each frame's distance to each "
-                                     "class's k-means centres, averaged with its distance to the nearest train "
-                                     "feature in units of that feature's own radius, in the train features' top 192 "
-                                     "directions, computed by a tiny int8 TFLite model; with reviewed "
+    ood_score: str = setting("auto", "uncertainty score: auto (neighbour-max: neighbour-lite on the pooled "
+                                     "features beside each channel's maximum over the last feature map, the "
+                                     "converted models' third output; neighbour-lite where a model lacks it: each "
+                                     "frame's distance to each class's k-means centres, averaged with its distance "
+                                     "to the nearest train feature in units of that feature's own radius, in the "
+                                     "train features' top 192 directions, computed by a tiny int8 TFLite model; with "
+                                     "reviewed "
                                      "foreign images, relative: the prototypes' distance minus the distance to "
                                      "centres of those images), msp, mahalanobis, combined, prototypes, radius-mix "
                                      "(the default before 2026-12-06), neighbour-mix (neighbour-lite in all 1280 "
-                                     "directions: a little more flagged, ~3.5x its bytes a frame), neighbour-lite, "
-                                     "neighbour-max (neighbour-lite on the pooled features beside each channel's "
-                                     "maximum over the last feature map, the converted models' third output), "
-                                     "relative",
+                                     "directions: a little more flagged, ~3.5x its bytes a frame), neighbour-lite "
+                                     "(the default before 2026-12-06's stop 51), neighbour-max, relative",
                              choices=("auto", *OOD_KINDS), flag="--uncertainty-score")
     flag_rate: float = setting(0.05, "the score's threshold flags at most this share of new known-class images "
                                "(split conformal on the validation images)", above=0.0,
