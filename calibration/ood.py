@@ -44,7 +44,7 @@ DEFAULT_KIND = "neighbour-max"
 # selectable. radius-mix was the default from 2026-12-05 evening (42.8-49.0 % deployed over eight runs, old threshold
 # rank), the plain prototypes before it (40.5 % against Mahalanobis + max-probability's 34.9 %, 2026-12-02).
 WITHOUT_MAXIMA = "neighbour-lite"
-# What `auto` uses instead where it reads fewer bytes a frame than DEFAULT_KIND: the score's time after an invoke goes
+# What `auto` uses where it reads fewer bytes a frame than DEFAULT_KIND and WITHOUT_MAXIMA: the score's time after an invoke goes
 # with the bytes it reads (docs/cold-start.md), and rule I asked neighbour-lite to cost no more than radius-mix. At
 # 288 x 288 it reads less (2.2 against 2.6-3.3 MB); for smaller inputs radius-mix's fewer k-means fits can read less
 # (2 fits at 160 px and 1000 train images: 0.8 against 1.9 MB). The quick recipe on the 110-image sample: 0.68
@@ -182,11 +182,13 @@ def fit_ood(val_probs: np.ndarray, val_feats: np.ndarray | None, train_feats: np
             kind = max((k for k in order if k in candidates),
                        key=lambda k: report["candidates"][k]["foreign_flagged"])
         else:
-            kind = next((k for k in (DEFAULT_KIND, WITHOUT_MAXIMA) if k in candidates), "msp")
-            if kind != "msp" and frame_bytes(candidates[kind]) > frame_bytes(candidates[LEANER]):
-                report["chosen_by"] = (f"default: it reads fewer bytes a frame than {kind} with {fits} "
+            # the first preferred kind that reads no more bytes a frame than LEANER (rule I's bar), else LEANER
+            preferred = [k for k in (DEFAULT_KIND, WITHOUT_MAXIMA) if k in candidates]
+            kind = next((k for k in preferred if frame_bytes(candidates[k]) <= frame_bytes(candidates[LEANER])),
+                        LEANER if preferred else "msp")
+            if preferred and kind != preferred[0]:
+                report["chosen_by"] = (f"default: it reads fewer bytes a frame than {preferred[0]} with {fits} "
                                        "k-means fits")
-                kind = LEANER
     elif kind == "relative" and not have_foreign:
         raise ValueError("the relative score needs reviewed foreign images: --ood-data DIR, or the _foreign/ "
                          "images of edge-train --add-data")

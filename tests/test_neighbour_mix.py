@@ -125,10 +125,10 @@ def test_edge_calibrate_offers_neighbour_lite():
     assert np.mean(got.score(None, foreign) > got.threshold) > 0.5
 
 
-def test_auto_takes_neighbour_lite_unless_radius_mix_reads_fewer_bytes_a_frame(monkeypatch):
+def test_auto_takes_the_first_preferred_kind_that_reads_no_more_bytes_a_frame_than_radius_mix(monkeypatch):
     """The score's time after an invoke goes with the bytes it reads: with many k-means fits (a 288 px model) radius-mix
     reads more than neighbour-lite's basis and rows, with one fit (small inputs) less, and auto follows; as an int8
-    model neighbour-lite reads less at both."""
+    model neighbour-lite reads less at both. With the maxima output, neighbour-max comes first, then neighbour-lite."""
     from trashcam.calibration.ood import DEFAULT_KIND, LEANER, WITHOUT_MAXIMA, Maxima, fit_ood, frame_bytes
     from trashcam.edge import score_model
 
@@ -138,8 +138,9 @@ def test_auto_takes_neighbour_lite_unless_radius_mix_reads_fewer_bytes_a_frame(m
     probs = np.full((90, 3), 1 / 3)
     maxima = Maxima(val=x[1::2] * 2 + 1, train=x[::2] * 2 + 1)  # features_max, as a model with that output gives
     assert (DEFAULT_KIND, WITHOUT_MAXIMA, LEANER) == ("neighbour-max", "neighbour-lite", "radius-mix")
-    for int8, fits, kind in ((True, 8, WITHOUT_MAXIMA), (True, 1, WITHOUT_MAXIMA), (False, 8, WITHOUT_MAXIMA),
-                             (False, 1, LEANER)):
+    cases = ((True, 8, WITHOUT_MAXIMA, DEFAULT_KIND), (True, 1, WITHOUT_MAXIMA, WITHOUT_MAXIMA),
+             (False, 8, WITHOUT_MAXIMA, DEFAULT_KIND), (False, 1, LEANER, LEANER))  # (..., auto without / with maxima)
+    for int8, fits, kind, with_max in cases:
         if not int8:  # calibrating where LiteRT's schema is missing: NumPy's float32 form
             monkeypatch.setattr(score_model, "build_model", lambda **kw: None)
         got, rep = fit_ood(probs, x[1::2], x[::2], y[::2], 0.05, "auto", fits=fits)
@@ -148,12 +149,14 @@ def test_auto_takes_neighbour_lite_unless_radius_mix_reads_fewer_bytes_a_frame(m
         mix, _ = fit_ood(probs, x[1::2], x[::2], y[::2], 0.05, LEANER, fits=fits)
         assert (lite.stats.score_model is not None) == int8
         assert (frame_bytes(lite) <= frame_bytes(mix)) == (kind == WITHOUT_MAXIMA)
-        # with the maxima output: neighbour-max where it is the leaner (its basis is twice as wide)
+        # with the maxima output: neighbour-max where it reads no more than radius-mix (its basis is twice as
+        # wide), else neighbour-lite where that does
         got, rep = fit_ood(probs, x[1::2], x[::2], y[::2], 0.05, "auto", fits=fits, maxima=maxima)
         wide = rep["candidates"]
-        assert "neighbour-max" in wide and got.kind == rep["kind"]
+        assert "neighbour-max" in wide and got.kind == rep["kind"] == with_max
         both, _ = fit_ood(probs, x[1::2], x[::2], y[::2], 0.05, DEFAULT_KIND, fits=fits, maxima=maxima)
-        assert got.kind == (DEFAULT_KIND if frame_bytes(both) <= frame_bytes(mix) else LEANER)
+        assert got.kind == (DEFAULT_KIND if frame_bytes(both) <= frame_bytes(mix) else
+                            WITHOUT_MAXIMA if frame_bytes(lite) <= frame_bytes(mix) else LEANER)
 
 
 @pytest.mark.parametrize("kind", ["neighbour-lite", "neighbour-mix", "relative"])
