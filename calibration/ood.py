@@ -44,7 +44,8 @@ DEFAULT_KIND = "neighbour-max"
 # selectable. radius-mix was the default from 2026-12-05 evening (42.8-49.0 % deployed over eight runs, old threshold
 # rank), the plain prototypes before it (40.5 % against Mahalanobis + max-probability's 34.9 %, 2026-12-02).
 WITHOUT_MAXIMA = "neighbour-lite"
-# What `auto` uses where it reads fewer bytes a frame than DEFAULT_KIND and WITHOUT_MAXIMA: the score's time after an invoke goes
+PREFERRED = (DEFAULT_KIND, WITHOUT_MAXIMA)  # auto's order, with or without foreign images
+# What `auto` uses where it reads fewer bytes a frame than each PREFERRED kind: the score's time after an invoke goes
 # with the bytes it reads (docs/cold-start.md), and rule I asked neighbour-lite to cost no more than radius-mix. At
 # 288 x 288 it reads less (2.2 against 2.6-3.3 MB); for smaller inputs radius-mix's fewer k-means fits can read less
 # (2 fits at 160 px and 1000 train images: 0.8 against 1.9 MB). The quick recipe on the 110-image sample: 0.68
@@ -178,12 +179,12 @@ def fit_ood(val_probs: np.ndarray, val_feats: np.ndarray | None, train_feats: np
         if "relative" in candidates:
             kind = RELATIVE_WITH_FOREIGN
         elif have_foreign:  # the field's own foreign objects decide; ties keep the experiment's choice
-            order = [DEFAULT_KIND, WITHOUT_MAXIMA] + [k for k in candidates if k not in (DEFAULT_KIND, WITHOUT_MAXIMA)]
+            order = [*PREFERRED, *(k for k in candidates if k not in PREFERRED)]
             kind = max((k for k in order if k in candidates),
                        key=lambda k: report["candidates"][k]["foreign_flagged"])
         else:
             # the first preferred kind that reads no more bytes a frame than LEANER (rule I's bar), else LEANER
-            preferred = [k for k in (DEFAULT_KIND, WITHOUT_MAXIMA) if k in candidates]
+            preferred = [k for k in PREFERRED if k in candidates]
             kind = next((k for k in preferred if frame_bytes(candidates[k]) <= frame_bytes(candidates[LEANER])),
                         LEANER if preferred else "msp")
             if preferred and kind != preferred[0]:
