@@ -31,7 +31,9 @@ from trashcam.edge.prototypes import PROTOTYPE_FITS, Prototypes, RadiusPrototype
 # asked +1.0) at 4.1-4.6 % of known items, the probabilities identical to the bit, at x0.996-1.019 of the two-output
 # frame (docs/cold-start.md, stops 50-51). A small gain with a wide interval (-3.1 to +5.7 pp), at no cost. A fifth
 # fresh run (seed 17, stop 52): 52.9 against 54.7 %, so +0.7 pp over five (-2.7 to +4.1): kept; if eight or more
-# fresh runs put the mean difference below 0, neighbour-lite (the leaner) comes back.
+# fresh runs put the mean difference below 0, neighbour-lite (the leaner) comes back. Its cost, re-timed in a slower
+# hour of stop 52: x1.039-1.052 at 2 threads (neighbour-lite x1.022-1.030), at the edge of issue 15's 5 %; the next
+# stop re-times both on two bundles and returns to neighbour-lite above x1.050 (docs/cold-start.md).
 DEFAULT_KIND = "neighbour-max"
 # The default where the model has no maxima output (the keras variant; bundles converted before stop 51), and the
 # default before: the fine-tuned default recipe trained without each class in turn, INT8, edge-calibrate's 1000 train
