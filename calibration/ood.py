@@ -132,42 +132,42 @@ def fit_ood(val_probs: np.ndarray, val_feats: np.ndarray | None, train_feats: np
     if kind not in KINDS:
         raise ValueError(f"uncertainty score must be one of {', '.join(KINDS)}, got {kind!r}")
     candidates: dict[str, OodScore] = {}
+    val_scores: dict[str, np.ndarray] = {}  # each kind's validation scores: its threshold, then its report row
+
+    def add(c: OodScore, val_score: np.ndarray) -> None:
+        c.threshold = threshold_for_rate(val_score, flag_rate)
+        candidates[c.kind], val_scores[c.kind] = c, val_score
+
     val_msp = msp_score(val_probs)
-    candidates["msp"] = OodScore("msp", threshold_for_rate(val_msp, flag_rate))
+    add(OodScore("msp"), val_msp)
     if val_feats is not None and train_feats is not None and len(np.unique(train_y)) >= 2:
         maha = Mahalanobis.fit(train_feats, train_y)
         m = maha.score(val_feats)
-        candidates["mahalanobis"] = OodScore("mahalanobis", threshold_for_rate(m, flag_rate), maha)
+        add(OodScore("mahalanobis", 0.0, maha), m)
         norm = {"mahalanobis": (float(m.mean()), float(m.std() + 1e-12)),
                 "msp": (float(val_msp.mean()), float(val_msp.std() + 1e-12))}
         comb = OodScore("combined", 0.0, maha, norm)
-        comb.threshold = threshold_for_rate(comb.score(val_probs, val_feats), flag_rate)
-        candidates["combined"] = comb
+        add(comb, comb.score(val_probs, val_feats))
         protos = Prototypes.fit(train_feats, train_y, members=fits)
-        candidates["prototypes"] = OodScore("prototypes", threshold_for_rate(protos.score(val_feats), flag_rate),
-                                            protos)
+        add(OodScore("prototypes", 0.0, protos), protos.score(val_feats))
         mix = RadiusPrototypes.fit_radii(protos, train_feats, val_feats)
-        candidates["radius-mix"] = OodScore("radius-mix", threshold_for_rate(mix.score(val_feats), flag_rate), mix)
+        add(OodScore("radius-mix", 0.0, mix), mix.score(val_feats))
         near = NeighbourMix.fit_rows(protos, train_feats, train_y, val_feats).with_model(val_feats)
-        candidates["neighbour-mix"] = OodScore("neighbour-mix", threshold_for_rate(near.score(val_feats), flag_rate),
-                                               near)
+        add(OodScore("neighbour-mix", 0.0, near), near.score(val_feats))
         lite = NeighbourLite.fit(train_feats, train_y, val_feats, members=fits).with_model(val_feats)
-        candidates["neighbour-lite"] = OodScore("neighbour-lite", threshold_for_rate(lite.score(val_feats), flag_rate),
-                                                lite)
+        add(OodScore("neighbour-lite", 0.0, lite), lite.score(val_feats))
     if "neighbour-lite" in candidates and maxima is not None and maxima.val is not None and maxima.train is not None:
         val_both = both(val_feats, maxima.val)
         wide = NeighbourLite.fit(both(train_feats, maxima.train), train_y, val_both, members=fits).with_model(val_both)
-        candidates["neighbour-max"] = OodScore("neighbour-max", threshold_for_rate(wide.score(val_both), flag_rate),
-                                               wide)
+        add(OodScore("neighbour-max", 0.0, wide), wide.score(val_both))
     have_foreign = foreign is not None and len(foreign[0])
     if "prototypes" in candidates and have_foreign and foreign[1] is not None:
         rel = RelativePrototypes.fit_foreign(protos, foreign[1]).with_model(val_feats)
-        candidates["relative"] = OodScore("relative", threshold_for_rate(rel.score(val_feats), flag_rate), rel)
+        add(OodScore("relative", 0.0, rel), rel.score(val_feats))
     report: dict[str, Any] = {"flag_rate": flag_rate, "candidates": {}}
     maxima = maxima or Maxima()
     for name, c in candidates.items():
-        row = {"threshold": c.threshold, "val_flagged": float(np.mean(
-            c.score(val_probs, c.features_of(val_feats, maxima.val)) > c.threshold))}
+        row = {"threshold": c.threshold, "val_flagged": float(np.mean(val_scores[name] > c.threshold))}
         if have_foreign:
             row["foreign_flagged"] = float(np.mean(
                 c.score(foreign[0], c.features_of(foreign[1], maxima.foreign)) > c.threshold))
