@@ -146,6 +146,8 @@ def test_auroc_ties_and_threshold_edges():
     assert np.mean(s > threshold_for_rate(s, 0.2)) == pytest.approx(0.1)  # 9 of 10 kept: ceil(0.8 x 11)
     assert np.mean(s > threshold_for_rate(s, 0.0)) == 0.0
     assert np.mean(np.arange(99.0) > threshold_for_rate(np.arange(99.0), 0.05)) == pytest.approx(4 / 99)  # 95 kept
+    # on the 95th score itself, a round-off's width above (halfway to the 96th flagged fewer new images)
+    assert 94.0 < threshold_for_rate(np.arange(99.0), 0.05) <= 94.0 * (1 + 1e-4)
 
 
 def test_the_threshold_flags_at_most_the_rate_of_new_in_distribution_images():
