@@ -24,14 +24,13 @@ from trashcam.edge.neighbours import NeighbourLite, NeighbourMix
 from trashcam.edge.prototypes import PROTOTYPE_FITS, Prototypes, RadiusPrototypes, RelativePrototypes, prototype_fits
 
 # What leave-one-class-out chose when no foreign images say otherwise, and the model outputs its feature map's
-# maxima (train/features.py): neighbour-lite on the unit pooled features beside the unit maxima. Post hoc (stop 49,
-# cached INT8 outputs) it flagged +0.4 to +7.2 pp more of a held-out class than neighbour-lite on all eight runs of
-# seeds 5-12; built and deployed (fold bundles, edge-calibrate, Classifier's rule), the four fresh runs rule N asked
-# +1.0 pp of gave +0.9 / +3.2 / +3.6 / -2.4 (seeds 13-16, mean +1.3), and a fifth -1.8 (seed 17): +0.7 pp over five
-# (95 % interval -2.7 to +4.1) at 4.1-4.6 % of known items, the probabilities identical to the bit. Its frame costs
-# x1.020-1.029 of the INT8 frame at 1 thread and x1.038-1.052 at 2 (stops 51-52; neighbour-lite x1.011-1.030), at the
-# edge of issue 15's 5 %. Rules for the next stops (docs/cold-start.md, stop 52): neighbour-lite comes back if its
-# mean at 2 threads, re-timed on two bundles, exceeds x1.050, or if eight fresh runs put the mean gain below 0.
+# maxima (train/features.py): neighbour-lite on the unit pooled features beside the unit maxima. Post hoc (stop 49) it
+# flagged more of a held-out class than neighbour-lite on all eight runs of seeds 5-12; rule N (stop 51) adopted it on
+# four fresh runs (+1.3 pp, seeds 13-16). Every fresh run since, both scores side by side, is one table in
+# docs/cold-start.md ("Every fresh run"): the gain stays small and unsure. Its frame costs x1.02 of the INT8 frame at 1
+# thread and x1.04 at 2 (stops 51-53; neighbour-lite x1.015 / x1.023). Rules for later stops (docs/cold-start.md, stop
+# 52): neighbour-lite comes back if its mean at 2 threads, re-timed on two bundles, exceeds x1.050, or if eight fresh
+# runs put the mean gain below 0.
 DEFAULT_KIND = "neighbour-max"
 # The default where the model has no maxima output (the keras variant; bundles converted before stop 51), and the
 # default before: the fine-tuned default recipe trained without each class in turn, INT8, edge-calibrate's 1000 train
