@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from trashcam.edge.bundle import Bundle, atomic_write_bytes
-from trashcam.edge.ood import KINDS as OOD_KINDS, Mahalanobis, OodScore, both, msp_score, threshold_for_rate
+from trashcam.edge.ood import (KINDS as OOD_KINDS, Mahalanobis, OodScore, both, msp_score, new_flagged_expected,
+                               threshold_for_rate)
 from trashcam.edge.neighbours import NeighbourLite, NeighbourMix
 from trashcam.edge.prototypes import PROTOTYPE_FITS, Prototypes, RadiusPrototypes, RelativePrototypes, prototype_fits
 
@@ -163,7 +164,8 @@ def fit_ood(val_probs: np.ndarray, val_feats: np.ndarray | None, train_feats: np
     if "prototypes" in candidates and have_foreign and foreign[1] is not None:
         rel = RelativePrototypes.fit_foreign(protos, foreign[1]).with_model(val_feats)
         add(OodScore("relative", 0.0, rel), rel.score(val_feats))
-    report: dict[str, Any] = {"flag_rate": flag_rate, "candidates": {}}
+    report: dict[str, Any] = {"flag_rate": flag_rate, "candidates": {},
+                              "new_flagged_expected": new_flagged_expected(len(val_probs), flag_rate)}
     maxima = maxima or Maxima()
     for name, c in candidates.items():
         row = {"threshold": c.threshold, "val_flagged": float(np.mean(val_scores[name] > c.threshold))}

@@ -279,6 +279,17 @@ def conformal_keep(n: int, flag_rate: float) -> int:
     return int(np.ceil((1.0 - flag_rate) * (n + 1) - 1e-9))
 
 
+def kept(n: int, flag_rate: float) -> int:
+    """conformal_keep within the n scores there are (at least one, at most all)."""
+    return min(max(conformal_keep(n, flag_rate), 1), n)
+
+
+def new_flagged_expected(n: int, flag_rate: float) -> float:
+    """Probability that a new in-distribution image falls above threshold_for_rate's threshold on n calibration
+    scores: (n + 1 - kept) / (n + 1), 4.74 % at n = 252 for a rate of 5 %; 1 / (n + 1) with too few images."""
+    return (n + 1 - kept(n, flag_rate)) / (n + 1)
+
+
 def threshold_for_rate(in_dist_scores: np.ndarray, flag_rate: float) -> float:
     """The threshold (score > t flags) above which a new in-distribution image falls with probability at most
     `flag_rate`: split conformal, the ceil((1 - rate)(n + 1))-th smallest of the n scores kept below it. Keeping
@@ -290,7 +301,7 @@ def threshold_for_rate(in_dist_scores: np.ndarray, flag_rate: float) -> float:
     s = np.sort(np.asarray(in_dist_scores, np.float64))
     if len(s) == 0:
         raise ValueError("cannot choose a threshold on zero images")
-    keep = min(max(conformal_keep(len(s), flag_rate), 1), len(s))
+    keep = kept(len(s), flag_rate)
     last = s[keep - 1]
     guard = max(abs(last) * 1e-4, 1e-9)
     return float(last + (guard if keep == len(s) else min(guard, (s[keep] - last) / 2)))

@@ -150,6 +150,7 @@ def test_cli(calibrated, tmp_path):
     rule = [ln for ln in p.stdout.splitlines() if ln.startswith("tflite-int8: 'uncertain' = ")]
     assert len(rule) == 1 and "of foreign images" in rule[0]  # the rule edge-run will apply, said once
     assert "= relative score" in rule[0] and "fitted on the other half" in rule[0]
+    assert "new known-class images:" in rule[0] and "% expected" in rule[0]  # beside the fitting images' share
     rep = json.loads((d / "calibration_report.json").read_text())
     assert rep["variants"]["tflite-int8"]["ood"]["n_images"] == 4
     assert rep["variants"]["tflite-int8"]["threshold"]["coverage"] >= 0.5

@@ -139,7 +139,7 @@ def test_relative_score_flags_what_looks_like_reviewed_foreign_images():
 
 
 def test_auroc_ties_and_threshold_edges():
-    from trashcam.edge.ood import auroc, threshold_for_rate
+    from trashcam.edge.ood import auroc, new_flagged_expected, threshold_for_rate
     assert auroc(np.array([0.0, 0.0]), np.array([0.0])) == pytest.approx(0.5)
     assert auroc(np.array([0.0, 1.0]), np.array([2.0])) == 1.0
     s = np.arange(10.0)
@@ -148,6 +148,8 @@ def test_auroc_ties_and_threshold_edges():
     assert np.mean(np.arange(99.0) > threshold_for_rate(np.arange(99.0), 0.05)) == pytest.approx(4 / 99)  # 95 kept
     # on the 95th score itself, a round-off's width above (halfway to the 96th flagged fewer new images)
     assert 94.0 < threshold_for_rate(np.arange(99.0), 0.05) <= 94.0 * (1 + 1e-4)
+    assert new_flagged_expected(252, 0.05) == pytest.approx(12 / 253)  # what the rank promises new images
+    assert new_flagged_expected(9, 0.05) == pytest.approx(0.1)  # too few: above them all
 
 
 def test_the_threshold_flags_at_most_the_rate_of_new_in_distribution_images():
