@@ -76,6 +76,7 @@ def quality(bundle: Bundle, variant: str, ood=None) -> dict | None:
         rep = {}
     unc = rep.get("uncertainty", {}).get("candidates", {}).get(meta.get("kind"), {})
     out.update({"val_flagged": unc.get("val_flagged"), "foreign_flagged": unc.get("foreign_flagged"),
+                "new_flagged_expected": rep.get("uncertainty", {}).get("new_flagged_expected"),
                 "ece_after": rep.get("after", {}).get("ece"), "ece_before": rep.get("before", {}).get("ece")})
     return out
 
@@ -113,7 +114,8 @@ def console_lines(result: dict) -> list[str]:
         if not c:
             continue
         shares = [f"{u[k] * 100:.1f} % of {what}" for k, what in
-                  (("val_flagged", "the images it was fitted on"), ("foreign_flagged", "foreign images"))
+                  (("val_flagged", "the images it was fitted on"),
+                   ("new_flagged_expected", "new known-class images (expected)"), ("foreign_flagged", "foreign images"))
                   if u.get(k) is not None]
         flags = ", flags " + " and ".join(shares) if shares else ""
         how = " (int8 model)" if u.get("per_frame") == "int8 tflite" else ""

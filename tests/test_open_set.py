@@ -298,6 +298,7 @@ def test_bench_reports_score_cost_and_quality(scored_bundle, tmp_path):
     assert "## Uncertainty score" in to_markdown(r)
     line = [ln for ln in format_table(r).splitlines() if ln.startswith("uncertainty score of tflite-int8 @ 1 thr")]
     assert len(line) == 1 and f"{TINY_AUTO}, per frame x" in line[0] and "of the images it was fitted on" in line[0]
+    assert "of new known-class images (expected)" in line[0]
     assert "95 % CI" in line[0]
 
 
