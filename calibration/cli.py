@@ -56,8 +56,8 @@ def format_table(report: dict) -> str:
         if "foreign_flagged_in_sample" in c:
             foreign += " (each half scored with centres fitted on the other half)"
         how = ", an int8 model" if u.get("per_frame") == "int8 tflite" else ""
-        new = u.get("new_flagged_expected")
-        new = f" (new known-class images: {new * 100:.1f}% expected)" if new is not None else ""
+        promise = u.get("new_flagged_expected")
+        new = f" (new known-class images: {promise * 100:.1f}% expected)" if promise is not None else ""
         lines.append(f"{name}: 'uncertain' = {u['kind']} score > {c['threshold']:.4g} "
                      f"({u.get('chosen_by', 'asked for')}{how}): flags {c['val_flagged'] * 100:.1f}% of the fitting "
                      f"images{new}{foreign}")
