@@ -74,9 +74,10 @@ def quality(bundle: Bundle, variant: str, ood=None) -> dict | None:
         rep = json.loads(bundle.file(rel).read_text())["variants"][variant] if rel else {}
     except (OSError, ValueError, KeyError):
         rep = {}
-    unc = rep.get("uncertainty", {}).get("candidates", {}).get(meta.get("kind"), {})
+    block = rep.get("uncertainty", {})
+    unc = block.get("candidates", {}).get(meta.get("kind"), {})
     out.update({"val_flagged": unc.get("val_flagged"), "foreign_flagged": unc.get("foreign_flagged"),
-                "new_flagged_expected": rep.get("uncertainty", {}).get("new_flagged_expected"),
+                "new_flagged_expected": block.get("new_flagged_expected"),
                 "ece_after": rep.get("after", {}).get("ece"), "ece_before": rep.get("before", {}).get("ece")})
     return out
 

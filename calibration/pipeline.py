@@ -18,7 +18,7 @@ import numpy as np
 from trashcam.edge.bundle import Bundle, BundleError, atomic_write_json, bundle_lock, now_iso
 from trashcam.edge.images import is_image_file
 from trashcam.edge.interpreters import ENGINES, open_engine, variant_format
-from trashcam.edge.ood import conformal_keep
+from trashcam.edge.ood import conformal_keep, new_flagged_expected
 from trashcam.edge.temperature import apply_temperature
 
 from .config import CalibrationConfig
@@ -72,8 +72,8 @@ def few_images_warning(n: int, flag_rate: float, what: str) -> str | None:
     if conformal_keep(n, flag_rate) <= n:
         return None
     return (f"WARNING: {n} {what} images: the uncertain threshold sits above all their scores, yet a new known-class "
-            f"image falls above it with probability 1 / (n + 1) = {1 / (n + 1):.1%}, more than --flag-rate "
-            f"{flag_rate:.1%}; {math.ceil(1 / flag_rate - 1 - 1e-9)} images or more keep the rate")
+            f"image falls above it with probability 1 / (n + 1) = {new_flagged_expected(n, flag_rate):.1%}, more than "
+            f"--flag-rate {flag_rate:.1%}; {math.ceil(1 / flag_rate - 1 - 1e-9)} images or more keep the rate")
 
 
 def fit_split(bundle: Bundle, config: CalibrationConfig) -> str:
