@@ -94,7 +94,23 @@ def model_outputs(interpreter) -> tuple[dict, dict | None, dict | None]:
     return ordered[0], ordered[1], (ordered[2] if len(ordered) > 2 else None)
 
 
-class TFLiteEngine:
+class _ScoreOutputs:
+    """What the uncertainty score can read besides the probabilities: `_feat` and `_max` are the engine's own
+    handles to the pooled features and the per-channel maxima, None where the model lacks that output."""
+
+    _feat: Any = None
+    _max: Any = None
+
+    @property
+    def has_features(self) -> bool:
+        return self._feat is not None
+
+    @property
+    def has_features_max(self) -> bool:
+        return self._max is not None
+
+
+class TFLiteEngine(_ScoreOutputs):
     """One LiteRT interpreter, batch 1, built once. `invoke_raw` is what the latency benchmark times."""
 
     format = "tflite"
@@ -151,14 +167,6 @@ class TFLiteEngine:
     def postprocess(self, raw: np.ndarray) -> np.ndarray:
         return _dequantize_codes(raw, self._out_lut, self.output_quant)
 
-    @property
-    def has_features(self) -> bool:
-        return self._feat is not None
-
-    @property
-    def has_features_max(self) -> bool:
-        return self._max is not None
-
     def features(self) -> np.ndarray | None:
         """The pooled features of the last invoke (1, D) float32, de-quantised; None for a probs-only model."""
         return self._read(self._feat, self._feat_lut)
@@ -177,7 +185,7 @@ class TFLiteEngine:
         return np.concatenate([self.postprocess(self.invoke_raw(self.prepare(im))) for im in batch_u8])
 
 
-class OnnxEngine:
+class OnnxEngine(_ScoreOutputs):
     """ONNX Runtime on CPU (an optional dependency: only the `onnx` variant needs it)."""
 
     format = "onnx"
@@ -209,14 +217,6 @@ class OnnxEngine:
     def invoke_raw(self, prepared: np.ndarray) -> np.ndarray:
         self._last = self.session.run(None, {self._in: prepared})
         return self._last[self._probs]
-
-    @property
-    def has_features(self) -> bool:
-        return self._feat is not None
-
-    @property
-    def has_features_max(self) -> bool:
-        return self._max is not None
 
     def features(self) -> np.ndarray | None:
         return None if self._feat is None else np.asarray(self._last[self._feat], np.float32)
