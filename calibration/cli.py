@@ -24,6 +24,8 @@ Fits one temperature T per variant on the saved validation split (minimum NLL of
 ECE (15 bins) before/after, writes reliability diagrams and the coverage/accuracy curve to BUNDLE/calibration/,
 and stores temperature, temperature_by_variant and threshold in metadata.json["calibration"], which
 edge-run's Classifier applies. --ood-data DIR: images of no known class; reports the share flagged uncertain.
+With no such images the uncertainty score flags about half of a kind of object the model never trained on
+(docs/cold-start.md); reviewed ones (--ood-data, or edge-train --add-data's _foreign/) lift that for their kind.
 A refit bundle (edge-train --stage2-data train+val) trained on its validation images; --split auto then fits on
 its test split, the only images it never saw. Neither T nor the threshold changes which class wins, so its test
 accuracy still counts; ECE and the share flagged on that test split become in-sample (edge-bench marks them).
@@ -31,6 +33,13 @@ Measured on 10 refit 5-fold models, each fitted on half its test fold and scored
 and 5.2 % flagged (fitted on the seen validation images: 3.8 % and 6.3 %; default bundles: 2.3 % and 5.1 %).
 Exit status: 0 ok, 2 bad bundle/data/arguments.
 """
+
+
+# The cold start's measured limit (docs/cold-start.md, "Every fresh run") and the field loop that lifts it
+# (docs/foreign-objects.md), said where a user first sees the score chosen without foreign images.
+NO_FOREIGN_HINT = ("no reviewed foreign images: the score flags about half of a kind of object it never trained on; "
+                   "reviewed ones (--ood-data DIR, or DIR/_foreign/ of edge-train --add-data) lift that for their "
+                   "kind (docs/foreign-objects.md)")
 
 
 def format_table(report: dict) -> str:
@@ -61,6 +70,8 @@ def format_table(report: dict) -> str:
         lines.append(f"{name}: 'uncertain' = {u['kind']} score > {c['threshold']:.4g} "
                      f"({u.get('chosen_by', 'asked for')}{how}): flags {c['val_flagged'] * 100:.1f}% of the fitting "
                      f"images{new}{foreign}")
+    if any((r.get("uncertainty") or {}).get("chosen_by") == "default" for r in report["variants"].values()):
+        lines.append(NO_FOREIGN_HINT)
     return "\n".join(lines)
 
 

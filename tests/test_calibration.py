@@ -156,6 +156,27 @@ def test_cli(calibrated, tmp_path):
     assert rep["variants"]["tflite-int8"]["threshold"]["coverage"] >= 0.5
 
 
+def test_the_table_says_what_a_score_without_foreign_images_can_do():
+    """Chosen with no reviewed foreign images, the rule line is followed once by the cold start's limit and the way
+    past it; fitted on reviewed ones (relative), not."""
+    from trashcam.calibration.cli import NO_FOREIGN_HINT, format_table
+
+    row = {"temperature": 1.0, "before": {"nll": 0.5, "ece": 0.05}, "after": {"nll": 0.4, "ece": 0.02},
+           "threshold": {"threshold": 0.6, "coverage": 0.9, "precision": 0.95}}
+    cand = {"threshold": 1.2, "val_flagged": 0.044}
+
+    def table(chosen_by, kind):
+        u = {"kind": kind, "chosen_by": chosen_by, "candidates": {kind: cand}, "new_flagged_expected": 0.047}
+        return format_table({"variants": {"tflite-int8": {**row, "uncertainty": u}, "onnx": {**row, "uncertainty": u}},
+                             "fitted_on": {"n_images": 252, "source": "test split", "n_skipped": 0},
+                             "base_variant": "tflite-int8"}).splitlines()
+
+    lines = table("default", "neighbour-max")
+    assert lines.count(NO_FOREIGN_HINT) == 1 and lines[-1] == NO_FOREIGN_HINT
+    assert "--ood-data" in NO_FOREIGN_HINT and "_foreign/" in NO_FOREIGN_HINT
+    assert NO_FOREIGN_HINT not in table("foreign images", "relative")
+
+
 def test_help_is_instant_and_bad_targets_are_rejected():
     code = ("import sys; from trashcam.calibration.cli import command; "
             "from trashcam.edge.clitools import help_text; h = help_text(command, 'edge-calibrate'); "
