@@ -56,11 +56,13 @@ def format_table(report: dict) -> str:
     f = report["fitted_on"]
     lines.append(f"fitted on {f['n_images']} images ({f['source']}); {f['n_skipped']} unreadable skipped; "
                  f"threshold from {report['base_variant']}")
+    cold = False  # a rule fitted with no foreign images to hand
     for name, r in report["variants"].items():  # the rule edge-run applies: the score, when the variant has one
         u = r.get("uncertainty")
         if not u or u.get("kind") not in u.get("candidates", {}):
             continue
         c = u["candidates"][u["kind"]]
+        cold = cold or "foreign_flagged" not in c
         foreign = f", {c['foreign_flagged'] * 100:.1f}% of foreign images" if "foreign_flagged" in c else ""
         if "foreign_flagged_in_sample" in c:
             foreign += " (each half scored with centres fitted on the other half)"
@@ -70,7 +72,7 @@ def format_table(report: dict) -> str:
         lines.append(f"{name}: 'uncertain' = {u['kind']} score > {c['threshold']:.4g} "
                      f"({u.get('chosen_by', 'asked for')}{how}): flags {c['val_flagged'] * 100:.1f}% of the fitting "
                      f"images{new}{foreign}")
-    if any((r.get("uncertainty") or {}).get("chosen_by") == "default" for r in report["variants"].values()):
+    if cold:
         lines.append(NO_FOREIGN_HINT)
     return "\n".join(lines)
 

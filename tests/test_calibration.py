@@ -157,8 +157,8 @@ def test_cli(calibrated, tmp_path):
 
 
 def test_the_table_says_what_a_score_without_foreign_images_can_do():
-    """Chosen with no reviewed foreign images, the rule line is followed once by the cold start's limit and the way
-    past it; fitted on reviewed ones (relative), not."""
+    """Fitted with no reviewed foreign images, the rule lines are followed once by the cold start's limit and the
+    way past it; with foreign images to hand, not."""
     from trashcam.calibration.cli import NO_FOREIGN_HINT, format_table
 
     row = {"temperature": 1.0, "before": {"nll": 0.5, "ece": 0.05}, "after": {"nll": 0.4, "ece": 0.02},
@@ -174,6 +174,8 @@ def test_the_table_says_what_a_score_without_foreign_images_can_do():
     lines = table("default", "neighbour-max")
     assert lines.count(NO_FOREIGN_HINT) == 1 and lines[-1] == NO_FOREIGN_HINT
     assert "--ood-data" in NO_FOREIGN_HINT and "_foreign/" in NO_FOREIGN_HINT
+    assert NO_FOREIGN_HINT in table("asked for", "neighbour-lite")
+    cand["foreign_flagged"] = 0.8  # foreign images to hand (--ood-data, or _foreign/)
     assert NO_FOREIGN_HINT not in table("foreign images", "relative")
 
 
